@@ -1,0 +1,62 @@
+"""modelport: take a trained model from a notebook to production.
+
+    import modelport
+    model = modelport.load("models/digits")        # an .onnx file, a version or model folder
+    model.predict(x)                               # -> {"label": ..., "probabilities": ...}
+
+Importing this package loads no model runtime: onnxruntime, torch and scikit-learn are imported
+when first used.
+"""
+
+from modelport.config import InputLimits, LoadOptions, RuntimeConfig
+from modelport.convert.parity import Tolerance
+from modelport.errors import (
+    ConversionError,
+    IntegrityError,
+    InvalidInputError,
+    InvalidNameError,
+    ManifestError,
+    MissingDependencyError,
+    ModelLoadError,
+    ModelNotFoundError,
+    ModelportError,
+    PredictionError,
+    RequirementsError,
+    UntrustedArtifactError,
+)
+from modelport.importing import add_model
+from modelport.manifest import Manifest
+from modelport.model import Model, load
+from modelport.repository import Repository, VersionPolicy
+from modelport.signature import Signature, TensorSpec, validate_inputs
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConversionError",
+    "InputLimits",
+    "IntegrityError",
+    "InvalidInputError",
+    "InvalidNameError",
+    "LoadOptions",
+    "Manifest",
+    "ManifestError",
+    "MissingDependencyError",
+    "Model",
+    "ModelLoadError",
+    "ModelNotFoundError",
+    "ModelportError",
+    "PredictionError",
+    "Repository",
+    "RequirementsError",
+    "RuntimeConfig",
+    "Signature",
+    "TensorSpec",
+    "Tolerance",
+    "UntrustedArtifactError",
+    "VersionPolicy",
+    "__version__",
+    "add_model",
+    "load",
+    "validate_inputs",
+]

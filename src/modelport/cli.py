@@ -1,0 +1,176 @@
+"""The ``modelport`` command: thin, it parses flags and calls the library."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from modelport.config import LoadOptions
+from modelport.errors import ModelportError
+from modelport.repository import Repository
+
+REPO_OPTION = click.option(
+    "--repo",
+    "repo_path",
+    envvar="MODELPORT_REPO",
+    default="models",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Model repository folder (env MODELPORT_REPO).",
+)
+TRUST_OPTION = click.option(
+    "--trust-pickle",
+    is_flag=True,
+    help="Allow pickle/joblib files, which can run arbitrary code when loaded.",
+)
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="modelport")
+def main() -> None:
+    """modelport: take a trained model from a notebook to production."""
+
+
+@main.group()
+def repo() -> None:
+    """Manage a model repository."""
+
+
+@repo.command("init")
+@click.argument("path", type=click.Path(file_okay=False, path_type=Path), default="models")
+def repo_init(path: Path) -> None:
+    """Create a model repository folder (existing models are kept)."""
+    Repository.init(path)
+    click.echo(f"model repository ready at {path}")
+
+
+@main.command("import")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("--name", required=True, help="Model name; the import becomes its next version.")
+@click.option(
+    "--sample-input",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A few real input rows (JSON, .npy, .npz, CSV): needed to convert scikit-learn and "
+    "PyTorch models (parity check) and code models without a declared signature.",
+)
+@click.option("--description", default="", help="Free text stored in the manifest.")
+@REPO_OPTION
+@TRUST_OPTION
+def import_(
+    source: Path,
+    name: str,
+    sample_input: Path | None,
+    description: str,
+    repo_path: Path,
+    trust_pickle: bool,
+) -> None:
+    """Import an ONNX file, a scikit-learn/PyTorch model file or a code-model folder."""
+    from modelport.datafiles import read_sample
+    from modelport.importing import add_model
+
+    repository = Repository.init(repo_path)
+    sample = read_sample(sample_input) if sample_input else None
+    manifest = add_model(
+        repository,
+        name,
+        source,
+        sample_input=sample,
+        trust_pickle=trust_pickle,
+        description=description,
+    )
+    click.echo(f"imported {manifest.name}:{manifest.version} ({manifest.runtime}) into {repo_path}")
+
+
+@main.command("list")
+@REPO_OPTION
+def list_(repo_path: Path) -> None:
+    """List the models and versions in the repository."""
+    repository = Repository.open(repo_path)
+    names = repository.names()
+    if not names:
+        click.echo(f"no models in {repo_path}; add one with 'modelport import'")
+    for name in names:
+        manifest = repository.manifest(name)
+        versions = ",".join(map(str, repository.versions(name)))
+        click.echo(f"{name:24} versions {versions:12} {manifest.runtime:7} {manifest.created_at}")
+
+
+@main.command()
+@click.argument("ref", metavar="NAME[:VERSION]")
+@REPO_OPTION
+def show(ref: str, repo_path: Path) -> None:
+    """Print a model version's manifest (latest version when none is given)."""
+    _echo_json(Repository.open(repo_path).manifest(ref).to_dict())
+
+
+@main.command()
+@click.argument("ref", metavar="NAME[:VERSION]")
+@click.option(
+    "--input",
+    "input_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Inputs as JSON, .npy, .npz or CSV.",
+)
+@REPO_OPTION
+@TRUST_OPTION
+def predict(ref: str, input_path: Path, repo_path: Path, trust_pickle: bool) -> None:
+    """Run a one-off prediction offline and print the outputs as JSON."""
+    from modelport.datafiles import read_inputs, to_json
+
+    options = LoadOptions(trust_pickle=trust_pickle)
+    with Repository.open(repo_path).load(ref, options=options) as model:
+        outputs = model.predict(read_inputs(input_path, model.signature))
+        _echo_json({"model": model.name, "version": model.version, "outputs": to_json(outputs)})
+
+
+@main.command()
+@click.argument("path", type=click.Path(file_okay=False, path_type=Path), default="demo-models")
+@click.option("--rebuild", is_flag=True, help="Add new versions even if the demo is built.")
+@click.option(
+    "--torch/--no-torch",
+    "with_torch",
+    default=None,
+    help="Include the PyTorch CNN (default: when torch is installed).",
+)
+def demo(path: Path, rebuild: bool, with_torch: bool | None) -> None:
+    """Build the demo model repository, then run a prediction on each demo model."""
+    from modelport.datafiles import read_inputs, to_json
+    from modelport.demo import SAMPLES, build_demo
+
+    repository = Repository(path)
+    if rebuild or not path.is_dir() or not repository.names():
+        build_demo(path, with_torch=with_torch, log=click.echo)
+    for name in repository.names():
+        sample = path / SAMPLES / f"{name}.json"
+        with repository.load(name) as model:
+            outputs = to_json(model.predict(read_inputs(sample, model.signature)))
+        shown = {k: v if len(json.dumps(v)) < 120 else "[...]" for k, v in outputs.items()}
+        click.echo(f"{name}:{model.version} -> {json.dumps(shown)}")
+    first = repository.names()[0]
+    click.echo(
+        "\nTry one yourself:\n"
+        f"  modelport predict {first} --repo {path} --input {path / SAMPLES / first}.json"
+    )
+
+
+def run() -> None:
+    """Entry point: errors print as one clear line and exit 1, with no traceback."""
+    try:
+        main(standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except ModelportError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)

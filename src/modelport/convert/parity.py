@@ -1,0 +1,44 @@
+"""The numerical parity check every converter runs before it returns a model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from modelport.errors import ConversionError
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Allowed difference: ``|converted - original| <= atol + rtol * |original|``.
+
+    Converted models run in float32; originals often in float64, hence nonzero defaults.
+    """
+
+    rtol: float = 1e-4
+    atol: float = 1e-4
+
+
+def assert_close(
+    output: str, original: np.ndarray, converted: np.ndarray, tolerance: Tolerance
+) -> None:
+    """Raise ConversionError unless ``converted`` matches ``original`` within ``tolerance``."""
+    original = np.asarray(original)
+    converted = np.asarray(converted)
+    if original.shape != converted.shape:
+        raise ConversionError(
+            f"output {output!r} has shape {list(converted.shape)} after conversion but "
+            f"{list(original.shape)} before; the converted model is not faithful"
+        )
+    diff = np.abs(converted.astype(np.float64) - original.astype(np.float64))
+    allowed = tolerance.atol + tolerance.rtol * np.abs(original.astype(np.float64))
+    bad = ~(diff <= allowed)  # NaN counts as a mismatch
+    if bad.any():
+        worst = float(np.nanmax(np.where(bad, diff, 0.0))) if not np.isnan(diff).all() else np.nan
+        raise ConversionError(
+            f"output {output!r} differs from the original model on {int(bad.sum())} of "
+            f"{bad.size} values (largest difference {worst:.3g}, allowed atol={tolerance.atol} "
+            f"rtol={tolerance.rtol}); the converted model is not faithful: check for "
+            "unsupported operators, or loosen the tolerance if the difference is acceptable"
+        )

@@ -1,0 +1,122 @@
+"""PyTorch ``nn.Module`` to ONNX with a dynamic batch axis, with a parity check.
+
+    onnx_bytes = torch_to_onnx(net, x_sample)     # x_sample: numpy array, batch first
+
+Inputs are named ``input`` (or ``input_0``, ``input_1``... for several), outputs ``output``
+(or ``output_0``...). Parity is checked at the sample's batch size and at batch size 1, which
+also proves the batch axis really is dynamic.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelport.convert.parity import Tolerance, assert_close
+from modelport.errors import ConversionError, require
+
+
+def _names(prefix: str, count: int) -> list[str]:
+    return [prefix] if count == 1 else [f"{prefix}_{i}" for i in range(count)]
+
+
+def torch_to_onnx(
+    module: Any,
+    sample: np.ndarray | Sequence[np.ndarray],
+    tolerance: Tolerance = Tolerance(),
+) -> bytes:
+    """Convert ``module`` (in eval mode) using ``sample`` inputs; ConversionError on failure."""
+    require("torch", "torch")
+    require("onnxscript", "torch")
+    import torch
+
+    arrays = (
+        [np.asarray(sample)] if isinstance(sample, np.ndarray) else list(map(np.asarray, sample))
+    )
+    if any(a.ndim == 0 for a in arrays):
+        raise ConversionError("sample inputs need a batch dimension first")
+    # torch.export specializes a dimension of size 1, so trace with at least two rows.
+    arrays = [np.concatenate([a, a]) if a.shape[0] == 1 else a for a in arrays]
+    tensors = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)
+    module = module.eval()
+    with torch.no_grad():
+        expected = _as_list(module(*tensors))
+    input_names = _names("input", len(tensors))
+    output_names = _names("output", len(expected))
+    batch = torch.export.Dim("batch")
+    dynamic = {name: {0: batch} for name in input_names}
+    with tempfile.TemporaryDirectory() as tmp, _quiet_exporter():
+        path = Path(tmp) / "model.onnx"
+        try:
+            program = torch.onnx.export(
+                module,
+                tensors,
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_shapes=dynamic,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+            if program is None:
+                raise RuntimeError("the exporter returned no program")
+            program.save(str(path))
+        except Exception as exc:
+            raise ConversionError(
+                f"torch.onnx.export failed for {type(module).__name__}: "
+                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+            ) from exc
+        data = path.read_bytes()
+    _check_parity(module, data, arrays, input_names, output_names, tolerance)
+    return data
+
+
+def _as_list(result: Any) -> list[Any]:
+    return list(result) if isinstance(result, (tuple, list)) else [result]
+
+
+@contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's own warnings and log lines (e.g. about torchvision ops)."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _check_parity(
+    module: Any,
+    data: bytes,
+    arrays: list[np.ndarray],
+    input_names: list[str],
+    output_names: list[str],
+    tolerance: Tolerance,
+) -> None:
+    import onnxruntime as ort
+    import torch
+
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    for rows in (arrays, [a[:1] for a in arrays]):
+        with torch.no_grad():
+            expected = _as_list(module(*(torch.from_numpy(np.ascontiguousarray(a)) for a in rows)))
+        got = session.run(None, dict(zip(input_names, rows, strict=True)))
+        for name, want, have in zip(output_names, expected, got, strict=True):
+            assert_close(name, want.numpy(), have, tolerance)
+
+
+def torch_metadata() -> dict[str, str]:
+    import torch
+
+    return {"framework": "pytorch", "torch": torch.__version__}

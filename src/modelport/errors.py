@@ -1,0 +1,85 @@
+"""Every error modelport raises on purpose.
+
+    ModelportError
+     ├── InvalidInputError        inputs do not match the model's signature
+     ├── InvalidNameError         a model name or version that is not allowed
+     ├── ModelNotFoundError       no such model or version in the repository
+     ├── ModelLoadError           a model exists but cannot be loaded
+     │    ├── ManifestError           manifest.json missing or malformed
+     │    ├── IntegrityError          an artifact's sha256 differs from the manifest
+     │    ├── RequirementsError       this environment lacks what the version was built with
+     │    └── UntrustedArtifactError  pickle/joblib without an explicit opt-in
+     ├── ConversionError          a framework model could not become ONNX, or lost parity
+     ├── PredictionError          the model itself raised while predicting
+     └── MissingDependencyError   an optional extra is not installed
+
+Messages say what happened, why, and what to do about it. Transports (REST, gRPC, CLI) map
+these to their own status codes; nothing here knows about them.
+"""
+
+from __future__ import annotations
+
+
+class ModelportError(Exception):
+    """Root of every error modelport raises on purpose."""
+
+
+class InvalidInputError(ModelportError):
+    """Inputs do not match the model's signature.
+
+    ``input_name`` names the offending input when there is one.
+    """
+
+    def __init__(self, message: str, input_name: str | None = None) -> None:
+        super().__init__(message)
+        self.input_name = input_name
+
+
+class InvalidNameError(ModelportError):
+    """A model name or version that could escape the repository or is malformed."""
+
+
+class ModelNotFoundError(ModelportError):
+    """No model, or no such version of it, in the repository."""
+
+
+class ModelLoadError(ModelportError):
+    """A model exists but cannot be loaded."""
+
+
+class ManifestError(ModelLoadError):
+    """A version's manifest.json is missing or malformed."""
+
+
+class IntegrityError(ModelLoadError):
+    """An artifact's sha256 differs from the one its manifest recorded."""
+
+
+class RequirementsError(ModelLoadError):
+    """The running environment does not satisfy what a model version was built with."""
+
+
+class UntrustedArtifactError(ModelLoadError):
+    """A pickle or joblib file, refused because loading it can run arbitrary code."""
+
+
+class ConversionError(ModelportError):
+    """A framework model could not be converted to ONNX, or its outputs changed."""
+
+
+class PredictionError(ModelportError):
+    """The model raised while predicting on inputs that passed validation."""
+
+
+class MissingDependencyError(ModelportError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+
+def require(module: str, extra: str) -> None:
+    """Raise MissingDependencyError unless ``module`` can be imported."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise MissingDependencyError(
+            f"{module} is not installed; install it with: pip install 'modelport[{extra}]'"
+        )

@@ -1,0 +1,240 @@
+"""Adding models to a repository as new versions: ONNX, scikit-learn, PyTorch, code folders.
+
+Everything is written to a staging folder inside the repository and renamed into place only
+once it has loaded and predicted on the sample, so a failed import leaves the repository
+exactly as it was.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelport import requirements
+from modelport.config import RuntimeConfig
+from modelport.convert.parity import Tolerance
+from modelport.errors import ConversionError, ModelLoadError, UntrustedArtifactError
+from modelport.manifest import (
+    SERVING_KEYS,
+    Manifest,
+    hash_artifacts,
+    is_pickle,
+    refusal,
+    refuse_pickles,
+)
+from modelport.model import ONNX_FILE, Model, open_runtime
+from modelport.repository import Repository, check_name
+from modelport.runtimes.python import ENTRY_FILE
+from modelport.signature import Signature, spec_from_array
+
+Sample = np.ndarray | Mapping[str, np.ndarray]
+
+
+def add_model(
+    repo: Repository,
+    name: str,
+    model: Any,
+    *,
+    sample_input: Sample | None = None,
+    trust_pickle: bool = False,
+    serving: Mapping[str, Any] | None = None,
+    description: str = "",
+    tolerance: Tolerance = Tolerance(),
+) -> Manifest:
+    """Add ``model`` as the next version of ``name`` and return its manifest.
+
+        add_model(repo, "digits", pipeline, sample_input=X[:32])     # scikit-learn
+        add_model(repo, "cnn", net, sample_input=x[:8])              # torch.nn.Module
+        add_model(repo, "mlp", "mlp.onnx")                           # ONNX file or bytes
+        add_model(repo, "digits-code", "path/to/folder")             # folder with model.py
+
+    scikit-learn and PyTorch models need ``sample_input``: it fixes the input shape and is used
+    for the parity check. Pickle/joblib files need ``trust_pickle=True``.
+    """
+    check_name(name)
+    serving = dict(serving or {})
+    unknown = sorted(set(serving) - set(SERVING_KEYS))
+    if unknown:
+        raise ValueError(f"unknown serving setting {unknown[0]!r}; expected {SERVING_KEYS}")
+    metadata: dict[str, Any] = {"description": description} if description else {}
+    model = _unpickle(model, trust_pickle) if _is_pickle_file(model) else model
+    with repo.staging() as staged:
+        try:
+            runtime, reqs = _stage(model, staged, sample_input, trust_pickle, tolerance, metadata)
+            signature = _try_out(runtime, staged, sample_input)
+        except ModelLoadError as exc:
+            # Name the user's folder, not the staging copy that no longer exists afterwards.
+            if isinstance(model, (str, Path)):
+                raise type(exc)(str(exc).replace(str(staged), str(model))) from exc
+            raise
+        artifacts = hash_artifacts(staged)
+        manifest: Manifest | None = None
+
+        def write(folder: Path, version: int) -> None:
+            nonlocal manifest
+            manifest = Manifest(
+                name,
+                version,
+                runtime,
+                signature,
+                artifacts,
+                reqs,
+                serving=serving,
+                metadata=metadata,
+            )
+            manifest.write(folder)
+
+        repo.commit(name, staged, write)
+    assert manifest is not None
+    return manifest
+
+
+def _try_out(runtime_name: str, staged: Path, sample: Sample | None) -> Signature:
+    """Load the staged version and predict on the sample: what fails here never lands."""
+    runtime = open_runtime(runtime_name, staged, RuntimeConfig())
+    try:
+        signature = _signature(runtime, sample)
+        if sample is not None:
+            Model(signature, runtime).predict(sample)
+        return signature
+    finally:
+        runtime.close()
+
+
+def _is_pickle_file(model: Any) -> bool:
+    return isinstance(model, (str, Path)) and Path(model).is_file() and is_pickle(Path(model))
+
+
+def _unpickle(model: Any, trust_pickle: bool) -> Any:
+    path = Path(model)
+    if not trust_pickle:
+        raise UntrustedArtifactError(refusal(path))
+    if path.suffix.lower() in (".pt", ".pth"):
+        import torch
+
+        return torch.load(path, weights_only=False)
+    import joblib
+
+    return joblib.load(path)
+
+
+def _stage(
+    model: Any,
+    staged: Path,
+    sample: Sample | None,
+    trust_pickle: bool,
+    tolerance: Tolerance,
+    metadata: dict[str, Any],
+) -> tuple[str, dict[str, Any]]:
+    """Write ``model``'s artifacts into ``staged``; return its runtime and requirements."""
+    if isinstance(model, (str, Path)):
+        path = Path(model)
+        if path.is_dir():
+            _copy_code_folder(path, staged, trust_pickle)
+            names = []
+            if (staged / "requirements.txt").is_file():
+                names = requirements.read_requirements_txt(staged / "requirements.txt")
+            metadata.setdefault("framework", "python")
+            return "python", requirements.python_requirements(names)
+        if not path.is_file():
+            raise ModelLoadError(f"{path} does not exist")
+        if path.suffix.lower() != ".onnx":
+            raise ModelLoadError(
+                f"{path}: unsupported file type {path.suffix or '(none)'}; modelport imports "
+                ".onnx files, scikit-learn/PyTorch pickles (.joblib/.pkl/.pt, with "
+                "--trust-pickle) and code-model folders"
+            )
+        data = path.read_bytes()
+    elif isinstance(model, bytes):
+        data = model
+    elif hasattr(model, "SerializeToString"):
+        data = model.SerializeToString()
+    else:
+        data = _convert(model, sample, tolerance, metadata)
+    (staged / ONNX_FILE).write_bytes(data)
+    from modelport.runtimes.onnx import read_opsets
+
+    opsets, ir_version = read_opsets(staged / ONNX_FILE)
+    reqs = requirements.onnx_requirements(opsets, ir_version)
+    requirements.check(reqs, "the imported model")
+    return "onnx", reqs
+
+
+def _convert(
+    model: Any, sample: Sample | None, tolerance: Tolerance, meta: dict[str, Any]
+) -> bytes:
+    kind = type(model).__module__.split(".")[0]
+    if sample is None:
+        raise ConversionError(
+            f"converting a {type(model).__name__} needs a sample input (a few real rows): "
+            "pass sample_input= (CLI: --sample-input FILE)"
+        )
+    if kind == "sklearn" or hasattr(model, "get_params"):
+        from modelport.convert.sklearn import sklearn_metadata, sklearn_to_onnx
+
+        meta.update(sklearn_metadata())
+        return sklearn_to_onnx(model, _single(sample), tolerance)
+    if _is_torch_module(model):
+        from modelport.convert.torch import torch_metadata, torch_to_onnx
+
+        meta.update(torch_metadata())
+        arrays = list(sample.values()) if isinstance(sample, Mapping) else _single(sample)
+        return torch_to_onnx(model, arrays, tolerance)
+    raise ConversionError(
+        f"modelport cannot import a {type(model).__module__}.{type(model).__name__}: pass an "
+        "ONNX file or bytes, a scikit-learn estimator, a torch.nn.Module or a code-model folder"
+    )
+
+
+def _is_torch_module(model: Any) -> bool:
+    return any(
+        c.__module__.startswith("torch.nn") and c.__name__ == "Module" for c in type(model).__mro__
+    )
+
+
+def _single(sample: Sample) -> np.ndarray:
+    if isinstance(sample, Mapping):
+        if len(sample) != 1:
+            raise ConversionError("this converter takes one input: pass one sample array")
+        return np.asarray(next(iter(sample.values())))
+    return np.asarray(sample)
+
+
+def _copy_code_folder(source: Path, staged: Path, trust_pickle: bool) -> None:
+    if not (source / ENTRY_FILE).is_file():
+        raise ModelLoadError(
+            f"{source} has no {ENTRY_FILE}: a code model is a folder with a {ENTRY_FILE} "
+            "defining a class with load() and predict()"
+        )
+    for path in source.rglob("*"):
+        if path.is_symlink():
+            raise ModelLoadError(
+                f"{path} is a symbolic link; copy the real file into the model folder instead "
+                "(links could reach outside the repository)"
+            )
+    refuse_pickles(source, trust_pickle)
+    shutil.copytree(
+        source, staged, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__")
+    )
+
+
+def _signature(runtime: Any, sample: Sample | None) -> Signature:
+    try:
+        declared: Signature = runtime.signature
+        return declared
+    except ModelLoadError:
+        if sample is None:
+            raise
+    arrays = dict(sample) if isinstance(sample, Mapping) else {"input": np.asarray(sample)}
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    outputs = runtime.raw_predict(arrays)
+    signature = Signature(
+        tuple(spec_from_array(k, v) for k, v in arrays.items()),
+        tuple(spec_from_array(k, v) for k, v in outputs.items()),
+    )
+    runtime.signature = signature
+    return signature

@@ -1,0 +1,257 @@
+"""The model repository on disk: ``<repo>/<name>/<version>/`` with a manifest in each version.
+
+    repo = Repository.init("models")
+    repo.names()                         # ["digits", "mlp-large"]
+    repo.versions("digits")              # [1, 2]
+    repo.load("digits")                  # latest; or "digits:1", or version=1
+
+Names are checked against a strict pattern and every path is resolved and checked to stay
+inside the repository, so neither a name nor a symlink can reach outside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelport import requirements
+from modelport.config import LoadOptions
+from modelport.errors import (
+    InvalidNameError,
+    ManifestError,
+    ModelLoadError,
+    ModelNotFoundError,
+)
+from modelport.manifest import MANIFEST, Manifest, read_manifest, refuse_pickles, verify_artifacts
+from modelport.model import Model, open_runtime
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+MARKER = ".modelport-repository"
+_STAGING = ".staging"
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` if it is a valid model name, else raise InvalidNameError."""
+    if not NAME_PATTERN.fullmatch(name) or ".." in name:
+        raise InvalidNameError(
+            f"invalid model name {name!r}: use 1-64 letters, digits, '_', '-' or '.', starting "
+            "with a letter or digit, and no '..'"
+        )
+    return name
+
+
+def check_version(version: int | str) -> int:
+    """Return ``version`` as a positive int, else raise InvalidNameError."""
+    text = str(version)
+    if not text.isdigit() or int(text) < 1 or len(text) > 9:
+        raise InvalidNameError(f"invalid version {text!r}: versions are integers from 1")
+    return int(text)
+
+
+def parse_ref(ref: str) -> tuple[str, int | None]:
+    """Split ``"name"`` or ``"name:version"`` into a checked name and optional version."""
+    name, sep, version = ref.partition(":")
+    return check_name(name), check_version(version) if sep else None
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """Which versions of a model to serve: the latest N, or specific ones.
+
+    ``VersionPolicy.parse("latest")``, ``"latest:2"``, ``"all"``, ``"specific:1,3"``.
+    """
+
+    latest: int | None = 1
+    specific: tuple[int, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> VersionPolicy:
+        kind, _, arg = text.partition(":")
+        try:
+            if kind == "latest":
+                count = int(arg) if arg else 1
+                if count < 1:
+                    raise ValueError
+                return cls(latest=count)
+            if kind == "all":
+                return cls(latest=None)
+            if kind == "specific" and arg:
+                return cls(latest=None, specific=tuple(check_version(v) for v in arg.split(",")))
+        except (ValueError, InvalidNameError):
+            pass
+        raise ValueError(
+            f"invalid version policy {text!r}: use 'latest', 'latest:N', 'all' or 'specific:1,3'"
+        )
+
+    def select(self, available: list[int]) -> list[int]:
+        ordered = sorted(available)
+        if self.specific:
+            return [v for v in ordered if v in self.specific]
+        if self.latest is None:
+            return ordered
+        return ordered[-self.latest :]
+
+
+class Repository:
+    """A folder of models, each a folder of integer versions."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).resolve()
+
+    @classmethod
+    def init(cls, root: str | os.PathLike[str]) -> Repository:
+        """Create the repository folder (and parents) if needed; existing models stay."""
+        path = Path(root)
+        if path.exists() and not path.is_dir():
+            raise ModelLoadError(f"{path} exists and is not a folder")
+        path.mkdir(parents=True, exist_ok=True)
+        (path / MARKER).touch()
+        return cls(path)
+
+    @classmethod
+    def open(cls, root: str | os.PathLike[str]) -> Repository:
+        """Open an existing repository; ModelNotFoundError if the folder is not there."""
+        if not Path(root).is_dir():
+            raise ModelNotFoundError(
+                f"model repository {root} does not exist; create it with "
+                f"'modelport repo init {root}' or pass --repo"
+            )
+        return cls(root)
+
+    def _inside(self, *parts: str) -> Path:
+        path = self.root.joinpath(*parts).resolve()
+        if path != self.root and self.root not in path.parents:
+            raise InvalidNameError(f"{'/'.join(parts)} resolves outside the repository")
+        return path
+
+    def names(self) -> list[str]:
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if p.is_dir() and NAME_PATTERN.fullmatch(p.name) and self.versions(p.name)
+        )
+
+    def versions(self, name: str) -> list[int]:
+        folder = self._inside(check_name(name))
+        if not folder.is_dir():
+            return []
+        return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+
+    def version_dir(self, name: str, version: int | None = None) -> Path:
+        """The folder of ``name`` at ``version`` (latest when None); ModelNotFoundError if none."""
+        available = self.versions(name)
+        if not available:
+            raise ModelNotFoundError(
+                f"no model named {name!r} in {self.root}; known: {', '.join(self.names()) or '-'}"
+            )
+        if version is None:
+            version = available[-1]
+        elif version not in available:
+            raise ModelNotFoundError(
+                f"model {name!r} has no version {version}; it has {', '.join(map(str, available))}"
+            )
+        return self._inside(name, str(version))
+
+    def manifest(self, ref: str, version: int | None = None) -> Manifest:
+        name, ref_version = parse_ref(ref)
+        return read_manifest(self.version_dir(name, version or ref_version))
+
+    def load(
+        self, ref: str, *, version: int | None = None, options: LoadOptions = LoadOptions()
+    ) -> Model:
+        """Load ``"name"`` or ``"name:version"`` (latest when no version is given)."""
+        name, ref_version = parse_ref(ref)
+        return load_version(self.version_dir(name, version or ref_version), options)
+
+    def select(self, policy: VersionPolicy) -> dict[str, list[int]]:
+        """The versions of every model that ``policy`` keeps."""
+        return {name: policy.select(self.versions(name)) for name in self.names()}
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A fresh folder inside the repository, removed afterwards whatever happens."""
+        folder = self._inside(_STAGING, uuid.uuid4().hex)
+        folder.mkdir(parents=True)
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+            with contextlib.suppress(OSError):  # another import may still be staging
+                folder.parent.rmdir()
+
+    def commit(self, name: str, staged: Path, write_manifest: Callable[[Path, int], None]) -> int:
+        """Move a staged version into place as the next version of ``name``, atomically.
+
+        ``write_manifest(folder, version)`` writes the manifest once the number is known. A
+        concurrent import that takes the same number first makes this one retry with the next.
+        """
+        model_dir = self._inside(check_name(name))
+        model_dir.mkdir(exist_ok=True)
+        for _ in range(100):
+            version = max(self.versions(name), default=0) + 1
+            write_manifest(staged, version)
+            try:
+                os.rename(staged, model_dir / str(version))
+            except OSError:
+                if (model_dir / str(version)).exists():
+                    continue
+                raise
+            return version
+        raise ModelLoadError(f"could not allocate a new version of {name!r}: too much contention")
+
+
+def load_version(folder: Path, options: LoadOptions = LoadOptions()) -> Model:
+    """Load one version folder: manifest, pickle policy, sha256, requirements, runtime."""
+    manifest = read_manifest(folder)
+    if folder.name.isdigit() and (
+        manifest.version != int(folder.name) or manifest.name != folder.parent.name
+    ):
+        raise ManifestError(
+            f"{folder / MANIFEST} says {manifest.name}:{manifest.version} but lies in "
+            f"{folder.parent.name}/{folder.name}; models must not be moved by hand: re-import"
+        )
+    refuse_pickles(folder, options.trust_pickle)
+    verify_artifacts(folder, manifest)
+    if options.verify_requirements:
+        requirements.check(manifest.requirements, f"{manifest.name}:{manifest.version}")
+    runtime = open_runtime(manifest.runtime, folder, options.runtime, manifest.signature)
+    metadata = {
+        **manifest.metadata,
+        "name": manifest.name,
+        "version": manifest.version,
+        "runtime": manifest.runtime,
+        "created_at": manifest.created_at,
+        "requirements": manifest.requirements,
+        "serving": manifest.serving,
+        "providers": getattr(runtime, "providers", None),
+    }
+    return Model(manifest.signature, runtime, metadata, options.limits)
+
+
+def load_folder(folder: Path, version: int | None, options: LoadOptions) -> Model:
+    """Load a version folder, a model folder (its latest or given version) or a code folder."""
+    if (folder / MANIFEST).is_file():
+        return load_version(folder, options)
+    versions = sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+    if versions:
+        chosen = version or versions[-1]
+        if chosen not in versions:
+            raise ModelNotFoundError(f"{folder} has no version {chosen}; it has {versions}")
+        return load_version(folder / str(chosen), options)
+    from modelport.runtimes.python import ENTRY_FILE, PythonRuntime
+
+    if (folder / ENTRY_FILE).is_file():
+        refuse_pickles(folder, options.trust_pickle)
+        runtime = PythonRuntime(folder)
+        metadata = {"name": folder.name, "runtime": "python"}
+        return Model(runtime.signature, runtime, metadata, options.limits)
+    raise ManifestError(
+        f"{folder} holds no {MANIFEST}, no version folders and no model.py: it is not a "
+        "model; point at a version folder, or import the model with 'modelport import'"
+    )

@@ -1,0 +1,22 @@
+"""Backends that run a model: one module per runtime, each loaded only when used."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from modelport.signature import Signature
+
+
+class Runtime(Protocol):
+    """What a loaded backend offers: a signature and batch-in, batch-out prediction."""
+
+    signature: Signature
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+
+RUNTIMES = ("onnx", "python")

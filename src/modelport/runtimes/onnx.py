@@ -1,0 +1,157 @@
+"""ONNX models on onnxruntime."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelport.config import RuntimeConfig
+from modelport.errors import ModelLoadError, PredictionError, RequirementsError
+from modelport.signature import Signature, TensorSpec
+
+PLATFORM = "onnx_onnxv1"
+
+# onnxruntime's type strings for the dtypes a signature can hold.
+_ONNX_TYPES = {
+    "tensor(bool)": "bool",
+    "tensor(uint8)": "uint8",
+    "tensor(uint16)": "uint16",
+    "tensor(uint32)": "uint32",
+    "tensor(uint64)": "uint64",
+    "tensor(int8)": "int8",
+    "tensor(int16)": "int16",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(float16)": "float16",
+    "tensor(float)": "float32",
+    "tensor(double)": "float64",
+    "tensor(string)": "string",
+}
+
+# Preferred when present; onnxruntime falls back along the list if one cannot start.
+_AUTO_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def pick_providers(config: RuntimeConfig) -> list[str]:
+    """The execution providers to ask for, best first, among those installed."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if config.providers is not None:
+        missing = [p for p in config.providers if p not in available]
+        if missing:
+            raise RequirementsError(
+                f"execution provider {missing[0]} is not available in this onnxruntime "
+                f"build (available: {', '.join(available)}); install the matching "
+                "onnxruntime package (e.g. onnxruntime-gpu) or choose another provider"
+            )
+        return list(config.providers)
+    return [p for p in _AUTO_PROVIDERS if p in available]
+
+
+def _spec(node: Any) -> TensorSpec:
+    dtype = _ONNX_TYPES.get(node.type)
+    if dtype is None:
+        raise ModelLoadError(
+            f"tensor {node.name!r} has type {node.type}, which modelport cannot serve; "
+            "export the model with plain tensor inputs and outputs"
+        )
+    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in node.shape)
+    return TensorSpec(node.name, dtype, shape)
+
+
+class OnnxRuntime:
+    """An onnxruntime session behind the Runtime protocol."""
+
+    def __init__(self, path: Path, config: RuntimeConfig = RuntimeConfig()) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = config.intra_op_threads
+        options.inter_op_num_threads = config.inter_op_threads
+        providers = pick_providers(config)
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"{path} is not a loadable ONNX model (onnxruntime: {_first_line(exc)}); "
+                "the file may be corrupt or truncated: export or copy it again"
+            ) from exc
+        self.signature = Signature(
+            tuple(_spec(n) for n in self.session.get_inputs()),
+            tuple(_spec(n) for n in self.session.get_outputs()),
+        )
+        self.providers: list[str] = self.session.get_providers()
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            values = self.session.run(None, inputs)
+        except Exception as exc:
+            raise PredictionError(f"onnxruntime failed: {_first_line(exc)}") from exc
+        return {
+            spec.name: np.asarray(v) for spec, v in zip(self.signature.outputs, values, strict=True)
+        }
+
+    def close(self) -> None:
+        del self.session
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def read_opsets(path: Path) -> tuple[dict[str, int], int]:
+    """The opset of each operator domain an ONNX file imports, and its IR version."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{path} is not a valid ONNX file ({_first_line(exc)}); it may be corrupt or "
+            "truncated: export or copy it again"
+        ) from exc
+    return {o.domain or "ai.onnx": int(o.version) for o in model.opset_import}, int(
+        model.ir_version
+    )
+
+
+@functools.cache
+def max_supported_opset(domain: str) -> int:
+    """The newest opset of ``domain`` the installed onnxruntime loads, found by trying.
+
+    onnxruntime publishes no API for this; a one-node model per candidate opset is cheap and
+    tells the truth about the exact build installed.
+    """
+    lo, hi = 1, 64
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if _loads_opset(domain, mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _loads_opset(domain: str, version: int) -> bool:
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
+    opsets = [helper.make_opsetid("", 13)]
+    if domain == "ai.onnx":
+        opsets = [helper.make_opsetid("", version)]
+    else:
+        opsets.append(helper.make_opsetid(domain, version))
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=8)
+    try:
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception:
+        return False
+    return True

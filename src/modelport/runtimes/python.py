@@ -1,0 +1,152 @@
+"""Models written as Python code: a ``model.py`` with a class that has ``load`` and ``predict``.
+
+    class Model:
+        signature = {"inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 4]}],
+                     "outputs": [{"name": "y", "dtype": "float32", "shape": [-1]}]}
+
+        def load(self, path):          # path: the model's folder (optional parameter)
+            self.scale = 2.0
+
+        def predict(self, batch):      # dict of name -> array, one row per sample
+            return {"y": batch["x"].sum(axis=1) * self.scale}
+
+The class attribute ``signature`` is optional when the model is imported with a sample input,
+from which the signature is inferred. This is the place for pre- and post-processing around
+another model, like TorchServe handlers or MLServer custom runtimes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import itertools
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelport.errors import ModelLoadError, PredictionError
+from modelport.signature import Signature
+
+PLATFORM = "python"
+ENTRY_FILE = "model.py"
+
+_module_ids = itertools.count()
+
+
+def _find_class(module: Any, path: Path) -> type:
+    classes = [
+        obj
+        for obj in vars(module).values()
+        if inspect.isclass(obj)
+        and obj.__module__ == module.__name__
+        and callable(getattr(obj, "predict", None))
+        and callable(getattr(obj, "load", None))
+    ]
+    if len(classes) > 1:
+        classes = [c for c in classes if c.__name__ == "Model"]
+    if len(classes) != 1:
+        raise ModelLoadError(
+            f"{path} must define exactly one class with load() and predict() methods "
+            "(or name the one to use 'Model')"
+        )
+    return classes[0]
+
+
+def _import(path: Path) -> Any:
+    # A unique module name per load, so two versions of one model never share a module.
+    name = f"modelport_code_model_{next(_module_ids)}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ModelLoadError(f"{path} cannot be imported as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[name]
+        raise ModelLoadError(
+            f"{path} raised on import: {type(exc).__name__}: {exc}; fix the module and "
+            "import the model again"
+        ) from exc
+    return module
+
+
+class PythonRuntime:
+    """A user's model class behind the Runtime protocol."""
+
+    def __init__(self, folder: Path, signature: Signature | None = None) -> None:
+        path = folder / ENTRY_FILE
+        if not path.is_file():
+            raise ModelLoadError(f"{folder} has no {ENTRY_FILE}; a code model needs one")
+        self._module = _import(path)
+        self.instance = _find_class(self._module, path)()
+        load = self.instance.load
+        try:
+            if inspect.signature(load).parameters:
+                load(folder)
+            else:
+                load()
+        except Exception as exc:
+            raise ModelLoadError(
+                f"{path}: load() raised {type(exc).__name__}: {exc}; fix load() or the files "
+                "it reads, then import the model again"
+            ) from exc
+        declared = getattr(self.instance, "signature", None)
+        if signature is None and declared is not None:
+            try:
+                signature = Signature.from_dict(declared)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ModelLoadError(
+                    f"{path}: the class attribute 'signature' is malformed ({exc}); it needs "
+                    "'inputs' and 'outputs', each a list of {name, dtype, shape}"
+                ) from exc
+        self._signature = signature
+
+    @property
+    def signature(self) -> Signature:
+        if self._signature is None:
+            raise ModelLoadError(
+                "this code model declares no signature: add a class attribute 'signature', "
+                "or import it with a sample input (modelport import DIR --sample-input FILE)"
+            )
+        return self._signature
+
+    @signature.setter
+    def signature(self, value: Signature) -> None:
+        self._signature = value
+
+    def raw_predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Call the user's predict() and normalize what it returns to a dict of arrays."""
+        try:
+            result = self.instance.predict(inputs)
+        except Exception as exc:
+            raise PredictionError(f"model.py predict() raised {type(exc).__name__}: {exc}") from exc
+        if not isinstance(result, dict):
+            if self._signature is not None and len(self._signature.outputs) == 1:
+                result = {self._signature.outputs[0].name: result}
+            elif self._signature is None:
+                result = {"output": result}
+            else:
+                raise PredictionError(
+                    "model.py predict() must return a dict of output name -> array for a "
+                    "model with several outputs"
+                )
+        return {str(k): np.asarray(v) for k, v in result.items()}
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = self.raw_predict(inputs)
+        expected = self.signature.output_names
+        if sorted(outputs) != sorted(expected):
+            raise PredictionError(
+                f"model.py predict() returned outputs {sorted(outputs)}, but the signature "
+                f"declares {expected}"
+            )
+        return {name: outputs[name] for name in expected}
+
+    def close(self) -> None:
+        closer = getattr(self.instance, "close", None)
+        if callable(closer):
+            closer()
+        sys.modules.pop(self._module.__name__, None)
