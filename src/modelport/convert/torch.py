@@ -10,6 +10,7 @@ also proves the batch axis really is dynamic.
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
@@ -51,7 +52,7 @@ def torch_to_onnx(
     input_names = _names("input", len(tensors))
     output_names = _names("output", len(expected))
     batch = torch.export.Dim("batch")
-    dynamic = {name: {0: batch} for name in input_names}
+    dynamic = tuple({0: batch} for _ in tensors)  # positional: forward's arg names vary
     with tempfile.TemporaryDirectory() as tmp, _quiet_exporter():
         path = Path(tmp) / "model.onnx"
         try:
@@ -70,12 +71,19 @@ def torch_to_onnx(
             program.save(str(path))
         except Exception as exc:
             raise ConversionError(
-                f"torch.onnx.export failed for {type(module).__name__}: "
-                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+                f"torch.onnx.export failed for {type(module).__name__}: {_summary(exc)}"
             ) from exc
         data = path.read_bytes()
     _check_parity(module, data, arrays, input_names, output_names, tolerance)
     return data
+
+
+def _summary(exc: BaseException) -> str:
+    """The exporter's own cause, without its colour codes and boilerplate."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    _, found, summary = text.partition("## Exception summary")
+    lines = [line for line in (summary if found else text).splitlines() if line.strip()]
+    return lines[0].strip() if lines else type(exc).__name__
 
 
 def _as_list(result: Any) -> list[Any]:

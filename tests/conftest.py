@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import modelport
+from modelport.demo import mlp_onnx
+
+
+@pytest.fixture(scope="session")
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    return x.astype(np.float32), y
+
+
+@pytest.fixture(scope="session")
+def digits_pipeline(digits: tuple[np.ndarray, np.ndarray]) -> Any:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = digits
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(x, y)
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx() -> bytes:
+    """A 4-8-3 MLP: input 'input' float32 [-1, 4], output 'logits' float32 [-1, 3]."""
+    return mlp_onnx((4, 8, 3), seed=3)
+
+
+@pytest.fixture
+def tiny_onnx_file(tmp_path: Path, tiny_onnx: bytes) -> Path:
+    path = tmp_path / "tiny.onnx"
+    path.write_bytes(tiny_onnx)
+    return path
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> modelport.Repository:
+    return modelport.Repository.init(tmp_path / "models")
+
+
+CODE_MODEL = """
+import numpy as np
+
+
+class Doubler:
+    signature = {
+        "inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 2]}],
+        "outputs": [{"name": "y", "dtype": "float32", "shape": [-1, 2]}],
+    }
+
+    def load(self, path):
+        self.factor = float((path / "factor.txt").read_text())
+
+    def predict(self, batch):
+        return {"y": batch["x"] * self.factor}
+"""
+
+
+@pytest.fixture
+def code_folder(tmp_path: Path) -> Path:
+    """A code model that multiplies its input by the number in factor.txt (2)."""
+    folder = tmp_path / "doubler"
+    folder.mkdir()
+    (folder / "model.py").write_text(CODE_MODEL)
+    (folder / "factor.txt").write_text("2")
+    return folder

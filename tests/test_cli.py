@@ -1,0 +1,156 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+
+def modelport(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "modelport", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def ok(*args: str | Path) -> str:
+    result = modelport(*args)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_the_console_script_is_installed() -> None:
+    script = Path(sys.executable).parent / "modelport"
+    result = subprocess.run([script, "--version"], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert "0.1.0" in result.stdout
+
+
+def test_import_list_show_predict(tmp_path: Path, tiny_onnx_file: Path) -> None:
+    repo = tmp_path / "models"
+    assert "ready" in ok("repo", "init", repo)
+    assert "imported tiny:1 (onnx)" in ok(
+        "import", tiny_onnx_file, "--name", "tiny", "--repo", repo
+    )
+    assert "imported tiny:2" in ok("import", tiny_onnx_file, "--name", "tiny", "--repo", repo)
+    listing = ok("list", "--repo", repo)
+    assert listing.startswith("tiny")
+    assert "1,2" in listing
+    manifest = json.loads(ok("show", "tiny:1", "--repo", repo))
+    assert manifest["version"] == 1
+    assert manifest["runtime"] == "onnx"
+
+    request = tmp_path / "x.json"
+    request.write_text(json.dumps({"input": [[1, 2, 3, 4]]}))
+    out = json.loads(ok("predict", "tiny", "--repo", repo, "--input", request))
+    assert out["model"] == "tiny"
+    assert out["version"] == 2
+    expected = _reference(tiny_onnx_file, np.array([[1, 2, 3, 4]], np.float32))
+    np.testing.assert_allclose(out["outputs"]["logits"], expected, rtol=1e-6)
+
+
+def _reference(path: Path, x: np.ndarray) -> Any:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path)).run(None, {"input": x})[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("x.npy", None),
+        ("x.csv", "a,b,c,d\n1,2,3,4\n5,6,7,8\n"),
+        ("x.json", json.dumps([[1, 2, 3, 4], [5, 6, 7, 8]])),
+        (
+            "v2.json",
+            json.dumps(
+                {
+                    "inputs": [
+                        {
+                            "name": "input",
+                            "shape": [2, 4],
+                            "datatype": "FP32",
+                            "data": [1, 2, 3, 4, 5, 6, 7, 8],
+                        }
+                    ]
+                }
+            ),
+        ),
+        ("inst.json", json.dumps({"instances": [[1, 2, 3, 4], [5, 6, 7, 8]]})),
+    ],
+)
+def test_predict_input_formats(
+    tmp_path: Path, tiny_onnx_file: Path, name: str, content: str | None
+) -> None:
+    repo = tmp_path / "models"
+    ok("import", tiny_onnx_file, "--name", "tiny", "--repo", repo)
+    path = tmp_path / name
+    x = np.array([[1, 2, 3, 4], [5, 6, 7, 8]], np.float32)
+    if content is None:
+        np.save(path, x)
+    else:
+        path.write_text(content)
+    out = json.loads(ok("predict", "tiny", "--repo", repo, "--input", path))
+    np.testing.assert_allclose(out["outputs"]["logits"], _reference(tiny_onnx_file, x), rtol=1e-6)
+
+
+def test_import_sklearn_joblib_with_sample(
+    tmp_path: Path, digits_pipeline: Any, digits: Any
+) -> None:
+    import joblib
+
+    repo = tmp_path / "models"
+    model_file = tmp_path / "pipe.joblib"
+    joblib.dump(digits_pipeline, model_file)
+    sample = tmp_path / "sample.npy"
+    np.save(sample, digits[0][:16])
+    refused = modelport(
+        "import", model_file, "--name", "digits", "--sample-input", sample, "--repo", repo
+    )
+    assert refused.returncode == 1
+    assert "--trust-pickle" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    ok(
+        "import",
+        model_file,
+        "--name",
+        "digits",
+        "--sample-input",
+        sample,
+        "--repo",
+        repo,
+        "--trust-pickle",
+    )
+    out = json.loads(ok("predict", "digits", "--repo", repo, "--input", sample))
+    assert out["outputs"]["label"] == digits_pipeline.predict(digits[0][:16]).tolist()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["show", "nope"], "no model named 'nope'"),
+        (["show", "../../etc"], "invalid model name"),
+        (["show", "tiny:9"], "has no version 9"),
+        (["predict", "tiny", "--input", "BAD"], "input 'input': expected shape [?, 4], got [1, 3]"),
+    ],
+)
+def test_errors_are_one_clear_line(
+    tmp_path: Path, tiny_onnx_file: Path, args: list[str], message: str
+) -> None:
+    repo = tmp_path / "models"
+    ok("import", tiny_onnx_file, "--name", "tiny", "--repo", repo)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([[1, 2, 3]]))
+    result = modelport(*[str(bad) if a == "BAD" else a for a in args], "--repo", repo)
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert result.stderr.startswith("error: ")
+    assert "Traceback" not in result.stderr
+
+
+def test_usage_errors_and_help(tmp_path: Path) -> None:
+    assert "import" in ok("--help")
+    missing = modelport("import", tmp_path / "nothing.onnx", "--name", "x")
+    assert missing.returncode == 2
+    assert "does not exist" in missing.stderr
+    assert modelport("list", "--repo", tmp_path / "none").returncode == 1

@@ -1,0 +1,84 @@
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import modelport
+from modelport.datafiles import read_inputs
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The demo repository, built the way README command 1 builds it."""
+    path = tmp_path_factory.mktemp("demo") / "demo-models"
+    result = subprocess.run(
+        [sys.executable, "-m", "modelport", "demo", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    return path, result.stdout
+
+
+def test_demo_builds_every_model_and_shows_a_prediction(demo: tuple[Path, str]) -> None:
+    path, output = demo
+    names = ["digits", "digits-cnn", "digits-code", "mlp-large"]
+    assert modelport.Repository.open(path).names() == names
+    for name in names:
+        assert f"{name}:1 -> " in output
+        assert (path / "_samples" / f"{name}.json").is_file()
+    assert f"modelport predict digits --repo {path}" in output
+
+
+@pytest.mark.parametrize("name", ["digits", "digits-cnn", "digits-code"])
+def test_demo_digit_models_recognize_digits(demo: tuple[Path, str], digits: Any, name: str) -> None:
+    x, y = digits
+    model = modelport.load(demo[0] / name)
+    if name == "digits":
+        predicted = model.predict(x)["label"]
+    elif name == "digits-cnn":
+        predicted = model.predict(x.reshape(-1, 1, 8, 8) / 16)["output"].argmax(axis=1)
+    else:
+        images = (x.reshape(-1, 8, 8) * (255 / 16)).round().astype(np.uint8)
+        out = model.predict({"image": images})
+        predicted = out["digit"]
+        assert (
+            out["name"][0]
+            == ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"][
+                out["digit"][0]
+            ]
+        )
+        assert ((out["confidence"] > 0) & (out["confidence"] <= 1)).all()
+    assert (predicted == y).mean() > 0.95
+
+
+def test_demo_samples_fit_their_models(demo: tuple[Path, str]) -> None:
+    path, _ = demo
+    repo = modelport.Repository.open(path)
+    for name in repo.names():
+        model = repo.load(name)
+        outputs = model.predict(read_inputs(path / "_samples" / f"{name}.json", model.signature))
+        assert all(len(v) == 2 for v in outputs.values())
+
+
+def test_large_mlp_has_the_serving_workload_shape(demo: tuple[Path, str]) -> None:
+    model = modelport.load(demo[0] / "mlp-large")
+    assert model.signature.inputs[0].shape == (-1, 1024)
+    assert model.signature.outputs[0].shape == (-1, 1000)
+
+
+def test_running_the_demo_again_reuses_the_repository(demo: tuple[Path, str]) -> None:
+    path, _ = demo
+    result = subprocess.run(
+        [sys.executable, "-m", "modelport", "demo", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "building" not in result.stdout
+    assert modelport.Repository.open(path).versions("digits") == [1]

@@ -1,0 +1,161 @@
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import modelport
+from modelport import (
+    ConversionError,
+    ModelLoadError,
+    Repository,
+    UntrustedArtifactError,
+    add_model,
+)
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_code_model_with_declared_signature(repo: Repository, code_folder: Path) -> None:
+    manifest = add_model(repo, "doubler", code_folder)
+    assert manifest.runtime == "python"
+    assert sorted(manifest.artifacts) == ["factor.txt", "model.py"]
+    assert "numpy" in manifest.requirements["packages"]
+    model = repo.load("doubler")
+    np.testing.assert_array_equal(model.predict([[1, 2]])["y"], [[2, 4]])
+
+
+def test_code_model_loaded_straight_from_its_folder(code_folder: Path) -> None:
+    model = modelport.load(code_folder)
+    assert model.signature.input_names == ["x"]
+    assert model.predict(np.ones((3, 2)))["y"].tolist() == [[2, 2]] * 3
+
+
+def test_code_model_signature_inferred_from_sample(repo: Repository, code_folder: Path) -> None:
+    source = (code_folder / "model.py").read_text()
+    start = source.index("    signature = {")
+    end = source.index("    def load")
+    (code_folder / "model.py").write_text(source[:start] + source[end:])
+    with pytest.raises(ModelLoadError, match="declares no signature"):
+        add_model(repo, "doubler", code_folder)
+    manifest = add_model(repo, "doubler", code_folder, sample_input={"x": np.ones((4, 2))})
+    assert manifest.signature.to_dict() == {
+        "inputs": [{"name": "x", "dtype": "float64", "shape": [-1, 2]}],
+        "outputs": [{"name": "y", "dtype": "float64", "shape": [-1, 2]}],
+    }
+
+
+def test_code_model_requirements_are_pinned(repo: Repository, code_folder: Path) -> None:
+    (code_folder / "requirements.txt").write_text("packaging>=20  # any\n\nonnx\n")
+    manifest = add_model(repo, "doubler", code_folder)
+    assert set(manifest.requirements["packages"]) == {"modelport", "numpy", "packaging", "onnx"}
+    (code_folder / "requirements.txt").write_text("not-installed-anywhere\n")
+    with pytest.raises(modelport.RequirementsError, match="'not-installed-anywhere' is required"):
+        add_model(repo, "doubler", code_folder)
+
+
+def test_code_model_whose_load_raises(repo: Repository, code_folder: Path) -> None:
+    (code_folder / "factor.txt").write_text("two")
+    before = snapshot(repo.root)
+    with pytest.raises(ModelLoadError) as info:
+        add_model(repo, "doubler", code_folder)
+    message = str(info.value)
+    assert f"{code_folder / 'model.py'}: load() raised ValueError" in message
+    assert "fix load()" in message
+    assert snapshot(repo.root) == before  # the failed import left nothing behind
+    assert repo.names() == []
+
+
+def test_code_model_predict_errors_and_wrong_outputs(code_folder: Path) -> None:
+    source = (code_folder / "model.py").read_text()
+    (code_folder / "model.py").write_text(source.replace('{"y": ', '{"z": '))
+    with pytest.raises(modelport.PredictionError, match=r"returned outputs \['z'\]"):
+        modelport.load(code_folder).predict(np.ones((1, 2)))
+    (code_folder / "model.py").write_text(source.replace("return {", "raise KeyError('boom')  #"))
+    with pytest.raises(modelport.PredictionError, match="predict\\(\\) raised KeyError"):
+        modelport.load(code_folder).predict(np.ones((1, 2)))
+
+
+def test_code_model_without_a_model_class(code_folder: Path) -> None:
+    (code_folder / "model.py").write_text("x = 1\n")
+    with pytest.raises(ModelLoadError, match="exactly one class with load"):
+        modelport.load(code_folder)
+    (code_folder / "model.py").write_text("import no_such_module\n")
+    with pytest.raises(ModelLoadError, match="raised on import: ModuleNotFoundError"):
+        modelport.load(code_folder)
+
+
+def test_symlinks_in_a_code_folder_are_refused(repo: Repository, code_folder: Path) -> None:
+    (code_folder / "passwd").symlink_to("/etc/passwd")
+    with pytest.raises(ModelLoadError, match="symbolic link"):
+        add_model(repo, "doubler", code_folder)
+
+
+def test_pickles_need_an_explicit_opt_in(
+    repo: Repository, code_folder: Path, digits_pipeline: Any, digits: Any, tmp_path: Path
+) -> None:
+    import joblib
+
+    path = tmp_path / "pipeline.joblib"
+    joblib.dump(digits_pipeline, path)
+    with pytest.raises(UntrustedArtifactError, match=r"can run arbitrary code.*--trust-pickle"):
+        add_model(repo, "digits", path, sample_input=digits[0][:16])
+    manifest = add_model(repo, "digits", path, sample_input=digits[0][:16], trust_pickle=True)
+    assert manifest.runtime == "onnx"  # converted: no pickle is stored
+
+    # A pickle inside a code model folder, even without a telling suffix.
+    (code_folder / "weights.bin").write_bytes(b"\x80\x04\x95junk")
+    with pytest.raises(UntrustedArtifactError, match=r"weights\.bin is a pickle"):
+        add_model(repo, "doubler", code_folder)
+    add_model(repo, "doubler", code_folder, trust_pickle=True)
+    with pytest.raises(UntrustedArtifactError):
+        repo.load("doubler")
+    assert repo.load("doubler", options=modelport.LoadOptions(trust_pickle=True))
+
+
+def test_failed_imports_leave_the_repository_untouched(
+    repo: Repository, tiny_onnx: bytes, tmp_path: Path
+) -> None:
+    add_model(repo, "tiny", tiny_onnx)
+    before = snapshot(repo.root)
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(tiny_onnx[:100])
+    with pytest.raises(ModelLoadError):
+        add_model(repo, "tiny", bad)
+    with pytest.raises(modelport.InvalidInputError):
+        add_model(repo, "tiny", tiny_onnx, sample_input=np.ones((2, 5)))
+    with pytest.raises(ConversionError, match="needs a sample input"):
+        add_model(repo, "other", object())
+    with pytest.raises(ConversionError, match=r"cannot import a builtins\.object"):
+        add_model(repo, "other", object(), sample_input=np.ones((1, 1)))
+    assert snapshot(repo.root) == before
+    assert sorted(p.name for p in repo.root.iterdir()) == [".modelport-repository", "tiny"]
+
+
+def test_concurrent_imports_get_distinct_versions(repo: Repository, tiny_onnx: bytes) -> None:
+    versions: list[int] = []
+    lock = threading.Lock()
+
+    def work() -> None:
+        version = add_model(repo, "tiny", tiny_onnx).version
+        with lock:
+            versions.append(version)
+
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(versions) == [1, 2, 3, 4, 5, 6]
+    for v in versions:
+        manifest = json.loads((repo.root / "tiny" / str(v) / "manifest.json").read_text())
+        assert manifest["version"] == v
+
+
+def test_unknown_serving_setting(repo: Repository, tiny_onnx: bytes) -> None:
+    with pytest.raises(ValueError, match="unknown serving setting 'speed'"):
+        add_model(repo, "tiny", tiny_onnx, serving={"speed": "max"})
