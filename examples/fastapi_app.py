@@ -1,5 +1,6 @@
 """A modelport model embedded in an existing FastAPI app.
 
+    pip install uvicorn
     MODELPORT_MODEL=demo-models/digits uvicorn examples.fastapi_app:app
     curl -s localhost:8000/predict -H 'content-type: application/json' \\
         -d '{"inputs": {"input": [[0, 0, 5, 13, 9, 1, 0, 0, ...64 numbers...]]}}'

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,11 +75,7 @@ def app(
     monkeypatch.setattr(modelport, "load", recording_load)
     example = load_example(request.param, monkeypatch)
     if request.param == "fastapi_app":
-        with warnings.catch_warnings():
-            # Starlette >= 1.10 asks for httpx2 and warns at import when it finds only httpx;
-            # adding httpx2 to the dev extra makes this block unnecessary.
-            warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
-            from fastapi.testclient import TestClient
+        from fastapi.testclient import TestClient
 
         with TestClient(example.app) as client:  # entering runs the lifespan: the model loads
             assert client.get("/health").json() == {"status": "ok"}

@@ -159,3 +159,50 @@ def test_concurrent_imports_get_distinct_versions(repo: Repository, tiny_onnx: b
 def test_unknown_serving_setting(repo: Repository, tiny_onnx: bytes) -> None:
     with pytest.raises(ValueError, match="unknown serving setting 'speed'"):
         add_model(repo, "tiny", tiny_onnx, serving={"speed": "max"})
+
+
+def test_code_model_from_an_archive(repo: Repository, code_folder: Path, tmp_path: Path) -> None:
+    import shutil
+
+    archive = shutil.make_archive(
+        str(tmp_path / "doubler"), "gztar", code_folder.parent, code_folder.name
+    )
+    manifest = add_model(repo, "doubler", archive)
+    assert sorted(manifest.artifacts) == ["factor.txt", "model.py"]
+    assert repo.load("doubler").predict([[1, 1]])["y"].tolist() == [[2, 2]]
+    zipped = shutil.make_archive(str(tmp_path / "flat"), "zip", code_folder)
+    assert add_model(repo, "doubler", zipped).version == 2
+
+
+@pytest.mark.parametrize("member", ["../evil.py", "/abs/evil.py", "a/../../evil.py"])
+def test_archive_members_cannot_escape(repo: Repository, tmp_path: Path, member: str) -> None:
+    import io
+    import tarfile
+    import zipfile
+
+    tar_path = tmp_path / "bad.tar.gz"
+    with tarfile.open(tar_path, "w:gz") as tf:
+        info = tarfile.TarInfo(member)
+        info.size = 1
+        tf.addfile(info, io.BytesIO(b"x"))
+    zip_path = tmp_path / "bad.zip"
+    with zipfile.ZipFile(zip_path, "w") as zf:
+        zf.writestr(zipfile.ZipInfo(member), "x")
+    for archive in (tar_path, zip_path):
+        with pytest.raises(ModelLoadError, match="outside the model folder"):
+            add_model(repo, "evil", archive)
+    assert not (tmp_path / "evil.py").exists()
+    assert repo.names() == []
+
+
+def test_archive_links_are_refused(repo: Repository, tmp_path: Path) -> None:
+    import tarfile
+
+    tar_path = tmp_path / "link.tar"
+    with tarfile.open(tar_path, "w") as tf:
+        info = tarfile.TarInfo("model.py")
+        info.type = tarfile.SYMTYPE
+        info.linkname = "/etc/passwd"
+        tf.addfile(info)
+    with pytest.raises(ModelLoadError, match="link or special file"):
+        add_model(repo, "evil", tar_path)

@@ -8,13 +8,14 @@ exactly as it was.
 from __future__ import annotations
 
 import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from modelport import requirements
+from modelport import archives, requirements
 from modelport.config import RuntimeConfig
 from modelport.convert.parity import Tolerance
 from modelport.errors import ConversionError, ModelLoadError, UntrustedArtifactError
@@ -61,22 +62,24 @@ def add_model(
     if unknown:
         raise ValueError(f"unknown serving setting {unknown[0]!r}; expected {SERVING_KEYS}")
     metadata: dict[str, Any] = {"description": description} if description else {}
+    source = model
     model = _unpickle(model, trust_pickle) if _is_pickle_file(model) else model
-    with repo.staging() as staged:
+    with repo.staging() as staged, tempfile.TemporaryDirectory() as unpacked:
+        if isinstance(model, (str, Path)) and archives.is_archive(Path(model)):
+            model = archives.extract(Path(model), Path(unpacked))
         try:
             runtime, reqs = _stage(model, staged, sample_input, trust_pickle, tolerance, metadata)
             signature = _try_out(runtime, staged, sample_input)
         except ModelLoadError as exc:
-            # Name the user's folder, not the staging copy that no longer exists afterwards.
+            # Name what the user passed, not the staging copy that is gone afterwards.
             if isinstance(model, (str, Path)):
-                raise type(exc)(str(exc).replace(str(staged), str(model))) from exc
+                raise type(exc)(str(exc).replace(str(staged), str(source))) from exc
             raise
         artifacts = hash_artifacts(staged)
-        manifest: Manifest | None = None
-
-        def write(folder: Path, version: int) -> None:
-            nonlocal manifest
-            manifest = Manifest(
+        return repo.commit(
+            name,
+            staged,
+            lambda version: Manifest(
                 name,
                 version,
                 runtime,
@@ -85,12 +88,8 @@ def add_model(
                 reqs,
                 serving=serving,
                 metadata=metadata,
-            )
-            manifest.write(folder)
-
-        repo.commit(name, staged, write)
-    assert manifest is not None
-    return manifest
+            ),
+        )
 
 
 def _try_out(runtime_name: str, staged: Path, sample: Sample | None) -> Signature:
@@ -146,7 +145,7 @@ def _stage(
             raise ModelLoadError(
                 f"{path}: unsupported file type {path.suffix or '(none)'}; modelport imports "
                 ".onnx files, scikit-learn/PyTorch pickles (.joblib/.pkl/.pt, with "
-                "--trust-pickle) and code-model folders"
+                "--trust-pickle) and code-model folders or archives (.zip, .tar.gz)"
             )
         data = path.read_bytes()
     elif isinstance(model, bytes):

@@ -185,24 +185,25 @@ class Repository:
             with contextlib.suppress(OSError):  # another import may still be staging
                 folder.parent.rmdir()
 
-    def commit(self, name: str, staged: Path, write_manifest: Callable[[Path, int], None]) -> int:
-        """Move a staged version into place as the next version of ``name``, atomically.
+    def commit(self, name: str, staged: Path, build: Callable[[int], Manifest]) -> Manifest:
+        """Move a staged version into place as the model's next version, atomically.
 
-        ``write_manifest(folder, version)`` writes the manifest once the number is known. A
-        concurrent import that takes the same number first makes this one retry with the next.
+        ``build(version)`` makes the manifest once the number is known. A concurrent import
+        that takes the same number first makes this one retry with the next.
         """
         model_dir = self._inside(check_name(name))
         model_dir.mkdir(exist_ok=True)
         for _ in range(100):
-            version = max(self.versions(name), default=0) + 1
-            write_manifest(staged, version)
+            manifest = build(max(self.versions(name), default=0) + 1)
+            manifest.write(staged)
+            target = model_dir / str(manifest.version)
             try:
-                os.rename(staged, model_dir / str(version))
+                os.rename(staged, target)
             except OSError:
-                if (model_dir / str(version)).exists():
+                if target.exists():
                     continue
                 raise
-            return version
+            return manifest
         raise ModelLoadError(f"could not allocate a new version of {name!r}: too much contention")
 
 
