@@ -136,6 +136,8 @@ def _cast(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
             )
         return array.astype(object, copy=False)
     target = np.dtype(spec.dtype)
+    if array.dtype == target:
+        return array
     if array.dtype.kind in "iu" and target.kind in "iu":
         # Integers of another width or signedness are fine when every value fits: JSON and
         # Python lists give int64 whatever the model takes.
@@ -158,6 +160,10 @@ def _cast(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
 
 
 def _check_shape(spec: TensorSpec, array: np.ndarray) -> None:
+    if array.ndim == len(spec.shape) and all(
+        want in (-1, got) for want, got in zip(spec.shape, array.shape, strict=True)
+    ):
+        return
     expected = "[" + ", ".join("?" if d == -1 else str(d) for d in spec.shape) + "]"
     if array.ndim != len(spec.shape):
         raise InvalidInputError(
@@ -190,7 +196,8 @@ def validate_inputs(
                 f"({', '.join(signature.input_names)}); pass a dict of name -> array"
             )
         inputs = {signature.inputs[0].name: inputs}
-    _check_names(signature.input_names, inputs.keys())
+    if len(inputs) != len(signature.inputs) or any(s.name not in inputs for s in signature.inputs):
+        _check_names(signature.input_names, inputs.keys())
     result: dict[str, np.ndarray] = {}
     for spec in signature.inputs:
         array = _as_array(spec, inputs[spec.name])
