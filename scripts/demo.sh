@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh sklearn,torch
-exec .venv/bin/modelport demo demo-models "$@"
+.venv/bin/modelport demo demo-models "$@"
+echo "(the modelport command is in .venv: run 'source .venv/bin/activate' first)"
