@@ -154,3 +154,89 @@ def test_usage_errors_and_help(tmp_path: Path) -> None:
     assert missing.returncode == 2
     assert "does not exist" in missing.stderr
     assert modelport("list", "--repo", tmp_path / "none").returncode == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"instances": 5}', "'instances' must be a non-empty list"),
+        ('{"instances": [{"input": [1, 2, 3, 4]}, {"y": 1}]}', "the same keys"),
+        ('{"inputs": [{"name": ["x"], "data": [1, 2, 3, 4]}]}', "needs a string 'name'"),
+        ('{"inputs": [{"name": "input", "shape": [3, 3], "data": [1, 2]}]}', "does not fit"),
+        ("{oops", "cannot read inputs"),
+    ],
+)
+def test_malformed_input_files_are_one_line_errors(
+    tmp_path: Path, tiny_onnx_file: Path, content: str, message: str
+) -> None:
+    repo = tmp_path / "models"
+    ok("import", tiny_onnx_file, "--name", "tiny", "--repo", repo)
+    request = tmp_path / "bad.json"
+    request.write_text(content)
+    result = modelport("predict", "tiny", "--repo", repo, "--input", request)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: {request}: ")
+    assert message in result.stderr
+
+
+def test_ragged_csv_is_a_one_line_error(tmp_path: Path, tiny_onnx_file: Path) -> None:
+    repo = tmp_path / "models"
+    ok("import", tiny_onnx_file, "--name", "tiny", "--repo", repo)
+    request = tmp_path / "bad.csv"
+    request.write_text("b,input\n1\n")
+    result = modelport("predict", "tiny", "--repo", repo, "--input", request)
+    assert result.returncode == 1
+    assert "every CSV row needs 2 columns" in result.stderr
+
+
+def test_failed_import_into_a_new_folder_leaves_nothing(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"junk")
+    result = modelport("import", bad, "--name", "x", "--repo", tmp_path / "typo")
+    assert result.returncode == 1
+    assert not (tmp_path / "typo").exists()
+
+
+def test_os_errors_are_one_line(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    result = modelport("repo", "init", tmp_path / "file" / "below")
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: ")
+    assert "Traceback" not in result.stderr
+
+
+def test_demo_refuses_a_repository_that_is_not_the_demo(
+    tmp_path: Path, tiny_onnx_file: Path
+) -> None:
+    repo = tmp_path / "models"
+    ok("import", tiny_onnx_file, "--name", "tiny", "--repo", repo)
+    result = modelport("demo", repo)
+    assert result.returncode == 2
+    assert "not a demo repository" in result.stderr
+
+
+@pytest.mark.slow
+def test_import_a_torch_file_with_a_csv_sample(tmp_path: Path) -> None:
+    import torch
+    from torch import nn
+
+    net = nn.Sequential(nn.Linear(4, 3))
+    torch.save(net, tmp_path / "net.pt")
+    sample = tmp_path / "rows.csv"
+    sample.write_text("a,b,c,d\n1,2,3,4\n0.5,0.1,0,2\n")
+    repo = tmp_path / "models"
+    ok(
+        "import",
+        tmp_path / "net.pt",
+        "--name",
+        "net",
+        "--sample-input",
+        sample,
+        "--repo",
+        repo,
+        "--trust-pickle",
+    )
+    out = json.loads(ok("predict", "net", "--repo", repo, "--input", sample))
+    with torch.no_grad():
+        expected = net(torch.tensor([[1, 2, 3, 4], [0.5, 0.1, 0, 2]])).numpy()
+    np.testing.assert_allclose(out["outputs"]["output"], expected, rtol=1e-5, atol=1e-6)

@@ -133,7 +133,7 @@ def test_failed_imports_leave_the_repository_untouched(
     with pytest.raises(ConversionError, match=r"cannot import a builtins\.object"):
         add_model(repo, "other", object(), sample_input=np.ones((1, 1)))
     assert snapshot(repo.root) == before
-    assert sorted(p.name for p in repo.root.iterdir()) == [".modelport-repository", "tiny"]
+    assert sorted(p.name for p in repo.root.iterdir()) == ["tiny"]
 
 
 def test_concurrent_imports_get_distinct_versions(repo: Repository, tiny_onnx: bytes) -> None:
@@ -206,3 +206,101 @@ def test_archive_links_are_refused(repo: Repository, tmp_path: Path) -> None:
         tf.addfile(info)
     with pytest.raises(ModelLoadError, match="link or special file"):
         add_model(repo, "evil", tar_path)
+
+
+def test_code_model_helpers_import_relatively(repo: Repository, code_folder: Path) -> None:
+    (code_folder / "scaling.py").write_text("def scale(x, f):\n    return x * f\n")
+    source = (code_folder / "model.py").read_text()
+    source = "from .scaling import scale\n" + source.replace(
+        'return {"y": batch["x"] * self.factor}', 'return {"y": scale(batch["x"], self.factor)}'
+    )
+    (code_folder / "model.py").write_text(source)
+    add_model(repo, "doubler", code_folder)
+    assert repo.load("doubler").predict([[1, 2]])["y"].tolist() == [[2, 4]]
+    (code_folder / "model.py").write_text("import scaling\n" + source)
+    with pytest.raises(ModelLoadError, match=r"import it relatively, from \.scaling import"):
+        modelport.load(code_folder)
+
+
+def test_loading_code_writes_and_trusts_no_bytecode(repo: Repository, code_folder: Path) -> None:
+    add_model(repo, "doubler", code_folder)
+    folder = repo.root / "doubler" / "1"
+    before = sorted(p.name for p in folder.rglob("*"))
+    repo.load("doubler").predict([[1, 1]])
+    assert sorted(p.name for p in folder.rglob("*")) == before  # no __pycache__ appeared
+    (folder / "__pycache__").mkdir()
+    (folder / "__pycache__" / "model.cpython-311.pyc").write_bytes(b"changed code")
+    with pytest.raises(modelport.IntegrityError, match="not in the manifest"):
+        repo.load("doubler")
+
+
+def test_truncated_onnx_import_names_the_users_file(
+    repo: Repository, tmp_path: Path, tiny_onnx: bytes
+) -> None:
+    bad = tmp_path / "trunc.onnx"
+    bad.write_bytes(tiny_onnx[:60])
+    with pytest.raises(ModelLoadError) as info:
+        add_model(repo, "tiny", bad)
+    assert str(info.value).startswith(f"{bad} is not a valid ONNX file")
+    assert ".staging" not in str(info.value)
+
+
+def test_errors_inside_an_archive_name_the_archive(
+    repo: Repository, code_folder: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    (code_folder / "w.bin").write_bytes(b"\x80\x04\x95junk")
+    archive = shutil.make_archive(
+        str(tmp_path / "pk"), "gztar", code_folder.parent, code_folder.name
+    )
+    with pytest.raises(UntrustedArtifactError) as info:
+        add_model(repo, "doubler", archive)
+    assert str(info.value).startswith(f"{archive}:w.bin is a pickle")
+
+
+def test_an_opset_newer_than_onnxruntime_is_refused_with_the_reason(
+    repo: Repository, tmp_path: Path
+) -> None:
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [x],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    path = tmp_path / "future.onnx"
+    path.write_bytes(
+        helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", 40)], ir_version=8
+        ).SerializeToString()
+    )
+    expected = (
+        rf"{path} cannot load in this environment: opset 40 of domain ai\.onnx is "
+        r"newer than onnxruntime .* supports \(up to \d+\)\. Upgrade onnxruntime, or "
+        "export the model with an older opset"
+    )
+    with pytest.raises(modelport.RequirementsError, match=expected):
+        add_model(repo, "future", path)
+    with pytest.raises(modelport.RequirementsError, match=expected):
+        modelport.load(path)
+    assert repo.names() == []
+
+
+@pytest.mark.slow
+def test_torch_file_with_a_float64_sample_and_a_failing_forward(
+    repo: Repository, tmp_path: Path
+) -> None:
+    import torch
+    from torch import nn
+
+    net = nn.Sequential(nn.Linear(4, 3), nn.ReLU())
+    path = tmp_path / "net.pt"
+    torch.save(net, path)
+    sample = np.random.default_rng(0).standard_normal((5, 4))  # float64, as CSV/JSON give
+    manifest = add_model(repo, "net", path, sample_input=sample, trust_pickle=True)
+    assert manifest.signature.inputs[0].dtype == "float32"
+    with pytest.raises(ConversionError, match=r"raised on the sample input \(float32\[5, 3\]\)"):
+        add_model(repo, "net", path, sample_input=sample[:, :3], trust_pickle=True)

@@ -59,14 +59,29 @@ def test_unknown_models_and_versions(repo: Repository, tiny_onnx: bytes) -> None
 
 
 @pytest.mark.parametrize(
-    "name", ["../etc", "..", "a/b", "%2e%2e", "..%2f", ".hidden", "", "a" * 65, "a b", "a\x00"]
+    "name",
+    [
+        "../etc",
+        "..",
+        "a/b",
+        "%2e%2e",
+        "..%2f",
+        ".hidden",
+        "",
+        "a" * 65,
+        "a b",
+        "a\x00",
+        "a.",
+        "a..b",
+    ],
 )
 def test_bad_names_are_refused(repo: Repository, tiny_onnx: bytes, name: str) -> None:
+    before = sorted(repo.root.parent.rglob("*"))
     with pytest.raises(InvalidNameError):
         add_model(repo, name, tiny_onnx)
     with pytest.raises(InvalidNameError):
         repo.load(name)
-    assert not any(repo.root.parent.glob("etc"))
+    assert sorted(repo.root.parent.rglob("*")) == before  # nothing written, here or above
 
 
 @pytest.mark.parametrize("ref", ["tiny:0", "tiny:-1", "tiny:x", "tiny:1:2", "tiny:"])
@@ -205,3 +220,56 @@ def test_hidden_and_stray_folders_are_not_models(repo: Repository, tiny_onnx: by
     (repo.root / "notes").mkdir()
     shutil.copytree(repo.root / "tiny", repo.root / ".backup")
     assert repo.names() == ["tiny"]
+
+
+def test_a_hand_edited_signature_refuses_to_load(repo: Repository, tiny_onnx: bytes) -> None:
+    add_model(repo, "tiny", tiny_onnx)
+    path = repo.root / "tiny" / "1" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["signature"]["inputs"][0]["shape"] = [-1, 5]
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match="signature differs from the model's own"):
+        repo.load("tiny")
+
+
+def test_symlinked_artifacts_refuse_to_load(
+    repo: Repository, tiny_onnx: bytes, tmp_path: Path
+) -> None:
+    add_model(repo, "tiny", tiny_onnx)
+    artifact = repo.root / "tiny" / "1" / "model.onnx"
+    outside = tmp_path / "copy.onnx"
+    outside.write_bytes(artifact.read_bytes())
+    artifact.unlink()
+    artifact.symlink_to(outside)
+    with pytest.raises(IntegrityError, match="is a symbolic link"):
+        repo.load("tiny")
+
+
+def test_broken_entries_do_not_hide_the_others(
+    repo: Repository, tiny_onnx: bytes, tmp_path: Path
+) -> None:
+    add_model(repo, "tiny", tiny_onnx)
+    (repo.root / "a..b" / "1").mkdir(parents=True)
+    (tmp_path / "outside" / "1").mkdir(parents=True)
+    (repo.root / "escape").symlink_to(tmp_path / "outside")
+    assert repo.names() == ["tiny"]
+
+
+def test_an_onnx_graph_onnxruntime_rejects(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    graph = helper.make_graph(
+        [helper.make_node("NoSuchOp", ["x"], ["y"])],
+        "g",
+        [x],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    path = tmp_path / "odd.onnx"
+    path.write_bytes(
+        helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8
+        ).SerializeToString()
+    )
+    with pytest.raises(modelport.ModelLoadError, match=rf"onnxruntime cannot load {path}: .*"):
+        modelport.load(path)

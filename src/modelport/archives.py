@@ -58,11 +58,15 @@ def extract(archive: Path, target: Path) -> Path:
                         )
                     total += member.size
                 _check_size(archive, total)
+                # Python 3.12+ also applies its own "data" filter (and warns without one).
+                extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
                 for member in members:
-                    member.mode = (member.mode & 0o755) | 0o600  # no setuid, owner can write
-                    tf.extract(member, target, set_attrs=False)
+                    tf.extract(member, target, set_attrs=False, **extra)  # type: ignore[arg-type]
     except (zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
         raise ModelLoadError(f"{archive} is not a readable archive ({exc})") from exc
+    # Archives carry their own permission bits; a model folder gets plain, readable ones.
+    for path in target.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
     entries = list(target.iterdir())
     if len(entries) == 1 and entries[0].is_dir():
         return entries[0]

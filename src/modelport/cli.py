@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -76,16 +78,21 @@ def import_(
     from modelport.datafiles import read_sample
     from modelport.importing import add_model
 
-    repository = Repository.init(repo_path)
     sample = read_sample(sample_input) if sample_input else None
-    manifest = add_model(
-        repository,
-        name,
-        source,
-        sample_input=sample,
-        trust_pickle=trust_pickle,
-        description=description,
-    )
+    created = not repo_path.exists()
+    try:
+        manifest = add_model(
+            Repository.init(repo_path),
+            name,
+            source,
+            sample_input=sample,
+            trust_pickle=trust_pickle,
+            description=description,
+        )
+    except BaseException:
+        if created:  # a mistyped --repo should not leave a new empty folder behind
+            shutil.rmtree(repo_path, ignore_errors=True)
+        raise
     click.echo(f"imported {manifest.name}:{manifest.version} ({manifest.runtime}) into {repo_path}")
 
 
@@ -98,9 +105,13 @@ def list_(repo_path: Path) -> None:
     if not names:
         click.echo(f"no models in {repo_path}; add one with 'modelport import'")
     for name in names:
-        manifest = repository.manifest(name)
         versions = ",".join(map(str, repository.versions(name)))
-        click.echo(f"{name:24} versions {versions:12} {manifest.runtime:7} {manifest.created_at}")
+        try:
+            manifest = repository.manifest(name)
+            about = f"{manifest.runtime:7} {manifest.created_at}"
+        except ModelportError as exc:  # one broken version must not hide the others
+            about = f"BROKEN: {exc}"
+        click.echo(f"{name:24} versions {versions:12} {about}")
 
 
 @main.command()
@@ -147,6 +158,10 @@ def demo(path: Path, rebuild: bool, with_torch: bool | None) -> None:
     from modelport.demo import SAMPLES, build_demo
 
     repository = Repository(path)
+    if path.is_dir() and repository.names() and not (path / SAMPLES).is_dir():
+        raise click.UsageError(
+            f"{path} holds models but is not a demo repository; pick a new folder"
+        )
     if rebuild or not path.is_dir() or not repository.names():
         build_demo(path, with_torch=with_torch, log=click.echo)
     for name in repository.names():
@@ -171,6 +186,15 @@ def run() -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except ModelportError as exc:
+    except (ModelportError, OSError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
+    except Exception as exc:  # a bug: still one line, the traceback only on request
+        if os.environ.get("MODELPORT_DEBUG"):
+            raise
+        click.echo(
+            f"error: unexpected {type(exc).__name__}: {exc} (this is a bug in modelport; "
+            "set MODELPORT_DEBUG=1 to see the traceback and report it)",
+            err=True,
+        )
+        sys.exit(2)

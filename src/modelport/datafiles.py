@@ -1,9 +1,19 @@
-"""Reading model inputs from files (JSON, .npy, .npz, CSV) and writing outputs as JSON."""
+"""Reading model inputs from files (JSON, .npy, .npz, CSV) and writing outputs as JSON.
+
+Formats:
+- ``.json``: ``{"input_name": [[...]], ...}``, an Open Inference Protocol request
+  (``{"inputs": [{"name", "shape", "datatype", "data"}]}``), ``{"instances": [...]}`` (rows, or
+  objects of input name -> value), or a bare list for a one-input model;
+- ``.npy``: one array; ``.npz``: one array per input name;
+- ``.csv`` with a header: columns named like the model's inputs become those inputs; otherwise
+  every column is a feature of the single input, one row per sample.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,78 +26,128 @@ FORMATS = (".json", ".npy", ".npz", ".csv")
 
 
 def read_inputs(path: Path, signature: Signature) -> dict[str, Any]:
-    """Inputs for ``signature`` from a file.
+    """Inputs for ``signature`` from a file; InvalidInputError says what is wrong with it."""
+    data = _read(path)
+    if _is_csv(path):
+        data = _csv_inputs(path, data, signature)
+    if isinstance(data, Mapping):
+        return dict(data)
+    if len(signature.inputs) != 1:
+        raise InvalidInputError(
+            f"{path}: the model takes {len(signature.inputs)} inputs "
+            f"({', '.join(signature.input_names)}): name each one (JSON object, .npz or CSV)"
+        )
+    return {signature.inputs[0].name: data}
 
-    - ``.json``: ``{"input_name": [[...]], ...}``, an Open Inference Protocol request
-      (``{"inputs": [{"name", "shape", "datatype", "data"}]}``), ``{"instances": [...]}``, or a
-      bare list for a one-input model;
-    - ``.npy``: one array for a one-input model; ``.npz``: one array per input name;
-    - ``.csv`` with a header: columns named like inputs become those inputs; otherwise every
-      column is a feature of the single input, one row per sample.
-    """
+
+def read_sample(path: Path) -> np.ndarray | dict[str, np.ndarray]:
+    """A sample input for import, before any signature exists: one array or named arrays."""
+    data = _read(path)
+    try:
+        if isinstance(data, Mapping):
+            return {k: np.asarray(v) for k, v in data.items()}
+        return _table(path, data) if _is_csv(path) else np.asarray(data)
+    except ValueError as exc:
+        raise InvalidInputError(f"{path}: the sample is not a rectangular array ({exc})") from exc
+
+
+def _read(path: Path) -> Any:
+    """The file's content: an array, a dict of arrays or JSON values, or CSV rows."""
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
-            return _single(signature, np.load(path, allow_pickle=False))
+            return np.load(path, allow_pickle=False)
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as archive:
                 return {k: archive[k] for k in archive.files}
         if suffix == ".json":
-            return _from_json(json.loads(path.read_text()), signature)
+            return _from_json(path, json.loads(path.read_text()))
         if suffix == ".csv":
-            return _from_csv(path, signature)
-    except (ValueError, json.JSONDecodeError, OSError) as exc:
+            with path.open(newline="") as f:
+                rows = list(csv.reader(f))
+            if len(rows) < 2:
+                raise InvalidInputError(f"{path}: a CSV needs a header row and at least one row")
+            if any(len(row) != len(rows[0]) for row in rows):
+                raise InvalidInputError(f"{path}: every CSV row needs {len(rows[0])} columns")
+            return rows
+    except (ValueError, OSError) as exc:  # JSONDecodeError is a ValueError
         raise InvalidInputError(f"{path}: cannot read inputs ({exc})") from exc
     raise InvalidInputError(
         f"{path}: unsupported input file type {suffix or '(none)'}; use {', '.join(FORMATS)}"
     )
 
 
-def _single(signature: Signature, value: Any) -> dict[str, Any]:
-    if len(signature.inputs) != 1:
-        raise InvalidInputError(
-            f"the model takes {len(signature.inputs)} inputs "
-            f"({', '.join(signature.input_names)}): name each one (JSON object, .npz or CSV)"
-        )
-    return {signature.inputs[0].name: value}
-
-
-def _from_json(data: Any, signature: Signature) -> dict[str, Any]:
+def _from_json(path: Path, data: Any) -> Any:
     if isinstance(data, list):
-        return _single(signature, data)
+        return data
     if not isinstance(data, dict):
-        raise InvalidInputError("JSON input must be an object or a list")
+        raise InvalidInputError(f"{path}: JSON input must be an object or a list")
     if "instances" in data:
         instances = data["instances"]
-        if instances and all(isinstance(i, dict) for i in instances):
-            return {k: [i[k] for i in instances] for k in instances[0]}
-        return _single(signature, instances)
-    if isinstance(data.get("inputs"), list):
-        tensors = {}
-        for tensor in data["inputs"]:
-            if not isinstance(tensor, dict) or "name" not in tensor:
-                raise InvalidInputError("each entry of 'inputs' needs a 'name'")
-            array = np.asarray(tensor.get("data"))
-            tensors[tensor["name"]] = array.reshape(tensor["shape"]) if "shape" in tensor else array
-        return tensors
+        if not isinstance(instances, list) or not instances:
+            raise InvalidInputError(f"{path}: 'instances' must be a non-empty list")
+        if not all(isinstance(i, dict) for i in instances):
+            return instances
+        names = list(instances[0])
+        if any(sorted(i) != sorted(names) for i in instances):
+            raise InvalidInputError(f"{path}: every instance needs the same keys, {names}")
+        return {k: [i[k] for i in instances] for k in names}
+    if "inputs" in data:
+        return _v2_inputs(path, data["inputs"])
     return data
 
 
-def _from_csv(path: Path, signature: Signature) -> dict[str, Any]:
-    with path.open(newline="") as f:
-        rows = list(csv.reader(f))
-    if len(rows) < 2:
-        raise InvalidInputError(f"{path}: a CSV input needs a header row and at least one row")
+def _v2_inputs(path: Path, tensors: Any) -> dict[str, Any]:
+    if not isinstance(tensors, list):
+        raise InvalidInputError(f"{path}: 'inputs' must be a list of tensors")
+    result: dict[str, Any] = {}
+    for tensor in tensors:
+        name = tensor.get("name") if isinstance(tensor, dict) else None
+        if not isinstance(name, str) or "data" not in tensor:
+            raise InvalidInputError(
+                f"{path}: each entry of 'inputs' needs a string 'name' and 'data'"
+            )
+        array = np.asarray(tensor["data"])
+        if "shape" in tensor:
+            try:
+                array = array.reshape(tensor["shape"])
+            except (TypeError, ValueError) as exc:
+                raise InvalidInputError(
+                    f"{path}: input {name!r}: data of {array.size} values does not fit shape "
+                    f"{tensor['shape']}"
+                ) from exc
+        result[name] = array
+    return result
+
+
+def _is_csv(path: Path) -> bool:
+    return path.suffix.lower() == ".csv"
+
+
+def _csv_inputs(path: Path, rows: list[list[str]], signature: Signature) -> Any:
+    """Columns named like the inputs become those inputs; otherwise the rows are one table."""
     header, body = rows[0], rows[1:]
-    names = signature.input_names
-    if set(names) <= set(header):
-        return {
-            spec.name: np.array([row[header.index(spec.name)] for row in body]).astype(
+    if not set(signature.input_names) <= set(header):
+        return _table(path, rows)
+    columns = {}
+    for spec in signature.inputs:
+        values = [row[header.index(spec.name)] for row in body]
+        try:
+            columns[spec.name] = np.array(values).astype(
                 object if spec.dtype == "string" else spec.dtype
             )
-            for spec in signature.inputs
-        }
-    return _single(signature, np.array(body, dtype=np.float64))
+        except ValueError as exc:
+            raise InvalidInputError(
+                f"{path}: column {spec.name!r} is not {spec.dtype} ({exc})", spec.name
+            ) from exc
+    return columns
+
+
+def _table(path: Path, rows: list[list[str]]) -> np.ndarray:
+    try:
+        return np.array(rows[1:], dtype=np.float64)
+    except ValueError as exc:
+        raise InvalidInputError(f"{path}: every CSV value must be a number ({exc})") from exc
 
 
 def to_json(value: Any) -> Any:
@@ -103,26 +163,3 @@ def to_json(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
-
-
-def read_sample(path: Path) -> np.ndarray | dict[str, np.ndarray]:
-    """A sample input for import, before any signature exists: one array or named arrays."""
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".npy":
-            return np.asarray(np.load(path, allow_pickle=False))
-        if suffix == ".npz":
-            with np.load(path, allow_pickle=False) as archive:
-                return {k: archive[k] for k in archive.files}
-        if suffix == ".json":
-            data = json.loads(path.read_text())
-            if isinstance(data, dict):
-                return {k: np.asarray(v) for k, v in data.items()}
-            return np.asarray(data)
-        if suffix == ".csv":
-            return np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
-    except (ValueError, json.JSONDecodeError, OSError) as exc:
-        raise InvalidInputError(f"{path}: cannot read the sample ({exc})") from exc
-    raise InvalidInputError(
-        f"{path}: unsupported sample file type {suffix or '(none)'}; use {', '.join(FORMATS)}"
-    )

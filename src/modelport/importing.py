@@ -18,7 +18,7 @@ import numpy as np
 from modelport import archives, requirements
 from modelport.config import RuntimeConfig
 from modelport.convert.parity import Tolerance
-from modelport.errors import ConversionError, ModelLoadError, UntrustedArtifactError
+from modelport.errors import ConversionError, ModelLoadError, UntrustedArtifactError, require
 from modelport.manifest import (
     SERVING_KEYS,
     Manifest,
@@ -71,10 +71,10 @@ def add_model(
             runtime, reqs = _stage(model, staged, sample_input, trust_pickle, tolerance, metadata)
             signature = _try_out(runtime, staged, sample_input)
         except ModelLoadError as exc:
-            # Name what the user passed, not the staging copy that is gone afterwards.
-            if isinstance(model, (str, Path)):
-                raise type(exc)(str(exc).replace(str(staged), str(source))) from exc
-            raise
+            message = str(exc)
+            for temporary, shown in _shown_paths(source, model, staged):
+                message = message.replace(temporary, shown)
+            raise type(exc)(message) from exc
         artifacts = hash_artifacts(staged)
         return repo.commit(
             name,
@@ -90,6 +90,21 @@ def add_model(
                 metadata=metadata,
             ),
         )
+
+
+def _shown_paths(source: Any, model: Any, staged: Path) -> list[tuple[str, str]]:
+    """Temporary paths in error messages, and what the user knows them as."""
+    if not isinstance(source, (str, Path)):
+        return [(str(staged / ONNX_FILE), "the converted model")]
+    if archives.is_archive(Path(source)):
+        return [
+            (f"{staged}/", f"{source}:"),
+            (f"{model}/", f"{source}:"),
+            (str(model), str(source)),
+        ]
+    if Path(source).is_file():
+        return [(str(staged / ONNX_FILE), str(source))]
+    return [(str(staged), str(source))]
 
 
 def _try_out(runtime_name: str, staged: Path, sample: Sample | None) -> Signature:
@@ -113,9 +128,11 @@ def _unpickle(model: Any, trust_pickle: bool) -> Any:
     if not trust_pickle:
         raise UntrustedArtifactError(refusal(path))
     if path.suffix.lower() in (".pt", ".pth"):
+        require("torch", "torch")
         import torch
 
         return torch.load(path, weights_only=False)
+    require("joblib", "sklearn")
     import joblib
 
     return joblib.load(path)
@@ -159,7 +176,7 @@ def _stage(
 
     opsets, ir_version = read_opsets(staged / ONNX_FILE)
     reqs = requirements.onnx_requirements(opsets, ir_version)
-    requirements.check(reqs, "the imported model")
+    requirements.check(reqs, str(staged / ONNX_FILE), requirements.NEWER_OPSET)
     return "onnx", reqs
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,12 +116,18 @@ def hash_artifacts(folder: Path) -> dict[str, str]:
     return {
         p.relative_to(folder).as_posix(): sha256(p)
         for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != MANIFEST and "__pycache__" not in p.parts
+        if p.is_file() and p.name != MANIFEST
     }
 
 
 def verify_artifacts(folder: Path, manifest: Manifest) -> None:
     """Raise IntegrityError unless the files on disk are exactly those the manifest hashed."""
+    for path in folder.rglob("*"):
+        if path.is_symlink():
+            raise IntegrityError(
+                f"{path} is a symbolic link; a version folder holds only its own files. "
+                "Replace the link with the file, or re-import the model"
+            )
     actual = hash_artifacts(folder)
     for rel, expected in sorted(manifest.artifacts.items()):
         got = actual.get(rel)
@@ -141,12 +148,24 @@ def verify_artifacts(folder: Path, manifest: Manifest) -> None:
 
 
 def is_pickle(path: Path) -> bool:
-    """True for files that unpickle on load: known suffixes, or pickle's magic bytes."""
+    """True for files that unpickle on load: known suffixes, pickle protocol 2+ magic bytes,
+    or a zip holding ``.pkl`` members (PyTorch's format).
+
+    Protocol 0/1 pickles have no magic bytes and are caught only by their suffix.
+    """
     if path.suffix.lower() in PICKLE_SUFFIXES:
         return True
     with path.open("rb") as f:
-        head = f.read(2)
-    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+        head = f.read(4)
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return True
+    if head == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(path) as zf:
+                return any(n.endswith(".pkl") for n in zf.namelist())
+        except zipfile.BadZipFile:
+            return False
+    return False
 
 
 def refuse_pickles(folder: Path, trust_pickle: bool) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 
 from modelport.config import InputLimits, LoadOptions, RuntimeConfig
 from modelport.errors import ModelLoadError, ModelportError, PredictionError
-from modelport.runtimes import Runtime
+from modelport.runtimes import PLATFORMS, Runtime
 from modelport.signature import Signature, validate_inputs
 
 ONNX_FILE = "model.onnx"
@@ -99,10 +99,18 @@ def load(
         return Repository.open(repository).load(str(source), version=version, options=options)
     path = Path(source)
     if path.is_file() and path.suffix.lower() == ".onnx":
-        from modelport.runtimes.onnx import OnnxRuntime
+        from modelport import requirements
+        from modelport.runtimes.onnx import OnnxRuntime, read_opsets
 
+        opsets, _ = read_opsets(path)
+        requirements.check({"onnx_opsets": opsets}, str(path), requirements.NEWER_OPSET)
         runtime = OnnxRuntime(path, options.runtime)
-        metadata = {"name": path.stem, "runtime": "onnx", "providers": runtime.providers}
+        metadata = {
+            "name": path.stem,
+            "runtime": "onnx",
+            "platform": PLATFORMS["onnx"],
+            "providers": runtime.providers,
+        }
         return Model(runtime.signature, runtime, metadata, options.limits)
     if path.is_dir():
         return load_folder(path, version=version, options=options)

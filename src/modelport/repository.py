@@ -30,18 +30,22 @@ from modelport.errors import (
 )
 from modelport.manifest import MANIFEST, Manifest, read_manifest, refuse_pickles, verify_artifacts
 from modelport.model import Model, open_runtime
+from modelport.runtimes import PLATFORMS
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-MARKER = ".modelport-repository"
 _STAGING = ".staging"
+
+
+def is_valid_name(name: str) -> bool:
+    return bool(NAME_PATTERN.fullmatch(name)) and ".." not in name and not name.endswith(".")
 
 
 def check_name(name: str) -> str:
     """Return ``name`` if it is a valid model name, else raise InvalidNameError."""
-    if not NAME_PATTERN.fullmatch(name) or ".." in name:
+    if not is_valid_name(name):
         raise InvalidNameError(
             f"invalid model name {name!r}: use 1-64 letters, digits, '_', '-' or '.', starting "
-            "with a letter or digit, and no '..'"
+            "with a letter or digit, with no '..' and not ending in '.'"
         )
     return name
 
@@ -111,7 +115,6 @@ class Repository:
         if path.exists() and not path.is_dir():
             raise ModelLoadError(f"{path} exists and is not a folder")
         path.mkdir(parents=True, exist_ok=True)
-        (path / MARKER).touch()
         return cls(path)
 
     @classmethod
@@ -131,17 +134,20 @@ class Repository:
         return path
 
     def names(self) -> list[str]:
-        return sorted(
-            p.name
-            for p in self.root.iterdir()
-            if p.is_dir() and NAME_PATTERN.fullmatch(p.name) and self.versions(p.name)
-        )
+        """Models with at least one version; folders with invalid names or links out of the
+        repository are not models and are skipped."""
+        names = []
+        for path in self.root.iterdir():
+            if path.is_dir() and is_valid_name(path.name):
+                try:
+                    if self.versions(path.name):
+                        names.append(path.name)
+                except InvalidNameError:
+                    continue
+        return sorted(names)
 
     def versions(self, name: str) -> list[int]:
-        folder = self._inside(check_name(name))
-        if not folder.is_dir():
-            return []
-        return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+        return _numbered(self._inside(check_name(name)))
 
     def version_dir(self, name: str, version: int | None = None) -> Path:
         """The folder of ``name`` at ``version`` (latest when None); ModelNotFoundError if none."""
@@ -207,6 +213,13 @@ class Repository:
         raise ModelLoadError(f"could not allocate a new version of {name!r}: too much contention")
 
 
+def _numbered(folder: Path) -> list[int]:
+    """The integer-named subfolders of ``folder`` (its versions), sorted."""
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+
+
 def load_version(folder: Path, options: LoadOptions = LoadOptions()) -> Model:
     """Load one version folder: manifest, pickle policy, sha256, requirements, runtime."""
     manifest = read_manifest(folder)
@@ -222,11 +235,18 @@ def load_version(folder: Path, options: LoadOptions = LoadOptions()) -> Model:
     if options.verify_requirements:
         requirements.check(manifest.requirements, f"{manifest.name}:{manifest.version}")
     runtime = open_runtime(manifest.runtime, folder, options.runtime, manifest.signature)
+    if runtime.signature != manifest.signature:
+        runtime.close()
+        raise ManifestError(
+            f"{folder / MANIFEST}: its signature differs from the model's own "
+            f"({runtime.signature.to_dict()}); the manifest was edited by hand: re-import"
+        )
     metadata = {
         **manifest.metadata,
         "name": manifest.name,
         "version": manifest.version,
         "runtime": manifest.runtime,
+        "platform": PLATFORMS[manifest.runtime],
         "created_at": manifest.created_at,
         "requirements": manifest.requirements,
         "serving": manifest.serving,
@@ -239,7 +259,7 @@ def load_folder(folder: Path, version: int | None, options: LoadOptions) -> Mode
     """Load a version folder, a model folder (its latest or given version) or a code folder."""
     if (folder / MANIFEST).is_file():
         return load_version(folder, options)
-    versions = sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+    versions = _numbered(folder)
     if versions:
         chosen = version or versions[-1]
         if chosen not in versions:
@@ -250,7 +270,7 @@ def load_folder(folder: Path, version: int | None, options: LoadOptions) -> Mode
     if (folder / ENTRY_FILE).is_file():
         refuse_pickles(folder, options.trust_pickle)
         runtime = PythonRuntime(folder)
-        metadata = {"name": folder.name, "runtime": "python"}
+        metadata = {"name": folder.name, "runtime": "python", "platform": PLATFORMS["python"]}
         return Model(runtime.signature, runtime, metadata, options.limits)
     raise ManifestError(
         f"{folder} holds no {MANIFEST}, no version folders and no model.py: it is not a "

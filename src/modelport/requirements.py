@@ -98,17 +98,19 @@ def problems(requirements: dict[str, Any]) -> list[str]:
             if version > supported:
                 found.append(
                     f"opset {version} of domain {domain} is newer than onnxruntime {ort} "
-                    f"supports (up to {supported}); upgrade onnxruntime"
+                    f"supports (up to {supported})"
                 )
     return found
 
 
-def check(requirements: dict[str, Any], where: str) -> None:
+REINSTALL = "Install what it was built with, or re-import the model on this stack."
+NEWER_OPSET = "Upgrade onnxruntime, or export the model with an older opset."
+
+
+def check(requirements: dict[str, Any], where: str, fix: str = REINSTALL) -> None:
     """Raise RequirementsError listing every unmet requirement of the model at ``where``."""
     unmet = problems(requirements)
     if unmet:
         raise RequirementsError(
-            f"{where} cannot load in this environment: "
-            + "; ".join(unmet)
-            + ". Install what it was built with, or re-import the model on this stack."
+            f"{where} cannot load in this environment: " + "; ".join(unmet) + f". {fix}"
         )

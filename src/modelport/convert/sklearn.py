@@ -53,18 +53,28 @@ def sklearn_to_onnx(
                 f"skl2onnx cannot convert {type(estimator).__name__}: {exc}"
             ) from exc
     data: bytes = onx.SerializeToString()
-    _check_parity(estimator, data, sample, tolerance)
+    try:
+        _check_parity(estimator, data, sample, tolerance)
+    except ConversionError:
+        raise
+    except Exception as exc:
+        raise ConversionError(
+            f"{type(estimator).__name__} raised on the sample input (shape "
+            f"{list(sample.shape)}): {exc}; pass rows the estimator was fitted on"
+        ) from exc
     return data
 
 
 def _check_parity(estimator: Any, data: bytes, sample: np.ndarray, tolerance: Tolerance) -> None:
     import onnxruntime as ort
 
-    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        results = session.run(None, {INPUT_NAME: sample.astype(np.float32)})
+    except Exception as exc:
+        raise ConversionError(f"the converted model fails in onnxruntime: {exc}") from exc
     names = [o.name for o in session.get_outputs()]
-    values = dict(
-        zip(names, session.run(None, {INPUT_NAME: sample.astype(np.float32)}), strict=True)
-    )
+    values = dict(zip(names, results, strict=True))
     if "probabilities" in values and hasattr(estimator, "predict_proba"):
         proba = estimator.predict_proba(sample)
         assert_close("probabilities", proba, values["probabilities"], tolerance)

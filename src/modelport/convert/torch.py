@@ -43,12 +43,17 @@ def torch_to_onnx(
     )
     if any(a.ndim == 0 for a in arrays):
         raise ConversionError("sample inputs need a batch dimension first")
+    # Samples read from CSV or JSON arrive as float64: feed floats as the weights' dtype.
+    weights = next(iter(module.parameters()), None)
+    float_dtype = (
+        np.float32 if weights is None else torch.empty(0, dtype=weights.dtype).numpy().dtype
+    )
+    arrays = [a.astype(float_dtype) if a.dtype.kind == "f" else a for a in arrays]
     # torch.export specializes a dimension of size 1, so trace with at least two rows.
     arrays = [np.concatenate([a, a]) if a.shape[0] == 1 else a for a in arrays]
-    tensors = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)
+    tensors = _tensors(arrays)
     module = module.eval()
-    with torch.no_grad():
-        expected = _as_list(module(*tensors))
+    expected = _run(module, arrays)
     input_names = _names("input", len(tensors))
     output_names = _names("output", len(expected))
     batch = torch.export.Dim("batch")
@@ -113,15 +118,37 @@ def _check_parity(
     tolerance: Tolerance,
 ) -> None:
     import onnxruntime as ort
-    import torch
 
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     for rows in (arrays, [a[:1] for a in arrays]):
-        with torch.no_grad():
-            expected = _as_list(module(*(torch.from_numpy(np.ascontiguousarray(a)) for a in rows)))
-        got = session.run(None, dict(zip(input_names, rows, strict=True)))
+        expected = _run(module, rows)
+        try:
+            got = session.run(None, dict(zip(input_names, rows, strict=True)))
+        except Exception as exc:
+            raise ConversionError(f"the exported model fails in onnxruntime: {exc}") from exc
         for name, want, have in zip(output_names, expected, got, strict=True):
-            assert_close(name, want.numpy(), have, tolerance)
+            assert_close(name, want, have, tolerance)
+
+
+def _tensors(arrays: list[np.ndarray]) -> tuple[Any, ...]:
+    import torch
+
+    return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)
+
+
+def _run(module: Any, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """The module's own outputs on ``arrays``, as numpy; ConversionError if it raises."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            return [t.numpy() for t in _as_list(module(*_tensors(arrays)))]
+    except Exception as exc:
+        shapes = ", ".join(f"{a.dtype}{list(a.shape)}" for a in arrays)
+        raise ConversionError(
+            f"{type(module).__name__} raised on the sample input ({shapes}): "
+            f"{type(exc).__name__}: {exc}; pass a sample the model accepts"
+        ) from exc
 
 
 def torch_metadata() -> dict[str, str]:

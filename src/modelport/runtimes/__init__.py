@@ -19,4 +19,6 @@ class Runtime(Protocol):
     def close(self) -> None: ...
 
 
-RUNTIMES = ("onnx", "python")
+# Each runtime and its platform name in the Open Inference Protocol's model metadata.
+PLATFORMS = {"onnx": "onnx_onnxv1", "python": "python"}
+RUNTIMES = tuple(PLATFORMS)

@@ -12,8 +12,6 @@ from modelport.config import RuntimeConfig
 from modelport.errors import ModelLoadError, PredictionError, RequirementsError
 from modelport.signature import Signature, TensorSpec
 
-PLATFORM = "onnx_onnxv1"
-
 # onnxruntime's type strings for the dtypes a signature can hold.
 _ONNX_TYPES = {
     "tensor(bool)": "bool",
@@ -77,8 +75,8 @@ class OnnxRuntime:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:
             raise ModelLoadError(
-                f"{path} is not a loadable ONNX model (onnxruntime: {_first_line(exc)}); "
-                "the file may be corrupt or truncated: export or copy it again"
+                f"onnxruntime cannot load {path}: {_first_line(exc)}. If the file was copied, "
+                "it may be corrupt or truncated: export or copy it again"
             ) from exc
         self.signature = Signature(
             tuple(_spec(n) for n in self.session.get_inputs()),
@@ -124,6 +122,8 @@ def read_opsets(path: Path) -> tuple[dict[str, int], int]:
 def max_supported_opset(domain: str) -> int:
     """The newest opset of ``domain`` the installed onnxruntime loads, found by trying.
 
+    Domains onnxruntime does not check (custom operator domains) come out as the upper bound.
+
     onnxruntime publishes no API for this; a one-node model per candidate opset is cheap and
     tells the truth about the exact build installed.
     """
@@ -150,8 +150,10 @@ def _loads_opset(domain: str, version: int) -> bool:
     else:
         opsets.append(helper.make_opsetid(domain, version))
     model = helper.make_model(graph, opset_imports=opsets, ir_version=8)
+    quiet = ort.SessionOptions()
+    quiet.log_severity_level = 4  # failures are the expected answer here, not news
     try:
-        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        ort.InferenceSession(model.SerializeToString(), quiet, providers=["CPUExecutionProvider"])
     except Exception:
         return False
     return True

@@ -17,11 +17,15 @@ another model, like TorchServe handlers or MLServer custom runtimes.
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import inspect
 import itertools
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -29,13 +33,86 @@ import numpy as np
 from modelport.errors import ModelLoadError, PredictionError
 from modelport.signature import Signature
 
-PLATFORM = "python"
 ENTRY_FILE = "model.py"
 
-_module_ids = itertools.count()
+_package_ids = itertools.count()
 
 
-def _find_class(module: Any, path: Path) -> type:
+class _SourceOnlyLoader(importlib.machinery.SourceFileLoader):
+    """Compiles from the verified source every time: no __pycache__ is read or written.
+
+    A cached .pyc is not covered by the manifest's hashes, so trusting one would let changed
+    code run under a valid sha256.
+    """
+
+    def path_stats(self, path: str) -> Mapping[str, Any]:
+        raise OSError("bytecode cache disabled for code models")
+
+
+class _CodeModelFinder(importlib.abc.MetaPathFinder):
+    """Finds the modules of loaded code models: each model folder is its own package."""
+
+    def __init__(self) -> None:
+        self.folders: dict[str, Path] = {}
+
+    def find_spec(
+        self, fullname: str, path: Any = None, target: Any = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        package, _, rest = fullname.partition(".")
+        folder = self.folders.get(package)
+        if folder is None or not rest:
+            return None
+        base = folder.joinpath(*rest.split("."))
+        for file, is_package in ((base.with_suffix(".py"), False), (base / "__init__.py", True)):
+            if file.is_file() and folder in file.resolve().parents:
+                return importlib.util.spec_from_file_location(
+                    fullname,
+                    file,
+                    loader=_SourceOnlyLoader(fullname, str(file)),
+                    submodule_search_locations=[str(file.parent)] if is_package else None,
+                )
+        return None
+
+
+_FINDER = _CodeModelFinder()
+
+
+def _import(folder: Path) -> ModuleType:
+    """Import ``folder/model.py`` as ``<unique package>.model``; helpers import relatively."""
+    if _FINDER not in sys.meta_path:
+        sys.meta_path.insert(0, _FINDER)
+    # A unique package per load, so two versions of one model never share a module.
+    package = f"modelport_code_model_{next(_package_ids)}"
+    module = ModuleType(package)
+    module.__path__ = [str(folder)]
+    sys.modules[package] = module
+    _FINDER.folders[package] = folder.resolve()
+    path = folder / ENTRY_FILE
+    try:
+        return importlib.import_module(f"{package}.model")
+    except Exception as exc:
+        _forget(package)
+        hint = ""
+        missing = getattr(exc, "name", None)
+        if (
+            isinstance(exc, ModuleNotFoundError)
+            and missing
+            and ((folder / f"{missing}.py").is_file() or (folder / missing).is_dir())
+        ):
+            hint = f" (it is in the model folder: import it relatively, from .{missing} import ...)"
+        raise ModelLoadError(
+            f"{path} raised on import: {type(exc).__name__}: {exc}{hint}; fix the module and "
+            "import the model again"
+        ) from exc
+
+
+def _forget(package: str) -> None:
+    _FINDER.folders.pop(package, None)
+    for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
+        del sys.modules[name]
+
+
+def _find_class(module: ModuleType, path: Path) -> type:
     classes = [
         obj
         for obj in vars(module).values()
@@ -54,25 +131,6 @@ def _find_class(module: Any, path: Path) -> type:
     return classes[0]
 
 
-def _import(path: Path) -> Any:
-    # A unique module name per load, so two versions of one model never share a module.
-    name = f"modelport_code_model_{next(_module_ids)}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ModelLoadError(f"{path} cannot be imported as a Python module")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        del sys.modules[name]
-        raise ModelLoadError(
-            f"{path} raised on import: {type(exc).__name__}: {exc}; fix the module and "
-            "import the model again"
-        ) from exc
-    return module
-
-
 class PythonRuntime:
     """A user's model class behind the Runtime protocol."""
 
@@ -80,7 +138,7 @@ class PythonRuntime:
         path = folder / ENTRY_FILE
         if not path.is_file():
             raise ModelLoadError(f"{folder} has no {ENTRY_FILE}; a code model needs one")
-        self._module = _import(path)
+        self._module = _import(folder)
         self.instance = _find_class(self._module, path)()
         load = self.instance.load
         try:
@@ -149,4 +207,4 @@ class PythonRuntime:
         closer = getattr(self.instance, "close", None)
         if callable(closer):
             closer()
-        sys.modules.pop(self._module.__name__, None)
+        _forget(self._module.__name__.rpartition(".")[0])
