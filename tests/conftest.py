@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,25 @@ def tiny_onnx_file(tmp_path: Path, tiny_onnx: bytes) -> Path:
     path = tmp_path / "tiny.onnx"
     path.write_bytes(tiny_onnx)
     return path
+
+
+@pytest.fixture
+def one_node_onnx(tmp_path: Path) -> Callable[[str, int], Path]:
+    """Write a model of one float op, x -> y, stamped with an opset, and return its path."""
+    from onnx import TensorProto, helper
+
+    def write(op: str, opset: int) -> Path:
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+        graph = helper.make_graph([helper.make_node(op, ["x"], ["y"])], "g", [x], [y])
+        model = helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8
+        )
+        path = tmp_path / f"{op.lower()}-{opset}.onnx"
+        path.write_bytes(model.SerializeToString())
+        return path
+
+    return write
 
 
 @pytest.fixture

@@ -14,6 +14,10 @@ from modelport.datafiles import read_inputs
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """The demo repository, built the way README command 1 builds it."""
     path = tmp_path_factory.mktemp("demo") / "demo-models"
+    return path, run_demo(path)
+
+
+def run_demo(path: Path) -> str:
     result = subprocess.run(
         [sys.executable, "-m", "modelport", "demo", str(path)],
         capture_output=True,
@@ -21,7 +25,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
         timeout=600,
     )
     assert result.returncode == 0, result.stderr
-    return path, result.stdout
+    return result.stdout
 
 
 def test_demo_builds_every_model_and_shows_a_prediction(demo: tuple[Path, str]) -> None:
@@ -73,12 +77,5 @@ def test_large_mlp_has_the_serving_workload_shape(demo: tuple[Path, str]) -> Non
 
 def test_running_the_demo_again_reuses_the_repository(demo: tuple[Path, str]) -> None:
     path, _ = demo
-    result = subprocess.run(
-        [sys.executable, "-m", "modelport", "demo", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "building" not in result.stdout
+    assert "building" not in run_demo(path)
     assert modelport.Repository.open(path).versions("digits") == [1]

@@ -1,5 +1,6 @@
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -260,23 +261,9 @@ def test_errors_inside_an_archive_name_the_archive(
 
 
 def test_an_opset_newer_than_onnxruntime_is_refused_with_the_reason(
-    repo: Repository, tmp_path: Path
+    repo: Repository, one_node_onnx: Callable[[str, int], Path]
 ) -> None:
-    from onnx import TensorProto, helper
-
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])],
-        "g",
-        [x],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
-    )
-    path = tmp_path / "future.onnx"
-    path.write_bytes(
-        helper.make_model(
-            graph, opset_imports=[helper.make_opsetid("", 40)], ir_version=8
-        ).SerializeToString()
-    )
+    path = one_node_onnx("Identity", 40)
     expected = (
         rf"{path} cannot load in this environment: opset 40 of domain ai\.onnx is "
         r"newer than onnxruntime .* supports \(up to \d+\)\. Upgrade onnxruntime, or "

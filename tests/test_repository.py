@@ -1,5 +1,6 @@
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -255,21 +256,7 @@ def test_broken_entries_do_not_hide_the_others(
     assert repo.names() == ["tiny"]
 
 
-def test_an_onnx_graph_onnxruntime_rejects(tmp_path: Path) -> None:
-    from onnx import TensorProto, helper
-
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
-    graph = helper.make_graph(
-        [helper.make_node("NoSuchOp", ["x"], ["y"])],
-        "g",
-        [x],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
-    )
-    path = tmp_path / "odd.onnx"
-    path.write_bytes(
-        helper.make_model(
-            graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8
-        ).SerializeToString()
-    )
+def test_an_onnx_graph_onnxruntime_rejects(one_node_onnx: Callable[[str, int], Path]) -> None:
+    path = one_node_onnx("NoSuchOp", 17)
     with pytest.raises(modelport.ModelLoadError, match=rf"onnxruntime cannot load {path}: .*"):
         modelport.load(path)
