@@ -189,7 +189,8 @@ def validate_inputs(
     has exactly one input. Raises InvalidInputError naming the input, what was expected and
     what came.
     """
-    if not isinstance(inputs, Mapping):
+    # dict first: the Mapping ABC check costs a microsecond on every call.
+    if not isinstance(inputs, dict) and not isinstance(inputs, Mapping):
         if len(signature.inputs) != 1:
             raise InvalidInputError(
                 f"this model takes {len(signature.inputs)} inputs "

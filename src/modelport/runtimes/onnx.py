@@ -83,15 +83,14 @@ class OnnxRuntime:
             tuple(_spec(n) for n in self.session.get_outputs()),
         )
         self.providers: list[str] = self.session.get_providers()
+        self._output_names = self.signature.output_names
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
             values = self.session.run(None, inputs)
         except Exception as exc:
             raise PredictionError(f"onnxruntime failed: {_first_line(exc)}") from exc
-        return {
-            spec.name: np.asarray(v) for spec, v in zip(self.signature.outputs, values, strict=True)
-        }
+        return dict(zip(self._output_names, values, strict=True))
 
     def close(self) -> None:
         del self.session
