@@ -123,7 +123,7 @@ def test_wrong_input_name_is_a_400(app: App, digits: Digits) -> None:
     status, body = app.post({"inputs": {"pixels": digits.x[:1].tolist()}})
 
     assert status == 400
-    assert body["error"] == "missing input 'input'; the model takes 'input'"
+    assert body["error"] == "unknown input 'pixels'; the model takes 'input'"
 
 
 def test_the_model_is_loaded_once_at_startup(app: App, digits: Digits) -> None:

@@ -4,7 +4,10 @@ import sys
 import modelport
 
 PUBLIC_API = [
+    "AsyncClient",
+    "Client",
     "ConversionError",
+    "DeadlineExceededError",
     "InputLimits",
     "IntegrityError",
     "InvalidInputError",
@@ -17,10 +20,13 @@ PUBLIC_API = [
     "ModelLoadError",
     "ModelNotFoundError",
     "ModelportError",
+    "OverloadedError",
     "PredictionError",
     "Repository",
     "RequirementsError",
     "RuntimeConfig",
+    "ServerConfig",
+    "ServerLimits",
     "Signature",
     "TensorSpec",
     "Tolerance",
@@ -46,7 +52,7 @@ def test_every_error_derives_from_modelport_error() -> None:
 
 
 def test_import_loads_no_heavy_dependency() -> None:
-    heavy = ["onnxruntime", "onnx", "torch", "sklearn", "sqlalchemy", "skl2onnx"]
+    heavy = ["onnxruntime", "onnx", "torch", "sklearn", "sqlalchemy", "skl2onnx", "grpc", "ray"]
     code = (
         f"import sys, modelport, modelport.cli\nprint([m for m in {heavy!r} if m in sys.modules])"
     )

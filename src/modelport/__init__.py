@@ -8,10 +8,12 @@ Importing this package loads no model runtime: onnxruntime, torch and scikit-lea
 when first used.
 """
 
-from modelport.config import InputLimits, LoadOptions, RuntimeConfig
+from modelport.client import AsyncClient, Client
+from modelport.config import InputLimits, LoadOptions, RuntimeConfig, ServerConfig, ServerLimits
 from modelport.convert.parity import Tolerance
 from modelport.errors import (
     ConversionError,
+    DeadlineExceededError,
     IntegrityError,
     InvalidInputError,
     InvalidNameError,
@@ -20,6 +22,7 @@ from modelport.errors import (
     ModelLoadError,
     ModelNotFoundError,
     ModelportError,
+    OverloadedError,
     PredictionError,
     RequirementsError,
     UntrustedArtifactError,
@@ -33,7 +36,10 @@ from modelport.signature import Signature, TensorSpec, validate_inputs
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncClient",
+    "Client",
     "ConversionError",
+    "DeadlineExceededError",
     "InputLimits",
     "IntegrityError",
     "InvalidInputError",
@@ -46,10 +52,13 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFoundError",
     "ModelportError",
+    "OverloadedError",
     "PredictionError",
     "Repository",
     "RequirementsError",
     "RuntimeConfig",
+    "ServerConfig",
+    "ServerLimits",
     "Signature",
     "TensorSpec",
     "Tolerance",

@@ -11,9 +11,9 @@ from typing import Any
 
 import click
 
-from modelport.config import LoadOptions
+from modelport.config import LoadOptions, RuntimeConfig, ServerConfig, ServerLimits
 from modelport.errors import ModelportError
-from modelport.repository import Repository
+from modelport.repository import Repository, VersionPolicy
 
 REPO_OPTION = click.option(
     "--repo",
@@ -141,6 +141,104 @@ def predict(ref: str, input_path: Path, repo_path: Path, trust_pickle: bool) -> 
     with Repository.open(repo_path).load(ref, options=options) as model:
         outputs = model.predict(read_inputs(input_path, model.signature))
         _echo_json({"model": model.name, "version": model.version, "outputs": to_json(outputs)})
+
+
+def _limit_options(function: Any) -> Any:
+    """One option per ServerLimits field, named after it (a test keeps them in step)."""
+    defaults = ServerLimits()
+    helps = {
+        "max_body_bytes": "Largest request body accepted (413 beyond).",
+        "max_json_depth": "Deepest JSON nesting accepted.",
+        "max_elements": "Most elements in one input tensor.",
+        "request_timeout_s": "Deadline per request, queueing included (504 beyond).",
+        "max_queue": "Requests waiting per model version before 503 (Retry-After).",
+    }
+    for name, text in reversed(helps.items()):
+        function = click.option(
+            f"--{name.replace('_', '-')}", name, default=getattr(defaults, name),
+            show_default=True, type=type(getattr(defaults, name)), help=text,
+        )(function)  # fmt: skip
+    return click.option(
+        "--allow-non-finite", "allow_non_finite", is_flag=True,
+        help="Accept NaN and Infinity in float inputs.",
+    )(function)  # fmt: skip
+
+
+@main.command()
+@click.argument("source", type=click.Path(exists=True, path_type=Path), default="models")
+@click.option(
+    "--host",
+    default=ServerConfig.host,
+    show_default=True,
+    help="Address to listen on; beyond loopback a token is required.",
+)
+@click.option("--port", default=ServerConfig.port, show_default=True, type=int)
+@click.option(
+    "--workers",
+    default=ServerConfig.workers,
+    show_default=True,
+    type=int,
+    help="Processes on the same port, each with its own model instances.",
+)
+@click.option(
+    "--token",
+    envvar="MODELPORT_TOKEN",
+    help="Access token clients must send as 'Authorization: Bearer ...' (env MODELPORT_TOKEN).",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Read the access token from this file.",
+)
+@click.option("--no-auth", is_flag=True, help="Allow listening beyond loopback without a token.")
+@click.option(
+    "--grace-s",
+    default=ServerConfig.grace_s,
+    show_default=True,
+    type=float,
+    help="Seconds requests in flight may take to finish at shutdown.",
+)
+@click.option(
+    "--version-policy",
+    default=ServerConfig.version_policy,
+    show_default=True,
+    help="Versions to serve: latest, latest:N, all, specific:1,3.",
+)
+@click.option(
+    "--threads",
+    "intra_op_threads",
+    default=0,
+    type=int,
+    help="onnxruntime threads per model instance (0: one per core).",
+)
+@click.option(
+    "--access-log/--no-access-log",
+    default=True,
+    show_default=True,
+    help="JSON-lines access log on stdout.",
+)
+@_limit_options
+@TRUST_OPTION
+def serve(
+    source: Path, host: str, port: int, workers: int, token: str | None,
+    token_file: Path | None, no_auth: bool, grace_s: float, version_policy: str,
+    intra_op_threads: int, access_log: bool, trust_pickle: bool, **limits: Any,
+) -> None:  # fmt: skip
+    """Serve a model repository (or one model) over the Open Inference Protocol."""
+    from modelport.server.lifecycle import serve as run_server
+
+    if token_file is not None:
+        token = token_file.read_text().strip()
+    try:
+        VersionPolicy.parse(version_policy)  # fail now, not in every worker
+        config = ServerConfig(
+            host=host, port=port, workers=workers, token=token or None, no_auth=no_auth,
+            grace_s=grace_s, version_policy=version_policy, limits=ServerLimits(**limits),
+            runtime=RuntimeConfig(intra_op_threads=intra_op_threads), trust_pickle=trust_pickle,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    run_server(source, config, access_log=access_log)
 
 
 @main.command()

@@ -50,3 +50,54 @@ class LoadOptions:
     limits: InputLimits = InputLimits()
     trust_pickle: bool = False
     verify_requirements: bool = True
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """Limits every request meets before it costs anything; all on by default.
+
+    The body and depth limits match Triton's; ``max_queue`` bounds the requests waiting for
+    one model version, beyond which the server answers 503 at once instead of queueing.
+    """
+
+    max_body_bytes: int = 64 * 2**20
+    max_json_depth: int = 100
+    max_elements: int = InputLimits().max_elements
+    request_timeout_s: float = 30.0
+    max_queue: int = 256
+    allow_non_finite: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("max_body_bytes", "max_json_depth", "max_elements", "max_queue"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.request_timeout_s <= 0:
+            raise ValueError("request_timeout_s must be > 0")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How ``modelport serve`` runs: where it listens, who may call it, how it stops.
+
+    Listening on anything but loopback needs ``token`` (clients send ``Authorization: Bearer
+    <token>``) unless ``no_auth`` is set explicitly. Health endpoints stay open for probes.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    token: str | None = None
+    no_auth: bool = False
+    grace_s: float = 30.0
+    version_policy: str = "latest"
+    limits: ServerLimits = ServerLimits()
+    runtime: RuntimeConfig = RuntimeConfig()
+    trust_pickle: bool = False
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError("workers must be >= 1")
+        if not 0 <= self.port <= 65535:
+            raise ValueError("port must be within 0-65535")
+        if self.grace_s < 0:
+            raise ValueError("grace_s must be >= 0")

@@ -11,6 +11,8 @@
      │    └── UntrustedArtifactError  pickle/joblib without an explicit opt-in
      ├── ConversionError          a framework model could not become ONNX, or lost parity
      ├── PredictionError          the model itself raised while predicting
+     ├── OverloadedError          a model's queue is full, or the server is draining
+     ├── DeadlineExceededError    a request's deadline passed before it was served
      └── MissingDependencyError   an optional extra is not installed
 
 Messages say what happened, why, and what to do about it. Transports (REST, gRPC, CLI) map
@@ -69,6 +71,21 @@ class ConversionError(ModelportError):
 
 class PredictionError(ModelportError):
     """The model raised while predicting on inputs that passed validation."""
+
+
+class OverloadedError(ModelportError):
+    """No capacity now: a model's queue is full, or the server is shutting down.
+
+    ``retry_after_s`` says when trying again makes sense.
+    """
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceededError(ModelportError):
+    """A request's deadline passed before its answer was ready."""
 
 
 class MissingDependencyError(ModelportError, ImportError):

@@ -217,13 +217,13 @@ def _check_names(expected: list[str], given: Iterable[str]) -> None:
     given = list(given)
     missing = [n for n in expected if n not in given]
     unknown = [n for n in given if n not in expected]
-    if missing:
-        raise InvalidInputError(
-            f"missing input {missing[0]!r}; the model takes {', '.join(map(repr, expected))}",
-            missing[0],
-        )
     if unknown:
         raise InvalidInputError(
             f"unknown input {unknown[0]!r}; the model takes {', '.join(map(repr, expected))}",
             unknown[0],
+        )
+    if missing:
+        raise InvalidInputError(
+            f"missing input {missing[0]!r}; the model takes {', '.join(map(repr, expected))}",
+            missing[0],
         )

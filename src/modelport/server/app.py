@@ -1,0 +1,367 @@
+"""The model service as one ASGI app: routes, handlers, auth, request ids and access log.
+
+app = create_app(Path("demo-models"), ServerConfig())   # any ASGI server can run it
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import numpy as np
+import orjson
+
+from modelport import __version__
+from modelport.config import ServerConfig
+from modelport.errors import InvalidInputError, OverloadedError
+from modelport.repository import check_name, check_version
+from modelport.runtimes import PLATFORMS
+from modelport.server import metrics
+from modelport.server.http import (
+    HTTPError,
+    Receive,
+    Response,
+    Scope,
+    Send,
+    error_response,
+    header,
+    json_response,
+    read_body,
+    send_response,
+)
+from modelport.server.protocol import (
+    encode_infer_response,
+    parse_infer_request,
+    parse_json,
+)
+from modelport.server.registry import Registry, Served, load_registry
+from modelport.signature import Signature, validate_inputs
+
+access_log = logging.getLogger("modelport.access")
+log = logging.getLogger("modelport.server")
+
+_MODEL = r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?"
+_ROUTES: list[tuple[str, re.Pattern[str], str]] = [
+    ("GET", re.compile(r"/v2/health/live"), "live"),
+    ("GET", re.compile(r"/v2/health/ready"), "ready"),
+    ("GET", re.compile(r"/v2/?"), "server_metadata"),
+    ("GET", re.compile(_MODEL), "model_metadata"),
+    ("GET", re.compile(_MODEL + "/ready"), "model_ready"),
+    ("POST", re.compile(_MODEL + "/infer"), "infer"),
+    ("POST", re.compile(r"/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?:predict"),
+     "predict_v1"),
+    ("GET", re.compile(r"/metrics"), "metrics"),
+    ("GET", re.compile(r"/openapi\.json"), "openapi"),
+    ("GET", re.compile(r"/docs/?"), "docs"),
+]  # fmt: skip
+_OPEN = {"live", "ready"}  # probes need no token
+_REQUEST_ID = re.compile(r"[\w.:-]{1,128}")
+
+
+def _tensor_metadata(signature: Signature) -> dict[str, list[dict[str, Any]]]:
+    return {
+        kind: [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in tensors]
+        for kind, tensors in (("inputs", signature.inputs), ("outputs", signature.outputs))
+    }
+
+
+class ModelService:
+    """ASGI app serving every model of a Registry; loads them at startup, unloads at shutdown."""
+
+    def __init__(self, source: Path | None, config: ServerConfig, registry: Registry | None = None):
+        self.source = source
+        self.config = config
+        self.registry = registry
+        self.draining = False
+        self._in_flight = 0
+        self._handlers: dict[str, Callable[..., Awaitable[Response]]] = {
+            name: getattr(self, f"_{name}") for _, _, name in _ROUTES
+        }
+
+    @property
+    def ready(self) -> bool:
+        return self.registry is not None and not self.draining
+
+    def begin_drain(self) -> None:
+        """Readiness turns false and new inference is refused; work in flight goes on."""
+        if not self.draining:
+            log.info("draining: readiness is now false; %d requests in flight", self._in_flight)
+        self.draining = True
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "http":
+            await self._http(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    if self.registry is None and self.source is not None:
+                        # In a thread: /v2/health/live answers while models load.
+                        self.registry = await asyncio.to_thread(
+                            load_registry, self.source, self.config
+                        )
+                        log.info("serving %s", ", ".join(self.registry.names()) or "no models")
+                except Exception as exc:
+                    log.error("could not load the models: %s", exc)
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.begin_drain()
+                if self.registry is not None:
+                    await asyncio.to_thread(self.registry.close)
+                    log.info("models unloaded")
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        request_id = header(scope, b"x-request-id")
+        if request_id is None or not _REQUEST_ID.fullmatch(request_id):
+            request_id = uuid.uuid4().hex
+        info: dict[str, Any] = {}
+        try:
+            response = await self._dispatch(scope, receive, info)
+        except ConnectionAbortedError:
+            return
+        except Exception as exc:
+            response = error_response(exc)
+            if response.status == 500:
+                log.error("request %s failed", request_id, exc_info=exc)
+        await send_response(send, response, [(b"x-request-id", request_id.encode())])
+        if "model" in info:
+            metrics.REQUESTS.labels(info["model"], info["version"], str(response.status)).inc()
+            metrics.LATENCY.labels(info["model"], info["version"], "total").observe(
+                time.perf_counter() - started
+            )
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(
+                orjson.dumps(
+                    {
+                        "ts": time.time(),
+                        "request_id": request_id,
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "status": response.status,
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                        "bytes_out": len(response.body),
+                        "client": (scope.get("client") or ["", 0])[0],
+                        **info,
+                    }
+                ).decode()
+            )
+
+    async def _dispatch(self, scope: Scope, receive: Receive, info: dict[str, Any]) -> Response:
+        # Route on the raw path so that an encoded '/' (%2F) stays inside one segment.
+        path = bytes(scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+        path = path.split("?", 1)[0]
+        method = scope["method"]
+        allowed = []
+        for verb, pattern, name in _ROUTES:
+            match = pattern.fullmatch(path)
+            if match is None:
+                continue
+            if verb != method:
+                allowed.append(verb)
+                continue
+            if name not in _OPEN:
+                self._authorize(scope)
+            params: dict[str, Any] = {
+                k: unquote(v) for k, v in match.groupdict().items() if v is not None
+            }
+            if "name" in params:
+                check_name(params["name"])
+            if "version" in params:
+                params["version"] = check_version(params["version"])
+            return await self._handlers[name](scope, receive, info, **params)
+        if allowed:
+            raise HTTPError(405, f"{method} is not allowed here; use {', '.join(allowed)}")
+        raise HTTPError(404, f"no such endpoint: {method} {scope['path']}")
+
+    def _authorize(self, scope: Scope) -> None:
+        token = self.config.token
+        if token is None:
+            return
+        given = header(scope, b"authorization") or ""
+        scheme, _, credentials = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            credentials.encode(), token.encode()
+        ):
+            raise HTTPError(
+                401,
+                "missing or wrong access token: send 'Authorization: Bearer <token>'",
+                {"www-authenticate": "Bearer"},
+            )
+
+    def _registry(self) -> Registry:
+        if self.registry is None:
+            raise OverloadedError("the models are still loading", retry_after_s=1.0)
+        return self.registry
+
+    # -- health and metadata ------------------------------------------------------------------
+
+    async def _live(self, *_: Any) -> Response:
+        return json_response({"live": True})
+
+    async def _ready(self, *_: Any) -> Response:
+        return json_response({"ready": self.ready}, 200 if self.ready else 503)
+
+    async def _server_metadata(self, *_: Any) -> Response:
+        return json_response(
+            {"name": "modelport", "version": __version__, "extensions": ["binary_tensor_data"]}
+        )
+
+    async def _model_metadata(self, *_: Any, name: str, version: int | None = None) -> Response:
+        registry = self._registry()
+        served = registry.get(name, version)
+        versions = [version] if version is not None else registry.versions(name)
+        return json_response(
+            {
+                "name": name,
+                "versions": [str(v) for v in versions],
+                "platform": PLATFORMS[str(served.model.metadata.get("runtime", "onnx"))],
+                **_tensor_metadata(served.model.signature),
+            }
+        )
+
+    async def _model_ready(self, *_: Any, name: str, version: int | None = None) -> Response:
+        self._registry().get(name, version)
+        return json_response({"name": name, "ready": self.ready}, 200 if self.ready else 503)
+
+    async def _metrics(self, *_: Any) -> Response:
+        body, content_type = metrics.render()
+        return Response(200, body, content_type)
+
+    async def _openapi(self, *_: Any) -> Response:
+        from modelport.server.openapi import openapi_spec
+
+        return json_response(openapi_spec(__version__, self._catalog()))
+
+    async def _docs(self, *_: Any) -> Response:
+        from modelport.server.openapi import docs_html, openapi_spec
+
+        page = docs_html(openapi_spec(__version__, self._catalog()))
+        return Response(200, page.encode(), "text/html; charset=utf-8")
+
+    def _catalog(self) -> dict[str, dict[str, Any]]:
+        if self.registry is None:
+            return {}
+        catalog = {}
+        for name in self.registry.names():
+            served = self.registry.get(name)
+            catalog[name] = {
+                "versions": self.registry.versions(name),
+                "platform": PLATFORMS[str(served.model.metadata.get("runtime", "onnx"))],
+                **_tensor_metadata(served.model.signature),
+            }
+        return catalog
+
+    # -- inference ----------------------------------------------------------------------------
+
+    async def _infer(
+        self, scope: Scope, receive: Receive, info: dict[str, Any], name: str,
+        version: int | None = None,
+    ) -> Response:  # fmt: skip
+        served, body = await self._admit(scope, receive, name, version, info)
+        length = header(scope, b"inference-header-content-length")
+        if length is not None and not length.isdigit():
+            raise InvalidInputError("Inference-Header-Content-Length must be a number of bytes")
+        request = parse_infer_request(
+            body, int(length) if length is not None else None, self.config.limits
+        )
+        signature = served.model.signature
+        if request.outputs is not None:
+            for item in request.outputs:
+                if item.name not in signature.output_names:
+                    raise InvalidInputError(
+                        f"unknown output {item.name!r}; the model has "
+                        f"{', '.join(map(repr, signature.output_names))}"
+                    )
+        outputs = await self._run(served, request.inputs, info)
+        payload, header_length = encode_infer_response(name, served.version, request, outputs)
+        if header_length is None:
+            return Response(200, payload)
+        return Response(
+            200,
+            payload,
+            "application/octet-stream",
+            {"inference-header-content-length": str(header_length)},
+        )
+
+    async def _predict_v1(
+        self, scope: Scope, receive: Receive, info: dict[str, Any], name: str,
+        version: int | None = None,
+    ) -> Response:  # fmt: skip
+        served, body = await self._admit(scope, receive, name, version, info)
+        message = parse_json(body, self.config.limits)
+        instances = message.get("instances") if isinstance(message, dict) else None
+        if not isinstance(instances, list) or not instances:
+            raise InvalidInputError('the body must be {"instances": [...]}, a non-empty list')
+        signature = served.model.signature
+        if all(isinstance(i, dict) for i in instances):
+            names = signature.input_names
+            if any(sorted(i) != sorted(names) for i in instances):
+                raise InvalidInputError(
+                    f"each instance needs exactly the inputs {', '.join(map(repr, names))}"
+                )
+            inputs: Any = {n: [i[n] for i in instances] for n in names}
+        else:
+            inputs = instances
+        outputs = await self._run(served, inputs, info)
+        names = list(outputs)
+        if len(names) == 1:
+            predictions: list[Any] = outputs[names[0]].tolist()
+        else:
+            columns = {n: outputs[n].tolist() for n in names}
+            predictions = [{n: columns[n][i] for n in names} for i in range(len(instances))]
+        return json_response({"predictions": predictions})
+
+    async def _admit(
+        self, scope: Scope, receive: Receive, name: str, version: int | None,
+        info: dict[str, Any],
+    ) -> tuple[Served, bytes]:  # fmt: skip
+        if self.draining:
+            raise OverloadedError("the server is shutting down", retry_after_s=1.0)
+        served = self._registry().get(name, version)
+        info.update(model=name, version=str(served.version))
+        length = header(scope, b"content-length")
+        body = await read_body(
+            receive, int(length) if length and length.isdigit() else None,
+            self.config.limits.max_body_bytes,
+        )  # fmt: skip
+        metrics.REQUEST_BYTES.labels(name).observe(len(body))
+        return served, body
+
+    async def _run(
+        self, served: Served, inputs: Any, info: dict[str, Any]
+    ) -> dict[str, np.ndarray]:
+        batch = validate_inputs(served.model.signature, inputs, served.model.limits)
+        deadline = time.monotonic() + self.config.limits.request_timeout_s
+        self._in_flight += 1
+        metrics.IN_FLIGHT.inc()
+        try:
+            outputs, timing = await served.runner.run(batch, deadline)
+        finally:
+            self._in_flight -= 1
+            metrics.IN_FLIGHT.dec()
+        labels = (served.name, str(served.version))
+        metrics.LATENCY.labels(*labels, "queue").observe(timing.queue_s)
+        metrics.LATENCY.labels(*labels, "inference").observe(timing.inference_s)
+        return outputs
+
+
+def create_app(source: Path, config: ServerConfig = ServerConfig()) -> ModelService:
+    """The service for a repository or a single model; models load at ASGI startup."""
+    return ModelService(source, config)

@@ -1,0 +1,115 @@
+"""The little HTTP plumbing the service needs on raw ASGI: requests, responses, errors.
+
+Raw ASGI rather than a framework: the hot path is one dict lookup and a few awaits, which is
+where Python model servers otherwise lose most of their time (see shared/PERFORMANCE.md).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from modelport.errors import (
+    DeadlineExceededError,
+    InvalidInputError,
+    InvalidNameError,
+    ModelNotFoundError,
+    OverloadedError,
+    PredictionError,
+)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+# Domain errors -> HTTP status: the only place that knows both.
+STATUS: tuple[tuple[type[Exception], int], ...] = (
+    (InvalidInputError, 400),
+    (InvalidNameError, 400),
+    (ModelNotFoundError, 404),
+    (OverloadedError, 503),
+    (DeadlineExceededError, 504),
+    (PredictionError, 500),
+)
+
+_PATHS = re.compile(r"(?:/[\w.+-]+){2,}")
+
+
+class HTTPError(Exception):
+    """An error that already knows its status (auth, size, method, draining)."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        status, orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY), headers=headers or {}
+    )
+
+
+def error_response(exc: Exception) -> Response:
+    """The status and ``{"error": ...}`` body for ``exc``; 500s never show internals."""
+    if isinstance(exc, HTTPError):
+        return json_response({"error": str(exc)}, exc.status, exc.headers)
+    for kind, status in STATUS:
+        if isinstance(exc, kind):
+            message = str(exc)
+            if status == 500:  # the model's own text may carry file paths: keep the gist
+                message = _PATHS.sub("<path>", message)
+            headers = {}
+            if isinstance(exc, OverloadedError):
+                headers["retry-after"] = str(max(1, round(exc.retry_after_s)))
+            return json_response({"error": message}, status, headers)
+    return json_response({"error": "internal server error; the server log has the details"}, 500)
+
+
+async def read_body(receive: Receive, length: int | None, limit: int) -> bytes:
+    """The whole request body, refusing more than ``limit`` bytes before reading them."""
+    if length is not None and length > limit:
+        raise HTTPError(413, f"request body of {length} bytes is over the limit of {limit}")
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ConnectionAbortedError("client disconnected")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise HTTPError(413, f"request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+
+
+async def send_response(send: Send, response: Response, extra: list[tuple[bytes, bytes]]) -> None:
+    headers = [
+        (b"content-type", response.content_type.encode()),
+        (b"content-length", str(len(response.body)).encode()),
+        *((k.encode(), v.encode()) for k, v in response.headers.items()),
+        *extra,
+    ]
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.body", "body": response.body})
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None

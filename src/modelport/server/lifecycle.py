@@ -1,0 +1,178 @@
+"""Running the service: security checks, logging, workers and an ordered shutdown.
+
+On SIGTERM or SIGINT each worker turns readiness false and refuses new inference at once,
+lets requests in flight finish (up to ``grace_s``), then unloads its models and exits 0.
+With several workers uvicorn's supervisor shares one socket and replaces a worker that dies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import logging
+import logging.config
+import os
+import signal
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+from modelport.config import RuntimeConfig, ServerConfig, ServerLimits
+from modelport.errors import ModelportError
+
+log = logging.getLogger("modelport.server")
+
+# How a worker process learns its configuration: the parent writes it, each spawned worker
+# reads it once in worker_app(). Nothing else reads it.
+_CONFIG_ENV = "MODELPORT_SERVE_CONFIG"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_security(config: ServerConfig) -> None:
+    """Refuse to listen beyond loopback without a token, unless --no-auth says so."""
+    if is_loopback(config.host) or config.token:
+        return
+    if not config.no_auth:
+        raise ModelportError(
+            f"listening on {config.host} exposes the models to the network: pass --token "
+            "(or --token-file) so that clients must send 'Authorization: Bearer <token>', or "
+            "--no-auth to accept anyone"
+        )
+    log.warning(
+        "--no-auth: anyone who can reach %s:%d can use the models", config.host, config.port
+    )
+
+
+def log_config(access_log: bool) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+            "raw": {"format": "%(message)s"},
+        },
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "plain",
+                "stream": "ext://sys.stderr",
+            },
+            "access": {
+                "class": "logging.StreamHandler",
+                "formatter": "raw",
+                "stream": "ext://sys.stdout",
+            },
+        },
+        "loggers": {
+            "modelport": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+            "modelport.access": {
+                "handlers": ["access"],
+                "level": "INFO" if access_log else "WARNING",
+                "propagate": False,
+            },
+            "uvicorn": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+            "uvicorn.access": {"level": "WARNING"},
+        },
+    }
+
+
+def config_to_json(source: Path, config: ServerConfig) -> str:
+    return json.dumps({"source": str(source), "config": dataclasses.asdict(config)})
+
+
+def config_from_json(text: str) -> tuple[Path, ServerConfig]:
+    data = json.loads(text)
+    raw = data["config"]
+    runtime = raw["runtime"]
+    if runtime["providers"] is not None:
+        runtime["providers"] = tuple(runtime["providers"])
+    config = ServerConfig(
+        **{**raw, "limits": ServerLimits(**raw["limits"]), "runtime": RuntimeConfig(**runtime)}
+    )
+    return Path(data["source"]), config
+
+
+def worker_app() -> Any:
+    """The ASGI app of one worker process (uvicorn factory)."""
+    from modelport.server.app import create_app
+
+    source, config = config_from_json(os.environ[_CONFIG_ENV])
+    service = create_app(source, config)
+    # uvicorn has installed its signal handlers by now (it loads the app inside them): run
+    # ours first, so readiness turns false the moment the signal arrives.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+        if callable(previous):
+            signal.signal(sig, _drain_then(service, previous))
+    return service
+
+
+def _drain_then(service: Any, previous: Callable[[int, FrameType | None], Any]) -> Any:
+    def handler(sig: int, frame: FrameType | None) -> None:
+        service.begin_drain()
+        previous(sig, frame)
+
+    return handler
+
+
+def serve(source: Path, config: ServerConfig, access_log: bool = True) -> None:
+    """Serve ``source`` (a repository or one model) until SIGTERM/SIGINT; blocks."""
+    logging.config.dictConfig(log_config(access_log))
+    check_security(config)
+    # Metrics from every worker process are summed from files in this folder.
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="modelport-metrics-"))
+    os.environ[_CONFIG_ENV] = config_to_json(source, config)
+    options: dict[str, Any] = {
+        "host": config.host,
+        "port": config.port,
+        "factory": True,
+        "lifespan": "on",
+        "log_config": log_config(access_log),
+        "access_log": False,
+        "timeout_graceful_shutdown": config.grace_s,
+        "http": "httptools",
+        "loop": "uvloop" if _has("uvloop") else "asyncio",
+        "server_header": False,
+    }
+    app = "modelport.server.lifecycle:worker_app"
+    # uvicorn re-raises the stop signal once it has shut down gracefully; with these handlers
+    # in place that ends the process with exit code 0 rather than death by signal.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_cleanly)
+    if config.workers == 1:
+        server = uvicorn.Server(uvicorn.Config(app, **options))
+        server.run()
+        if not server.started:
+            raise ModelportError("the server did not start; the log above says why")
+        return
+    from uvicorn.supervisors import Multiprocess
+
+    uv_config = uvicorn.Config(app, workers=config.workers, **options)
+    sock = uv_config.bind_socket()
+    try:
+        Multiprocess(uv_config, sockets=[sock]).run()
+    finally:
+        sock.close()
+
+
+def _exit_cleanly(sig: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None

@@ -1,0 +1,58 @@
+"""Prometheus metrics, correct across worker processes.
+
+With several workers each process writes its samples to files under
+``PROMETHEUS_MULTIPROC_DIR`` (set by ``modelport serve`` before any worker starts) and
+``/metrics`` sums them; in a single process the default registry is used directly.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
+)  # fmt: skip
+_SIZE_BUCKETS = tuple(float(4**i) for i in range(3, 14))  # 64 B .. 64 MiB
+
+REQUESTS = Counter(
+    "modelport_requests_total",
+    "Inference requests by model, version and HTTP status.",
+    ["model", "version", "status"],
+)
+LATENCY = Histogram(
+    "modelport_request_duration_seconds",
+    "Inference request latency by phase: queue (waiting), inference (the model), total.",
+    ["model", "version", "phase"],
+    buckets=_LATENCY_BUCKETS,
+)
+IN_FLIGHT = Gauge(
+    "modelport_requests_in_flight",
+    "Inference requests being served now.",
+    multiprocess_mode="livesum",
+)
+REQUEST_BYTES = Histogram(
+    "modelport_request_size_bytes",
+    "Size of inference request bodies.",
+    ["model"],
+    buckets=_SIZE_BUCKETS,
+)
+
+
+def render() -> tuple[bytes, str]:
+    """The metrics page and its content type."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

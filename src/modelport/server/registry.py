@@ -1,0 +1,101 @@
+"""The models a server serves: every version its policy keeps, each with its own runner."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelport.config import InputLimits, LoadOptions, ServerConfig
+from modelport.errors import ModelNotFoundError
+from modelport.manifest import MANIFEST
+from modelport.model import Model, load
+from modelport.repository import Repository, VersionPolicy, check_name
+from modelport.runtimes.python import ENTRY_FILE
+from modelport.server.runner import Runner
+
+
+@dataclass
+class Served:
+    """One loaded model version."""
+
+    name: str
+    version: int
+    model: Model
+    runner: Runner
+
+
+class Registry:
+    """Loaded model versions by name; lookups raise ModelNotFoundError with what exists."""
+
+    def __init__(self, served: list[Served]) -> None:
+        self._models: dict[str, dict[int, Served]] = {}
+        for item in served:
+            self._models.setdefault(item.name, {})[item.version] = item
+
+    def names(self) -> list[str]:
+        return sorted(self._models)
+
+    def versions(self, name: str) -> list[int]:
+        return sorted(self._lookup(name))
+
+    def get(self, name: str, version: int | None = None) -> Served:
+        versions = self._lookup(name)
+        if version is None:
+            return versions[max(versions)]
+        if version not in versions:
+            raise ModelNotFoundError(
+                f"model {name!r} has no version {version} being served; served: "
+                f"{', '.join(map(str, sorted(versions)))}"
+            )
+        return versions[version]
+
+    def _lookup(self, name: str) -> dict[int, Served]:
+        versions = self._models.get(name)
+        if versions is None:
+            raise ModelNotFoundError(
+                f"no model named {name!r} is served; served: {', '.join(self.names()) or '-'}"
+            )
+        return versions
+
+    def close(self) -> None:
+        for versions in self._models.values():
+            for served in versions.values():
+                served.runner.close()
+
+
+def _single_model(path: Path) -> bool:
+    if path.is_file():
+        return True
+    return (
+        (path / MANIFEST).is_file()
+        or (path / ENTRY_FILE).is_file()
+        or any(p.name.isdigit() for p in path.iterdir() if p.is_dir())
+    )
+
+
+def load_registry(source: Path, config: ServerConfig) -> Registry:
+    """Load a repository (every version the policy keeps) or a single model file or folder."""
+    options = LoadOptions(
+        runtime=config.runtime,
+        limits=InputLimits(max_elements=config.limits.max_elements),
+        trust_pickle=config.trust_pickle,
+    )
+    if not source.exists():
+        raise ModelNotFoundError(f"{source} does not exist: pass a model repository or model")
+    served = []
+    if _single_model(source):
+        model = load(source, options=options)
+        name = check_name(model.name)
+        served.append(_serve(name, model.version or 1, model, config))
+    else:
+        repo = Repository.open(source)
+        for name, versions in repo.select(VersionPolicy.parse(config.version_policy)).items():
+            for version in versions:
+                model = repo.load(name, version=version, options=options)
+                served.append(_serve(name, version, model, config))
+    return Registry(served)
+
+
+def _serve(name: str, version: int, model: Model, config: ServerConfig) -> Served:
+    instances = int(model.metadata.get("serving", {}).get("instances", 1) or 1)
+    return Served(name, version, model, Runner(model, config.limits.max_queue, instances))

@@ -1,0 +1,94 @@
+"""Helpers for your own tests: run a real modelport server on a free port.
+
+with run_server("models") as server:
+    httpx.get(f"{server.url}/v2/health/ready")
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class RunningServer:
+    """A ``modelport serve`` process; its logs go to files you can read while it runs."""
+
+    url: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log_folder: Path
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM, then wait for the exit code (the graceful path)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout_s)
+
+    @property
+    def access_log(self) -> str:
+        """What the server wrote to stdout so far: the JSON-lines access log."""
+        return (self.log_folder / "stdout").read_text()
+
+    @property
+    def log(self) -> str:
+        """What the server wrote to stderr so far."""
+        return (self.log_folder / "stderr").read_text()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_until_ready(server: RunningServer, timeout_s: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"the server exited with {server.process.returncode}:\n{server.log}")
+        try:
+            if httpx.get(f"{server.url}/v2/health/ready", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"the server at {server.url} was not ready within {timeout_s} s")
+
+
+@contextmanager
+def run_server(
+    source: str | os.PathLike[str], *args: str, timeout_s: float = 60.0
+) -> Iterator[RunningServer]:
+    """Start ``modelport serve SOURCE ARGS`` on a free loopback port; stop it afterwards."""
+    port = free_port()
+    command = [sys.executable, "-m", "modelport", "serve", str(source), "--port", str(port)]
+    # Files, not pipes: a full pipe would block a chatty server in the middle of a test.
+    with tempfile.TemporaryDirectory(prefix="modelport-server-") as folder:
+        logs = Path(folder)
+        with (logs / "stdout").open("wb") as out, (logs / "stderr").open("wb") as err:
+            process = subprocess.Popen([*command, *args], stdout=out, stderr=err)
+        server = RunningServer(f"http://127.0.0.1:{port}", port, process, logs)
+        try:
+            _wait_until_ready(server, timeout_s)
+            yield server
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()

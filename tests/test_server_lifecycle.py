@@ -1,0 +1,230 @@
+"""Limits, failures, security and shutdown of the real server process."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+import server_models
+from modelport.cli import serve
+from modelport.config import ServerConfig, ServerLimits
+from modelport.testing import RunningServer, free_port, run_server
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return server_models.build(tmp_path_factory.mktemp("lifecycle") / "models")
+
+
+def slow(seconds: float) -> dict[str, object]:
+    return {"inputs": [{"name": "seconds", "shape": [1], "datatype": "FP32", "data": [seconds]}]}
+
+
+def post_in_background(
+    url: str, body: dict[str, object]
+) -> tuple[threading.Thread, list[httpx.Response]]:
+    results: list[httpx.Response] = []
+    thread = threading.Thread(target=lambda: results.append(httpx.post(url, json=body, timeout=30)))
+    thread.start()
+    return thread, results
+
+
+@pytest.fixture(scope="module")
+def limited(repo: Path) -> Iterator[RunningServer]:
+    with run_server(repo, "--max-queue", "1", "--request-timeout-s", "1.0") as server:
+        yield server
+
+
+def test_a_full_queue_answers_503_with_retry_after(limited: RunningServer) -> None:
+    url = f"{limited.url}/v2/models/slow/infer"
+    started = [post_in_background(url, slow(0.4)) for _ in range(2)]  # one runs, one waits
+    time.sleep(0.2)
+    refused = httpx.post(url, json=slow(0), timeout=10)
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == "1"
+    assert "queue" in refused.json()["error"]
+    for thread, results in started:
+        thread.join()
+        assert results[0].status_code == 200
+    assert httpx.post(url, json=slow(0), timeout=10).status_code == 200
+
+
+def test_a_passed_deadline_answers_504(limited: RunningServer) -> None:
+    url = f"{limited.url}/v2/models/slow/infer"
+    response = httpx.post(url, json=slow(1.5), timeout=10)
+    assert response.status_code == 504
+    assert "deadline" in response.json()["error"]
+    time.sleep(0.6)  # let the model finish the abandoned work
+    assert httpx.post(url, json=slow(0), timeout=10).status_code == 200
+
+
+def test_a_model_that_raises_answers_500_without_internals(limited: RunningServer) -> None:
+    response = httpx.post(f"{limited.url}/v2/models/slow/infer", json=slow(-1), timeout=10)
+    assert response.status_code == 500
+    error = response.json()["error"]
+    assert "negative seconds" in error
+    assert "/secret/internal" not in error
+    assert "Traceback" not in response.text
+    assert httpx.get(f"{limited.url}/v2/health/ready").status_code == 200
+
+
+def test_sigterm_drains_in_flight_work_then_exits_zero(repo: Path) -> None:
+    with run_server(repo) as server:
+        url = f"{server.url}/v2/models/slow/infer"
+        thread, results = post_in_background(url, slow(1.0))
+        time.sleep(0.3)
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        thread.join()
+        assert results[0].status_code == 200  # the request in flight finished
+        assert server.process.wait(30) == 0
+        log = server.log
+    assert "draining: readiness is now false; 1 requests in flight" in log
+    assert "models unloaded" in log
+
+
+def test_draining_refuses_new_work_on_open_connections(repo: Path) -> None:
+    with run_server(repo) as server, httpx.Client(base_url=server.url, timeout=30) as http:
+        assert http.get("/v2/health/ready").status_code == 200  # keep-alive connection open
+        thread, _ = post_in_background(f"{server.url}/v2/models/slow/infer", slow(1.0))
+        time.sleep(0.3)
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        try:
+            ready = http.get("/v2/health/ready")
+            assert ready.status_code == 503
+            assert ready.json() == {"ready": False}
+            refused = http.post("/v2/models/tiny/infer", json=slow(0))
+            assert refused.status_code == 503
+            assert "shutting down" in refused.json()["error"]
+        except httpx.TransportError:
+            pass  # the server may already have closed the idle connection: also a refusal
+        thread.join()
+        assert server.process.wait(30) == 0
+
+
+def test_a_token_guards_everything_but_health(repo: Path, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret\n")
+    with run_server(repo, "--token-file", str(token_file)) as server:
+        body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
+                            "data": [1, 2, 3, 4]}]}  # fmt: skip
+        url = f"{server.url}/v2/models/tiny/infer"
+        assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
+        missing = httpx.post(url, json=body)
+        assert missing.status_code == 401
+        assert missing.headers["www-authenticate"] == "Bearer"
+        wrong = httpx.post(url, json=body, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        assert httpx.get(f"{server.url}/v2/models/tiny").status_code == 401
+        good = httpx.post(url, json=body, headers={"Authorization": "Bearer s3cret"})
+        assert good.status_code == 200
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "modelport", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_listening_beyond_loopback_needs_a_token(repo: Path) -> None:
+    result = run_cli("serve", str(repo), "--host", "0.0.0.0", "--port", str(free_port()))
+    assert result.returncode == 1
+    assert "pass --token" in result.stderr
+    assert "--no-auth" in result.stderr
+
+
+def test_no_auth_beyond_loopback_is_logged_as_a_warning(repo: Path) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "modelport", "serve", str(repo), "--host", "0.0.0.0",
+         "--port", str(port), "--no-auth"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert "WARNING" in stderr
+    assert "--no-auth: anyone who can reach 0.0.0.0" in stderr
+
+
+def test_bad_serve_options_are_usage_errors(repo: Path) -> None:
+    result = run_cli("serve", str(repo), "--version-policy", "newest")
+    assert result.returncode == 2
+    assert "invalid version policy" in result.stderr
+    result = run_cli("serve", str(repo), "--max-queue", "0")
+    assert result.returncode == 2
+    assert "max_queue must be >= 1" in result.stderr
+
+
+def test_every_limit_and_setting_has_its_cli_option() -> None:
+    options = {p.name for p in serve.params}
+    limits = {f.name for f in dataclasses.fields(ServerLimits)}
+    assert limits <= options
+    settings = {f.name for f in dataclasses.fields(ServerConfig)} - {"limits", "runtime"}
+    assert settings <= options | {"trust_pickle"}
+
+
+def _worker_pids(parent: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(parent)], capture_output=True,
+                         text=True).stdout  # fmt: skip
+    return [int(p) for p in out.split()]
+
+
+def test_workers_share_the_port_replace_the_dead_and_sum_metrics(repo: Path) -> None:
+    with run_server(repo, "--workers", "2") as server:
+        body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
+                            "data": [1, 2, 3, 4]}]}  # fmt: skip
+        url = f"{server.url}/v2/models/tiny/infer"
+        deadline = time.monotonic() + 30
+        while (
+            len(workers := [p for p in _worker_pids(server.process.pid) if _is_python(p)]) < 2
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.1)  # fmt: skip
+        for _ in range(20):
+            assert httpx.post(url, json=body).status_code == 200
+        os.kill(workers[0], signal.SIGKILL)
+        for _ in range(20):  # the other worker keeps serving while the dead one is replaced
+            assert httpx.post(url, json=body, timeout=30).status_code == 200
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            alive = [p for p in _worker_pids(server.process.pid) if _is_python(p)]
+            if len(alive) == 2 and workers[0] not in alive:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the dead worker was not replaced")
+        metrics = httpx.get(f"{server.url}/metrics").text
+        counted = re.search(
+            r'modelport_requests_total\{model="tiny",status="200",version="2"\} (\S+)', metrics
+        )
+        assert counted is not None
+        # The killed worker's samples stay on disk: every request is counted once.
+        assert float(counted.group(1)) == 40
+
+
+def _is_python(pid: int) -> bool:
+    try:
+        return "python" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
