@@ -79,3 +79,17 @@ def test_running_the_demo_again_reuses_the_repository(demo: tuple[Path, str]) ->
     path, _ = demo
     assert "building" not in run_demo(path)
     assert modelport.Repository.open(path).versions("digits") == [1]
+
+
+def test_demo_requests_work_against_the_served_demo(demo: tuple[Path, str]) -> None:
+    import httpx
+
+    from modelport.testing import run_server
+
+    path, _ = demo
+    with run_server(path) as server:
+        for name in modelport.Repository.open(path).names():
+            request = (path / "_samples" / f"{name}.v2.json").read_bytes()
+            response = httpx.post(f"{server.url}/v2/models/{name}/infer", content=request)
+            assert response.status_code == 200, response.text
+            assert all(o["shape"][0] == 2 for o in response.json()["outputs"])

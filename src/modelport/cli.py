@@ -250,8 +250,14 @@ def serve(
     default=None,
     help="Include the PyTorch CNN (default: when torch is installed).",
 )
-def demo(path: Path, rebuild: bool, with_torch: bool | None) -> None:
-    """Build the demo model repository, then run a prediction on each demo model."""
+@click.option(
+    "--serve",
+    "then_serve",
+    is_flag=True,
+    help="Then serve the demo models on 127.0.0.1:8000 (Ctrl-C stops).",
+)
+def demo(path: Path, rebuild: bool, with_torch: bool | None, then_serve: bool) -> None:
+    """Build the demo model repository, run a prediction on each model, optionally serve."""
     from modelport.datafiles import read_inputs, to_json
     from modelport.demo import SAMPLES, build_demo
 
@@ -273,6 +279,17 @@ def demo(path: Path, rebuild: bool, with_torch: bool | None) -> None:
         "\nTry one yourself:\n"
         f"  modelport predict {first} --repo {path} --input {path / SAMPLES / first}.json"
     )
+    if then_serve:
+        from modelport.server.lifecycle import serve as run_server
+
+        config = ServerConfig()
+        base = f"http://{config.host}:{config.port}"
+        click.echo(
+            f"\nServing {path} on {base} (docs: {base}/docs). Example requests:\n"
+            f"  curl -s {base}/v2/models/{first}/infer -d @{path / SAMPLES / first}.v2.json\n"
+            f"  curl -s {base}/v2/models/{first}\n"
+        )
+        run_server(path, config)
 
 
 def run() -> None:

@@ -6,7 +6,8 @@
   one core, the workload where batching and serving overhead matter.
 - ``digits-code``: a code model (model.py) with pre/post-processing around ``digits``.
 
-Sample inputs for each model are written to ``<repo>/_samples/<model>.json``.
+Sample inputs for each model are written to ``<repo>/_samples/<model>.json`` (for
+``modelport predict``) and ``<model>.v2.json`` (an Open Inference Protocol request).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 from modelport.errors import require
 from modelport.importing import add_model
 from modelport.repository import Repository
+from modelport.signature import DATATYPES, dtype_name
 
 SAMPLES = "_samples"
 CODE_FOLDER = Path(__file__).parent / "digits_code"
@@ -154,10 +156,23 @@ def build_code_model(repo: Repository) -> None:
 
 
 def _write_sample(repo: Repository, name: str, inputs: dict[str, np.ndarray]) -> None:
+    """``<name>.json`` for ``modelport predict``, ``<name>.v2.json`` for curl and any V2 client."""
     folder = repo.root / SAMPLES
     folder.mkdir(exist_ok=True)
     payload = {k: v.tolist() for k, v in inputs.items()}
     (folder / f"{name}.json").write_text(json.dumps(payload) + "\n")
+    request = {
+        "inputs": [
+            {
+                "name": k,
+                "shape": list(v.shape),
+                "datatype": DATATYPES[dtype_name(v.dtype)],
+                "data": v.ravel().tolist(),
+            }
+            for k, v in inputs.items()
+        ]
+    }
+    (folder / f"{name}.v2.json").write_text(json.dumps(request) + "\n")
 
 
 def build_demo(
