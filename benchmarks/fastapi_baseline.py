@@ -48,7 +48,7 @@ def predict(request: InferRequest) -> dict[str, Any]:
     return {
         "outputs": [
             {"name": name, "shape": list(value.shape), "data": value.ravel().tolist()}
-            for name, value in zip(output_names, results)
+            for name, value in zip(output_names, results, strict=True)
         ]
     }
 

@@ -32,6 +32,7 @@ from modelport.manifest import MANIFEST, Manifest, read_manifest, refuse_pickles
 from modelport.model import Model, open_runtime
 from modelport.runtimes import PLATFORMS
 
+_DIGITS = re.compile(r"[0-9]+")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _STAGING = ".staging"
 
@@ -50,10 +51,15 @@ def check_name(name: str) -> str:
     return name
 
 
+def is_number(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts characters such as '²' that int() refuses."""
+    return bool(_DIGITS.fullmatch(text))
+
+
 def check_version(version: int | str) -> int:
     """Return ``version`` as a positive int, else raise InvalidNameError."""
     text = str(version)
-    if not text.isdigit() or int(text) < 1 or len(text) > 9:
+    if not is_number(text) or int(text) < 1 or len(text) > 9:
         raise InvalidNameError(f"invalid version {text!r}: versions are integers from 1")
     return int(text)
 
@@ -217,13 +223,13 @@ def _numbered(folder: Path) -> list[int]:
     """The integer-named subfolders of ``folder`` (its versions), sorted."""
     if not folder.is_dir():
         return []
-    return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+    return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and is_number(p.name))
 
 
 def load_version(folder: Path, options: LoadOptions = LoadOptions()) -> Model:
     """Load one version folder: manifest, pickle policy, sha256, requirements, runtime."""
     manifest = read_manifest(folder)
-    if folder.name.isdigit() and (
+    if is_number(folder.name) and (
         manifest.version != int(folder.name) or manifest.name != folder.parent.name
     ):
         raise ManifestError(

@@ -21,8 +21,8 @@ import orjson
 
 from modelport import __version__
 from modelport.config import ServerConfig
-from modelport.errors import InvalidInputError, OverloadedError
-from modelport.repository import check_name, check_version
+from modelport.errors import InvalidInputError, OverloadedError, PredictionError
+from modelport.repository import check_name, check_version, is_number
 from modelport.runtimes import PLATFORMS
 from modelport.server import metrics
 from modelport.server.http import (
@@ -38,6 +38,7 @@ from modelport.server.http import (
     send_response,
 )
 from modelport.server.protocol import (
+    check_finite,
     encode_infer_response,
     parse_infer_request,
     parse_json,
@@ -64,6 +65,7 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
 ]  # fmt: skip
 _OPEN = {"live", "ready"}  # probes need no token
 _REQUEST_ID = re.compile(r"[\w.:-]{1,128}")
+_INLINE_PARSE_BYTES = 256 * 1024
 
 
 def _tensor_metadata(signature: Signature) -> dict[str, list[dict[str, Any]]]:
@@ -82,6 +84,8 @@ class ModelService:
         self.registry = registry
         self.draining = False
         self._in_flight = 0
+        self._openapi_spec: dict[str, Any] | None = None
+        self._docs_page: bytes | None = None
         self._handlers: dict[str, Callable[..., Awaitable[Response]]] = {
             name: getattr(self, f"_{name}") for _, _, name in _ROUTES
         }
@@ -123,6 +127,7 @@ class ModelService:
                 if self.registry is not None:
                     await asyncio.to_thread(self.registry.close)
                     log.info("models unloaded")
+                metrics.forget_process()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -137,9 +142,9 @@ class ModelService:
         except ConnectionAbortedError:
             return
         except Exception as exc:
-            response = error_response(exc)
+            response = error_response(exc, request_id)
             if response.status == 500:
-                log.error("request %s failed", request_id, exc_info=exc)
+                log.error("request %s failed: %s", request_id, exc, exc_info=exc)
         await send_response(send, response, [(b"x-request-id", request_id.encode())])
         if "model" in info:
             metrics.REQUESTS.labels(info["model"], info["version"], str(response.status)).inc()
@@ -245,24 +250,29 @@ class ModelService:
         return Response(200, body, content_type)
 
     async def _openapi(self, *_: Any) -> Response:
-        from modelport.server.openapi import openapi_spec
-
-        return json_response(openapi_spec(__version__, self._catalog()))
+        return json_response(self._spec())
 
     async def _docs(self, *_: Any) -> Response:
-        from modelport.server.openapi import docs_html, openapi_spec
+        from modelport.server.openapi import docs_html
 
-        page = docs_html(openapi_spec(__version__, self._catalog()))
-        return Response(200, page.encode(), "text/html; charset=utf-8")
+        if self._docs_page is None:
+            self._docs_page = docs_html(self._spec()).encode()
+        return Response(200, self._docs_page, "text/html; charset=utf-8")
 
-    def _catalog(self) -> dict[str, dict[str, Any]]:
-        if self.registry is None:
-            return {}
+    def _spec(self) -> dict[str, Any]:
+        from modelport.server.openapi import openapi_spec
+
+        if self._openapi_spec is None:  # the models are fixed once loaded: build it once
+            self._openapi_spec = openapi_spec(__version__, self._catalog(self._registry()))
+        return self._openapi_spec
+
+    @staticmethod
+    def _catalog(registry: Registry) -> dict[str, dict[str, Any]]:
         catalog = {}
-        for name in self.registry.names():
-            served = self.registry.get(name)
+        for name in registry.names():
+            served = registry.get(name)
             catalog[name] = {
-                "versions": self.registry.versions(name),
+                "versions": registry.versions(name),
                 "platform": PLATFORMS[str(served.model.metadata.get("runtime", "onnx"))],
                 **_tensor_metadata(served.model.signature),
             }
@@ -276,12 +286,24 @@ class ModelService:
     ) -> Response:  # fmt: skip
         served, body = await self._admit(scope, receive, name, version, info)
         length = header(scope, b"inference-header-content-length")
-        if length is not None and not length.isdigit():
+        if length is not None and not is_number(length):
             raise InvalidInputError("Inference-Header-Content-Length must be a number of bytes")
-        request = parse_infer_request(
-            body, int(length) if length is not None else None, self.config.limits
-        )
+        header_length = int(length) if length is not None else None
+        if len(body) > _INLINE_PARSE_BYTES:  # big bodies parse off the event loop
+            request = await asyncio.to_thread(
+                parse_infer_request, body, header_length, self.config.limits
+            )
+        else:
+            request = parse_infer_request(body, header_length, self.config.limits)
         signature = served.model.signature
+        for spec in signature.inputs:
+            declared = request.datatypes.get(spec.name)
+            if declared is not None and declared != spec.datatype:
+                raise InvalidInputError(
+                    f"input {spec.name!r}: datatype {declared} does not match the model's "
+                    f"{spec.datatype}",
+                    spec.name,
+                )
         if request.outputs is not None:
             for item in request.outputs:
                 if item.name not in signature.output_names:
@@ -290,14 +312,14 @@ class ModelService:
                         f"{', '.join(map(repr, signature.output_names))}"
                     )
         outputs = await self._run(served, request.inputs, info)
-        payload, header_length = encode_infer_response(name, served.version, request, outputs)
-        if header_length is None:
+        payload, json_length = encode_infer_response(name, served.version, request, outputs)
+        if json_length is None:
             return Response(200, payload)
         return Response(
             200,
             payload,
             "application/octet-stream",
-            {"inference-header-content-length": str(header_length)},
+            {"inference-header-content-length": str(json_length)},
         )
 
     async def _predict_v1(
@@ -321,6 +343,10 @@ class ModelService:
             inputs = instances
         outputs = await self._run(served, inputs, info)
         names = list(outputs)
+        if any(len(outputs[n]) != len(instances) for n in names):
+            raise PredictionError(
+                "the model's outputs do not have one row per instance; use the V2 endpoint"
+            )
         if len(names) == 1:
             predictions: list[Any] = outputs[names[0]].tolist()
         else:
@@ -336,11 +362,21 @@ class ModelService:
             raise OverloadedError("the server is shutting down", retry_after_s=1.0)
         served = self._registry().get(name, version)
         info.update(model=name, version=str(served.version))
+        served.runner.check_capacity()  # before reading a body there is no room for
         length = header(scope, b"content-length")
-        body = await read_body(
-            receive, int(length) if length and length.isdigit() else None,
-            self.config.limits.max_body_bytes,
-        )  # fmt: skip
+        limits = self.config.limits
+        try:
+            body = await asyncio.wait_for(
+                read_body(
+                    receive, int(length) if length and is_number(length) else None,
+                    limits.max_body_bytes,
+                ),
+                limits.request_timeout_s,
+            )  # fmt: skip
+        except asyncio.TimeoutError:
+            raise HTTPError(
+                408, f"the request body did not arrive within {limits.request_timeout_s} s"
+            ) from None
         metrics.REQUEST_BYTES.labels(name).observe(len(body))
         return served, body
 
@@ -348,6 +384,8 @@ class ModelService:
         self, served: Served, inputs: Any, info: dict[str, Any]
     ) -> dict[str, np.ndarray]:
         batch = validate_inputs(served.model.signature, inputs, served.model.limits)
+        if not self.config.limits.allow_non_finite:
+            check_finite(batch)
         deadline = time.monotonic() + self.config.limits.request_timeout_s
         self._in_flight += 1
         metrics.IN_FLIGHT.inc()

@@ -6,7 +6,6 @@ where Python model servers otherwise lose most of their time (see shared/PERFORM
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,8 +36,6 @@ STATUS: tuple[tuple[type[Exception], int], ...] = (
     (PredictionError, 500),
 )
 
-_PATHS = re.compile(r"(?:/[\w.+-]+){2,}")
-
 
 class HTTPError(Exception):
     """An error that already knows its status (auth, size, method, draining)."""
@@ -63,20 +60,24 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     )
 
 
-def error_response(exc: Exception) -> Response:
+def error_response(exc: Exception, request_id: str) -> Response:
     """The status and ``{"error": ...}`` body for ``exc``; 500s never show internals."""
     if isinstance(exc, HTTPError):
         return json_response({"error": str(exc)}, exc.status, exc.headers)
     for kind, status in STATUS:
         if isinstance(exc, kind):
             message = str(exc)
-            if status == 500:  # the model's own text may carry file paths: keep the gist
-                message = _PATHS.sub("<path>", message)
+            if status == 500:  # the model's own words may hold paths, secrets, object names
+                message = (
+                    f"the model failed on this request; the server log has the details "
+                    f"(request id {request_id})"
+                )
             headers = {}
             if isinstance(exc, OverloadedError):
                 headers["retry-after"] = str(max(1, round(exc.retry_after_s)))
             return json_response({"error": message}, status, headers)
-    return json_response({"error": "internal server error; the server log has the details"}, 500)
+    message = f"internal server error; the server log has the details (request id {request_id})"
+    return json_response({"error": message}, 500)
 
 
 async def read_body(receive: Receive, length: int | None, limit: int) -> bytes:

@@ -13,6 +13,7 @@ import json
 import logging
 import logging.config
 import os
+import shutil
 import signal
 import tempfile
 from collections.abc import Callable
@@ -133,8 +134,19 @@ def serve(source: Path, config: ServerConfig, access_log: bool = True) -> None:
     logging.config.dictConfig(log_config(access_log))
     check_security(config)
     # Metrics from every worker process are summed from files in this folder.
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="modelport-metrics-"))
+    metrics_dir = None
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        metrics_dir = tempfile.mkdtemp(prefix="modelport-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     os.environ[_CONFIG_ENV] = config_to_json(source, config)
+    try:
+        _run(config, access_log)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _run(config: ServerConfig, access_log: bool) -> None:
     options: dict[str, Any] = {
         "host": config.host,
         "port": config.port,

@@ -49,6 +49,12 @@ REQUEST_BYTES = Histogram(
 )
 
 
+def forget_process() -> None:
+    """At a clean exit: this process's live gauges (in-flight) stop counting."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+
 def render() -> tuple[bytes, str]:
     """The metrics page and its content type."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

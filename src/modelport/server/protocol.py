@@ -7,6 +7,7 @@ message raises InvalidInputError naming the field and what was expected.
 from __future__ import annotations
 
 import math
+import re
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ from modelport.signature import DATATYPES
 DTYPES: dict[str, np.dtype[Any]] = {
     v2: np.dtype(object if name == "string" else name) for name, v2 in DATATYPES.items()
 }
+MAX_RANK = 32  # numpy's own limit is 64; no model takes more
 _KINDS = {"BOOL": "b", "FP16": "biuf", "FP32": "biuf", "FP64": "biuf"}  # others: integers
 
 
@@ -36,6 +38,7 @@ class InferRequest:
     """A parsed inference request: named input arrays and which outputs to return how."""
 
     inputs: dict[str, np.ndarray]
+    datatypes: dict[str, str] = field(default_factory=dict)  # as the request declared them
     id: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
     outputs: list[RequestedOutput] | None = None  # None: every output
@@ -46,32 +49,29 @@ def _fail(message: str, name: str | None = None) -> InvalidInputError:
     return InvalidInputError(message, name)
 
 
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_CHUNK = 1 << 22
+
+
 def check_depth(body: bytes, max_depth: int) -> None:
     """Refuse JSON nested deeper than ``max_depth`` before any parser recurses into it.
 
-    Counting brackets in bytes can only overcount (brackets inside strings), so the exact,
-    string-aware scan runs only when the quick count is over the limit.
+    Brackets are counted in C-speed passes: strings are blanked first (their brackets do not
+    nest), then depth is a running sum over bounded chunks, so memory stays flat.
     """
     if body.count(b"[") + body.count(b"{") <= max_depth:
         return
-    codes = np.frombuffer(body, dtype=np.uint8)
-    steps = (codes == ord("[")).astype(np.int32) + (codes == ord("{"))
-    steps -= (codes == ord("]")).astype(np.int32) + (codes == ord("}"))
-    if int(np.cumsum(steps).max(initial=0)) <= max_depth:
-        return
-    depth, in_string, escaped = 0, False, False
-    for byte in body:
-        if in_string:
-            escaped = not escaped and byte == 0x5C
-            in_string = escaped or byte != 0x22
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):
-            depth += 1
-            if depth > max_depth:
-                raise _fail(f"JSON is nested deeper than the limit of {max_depth} levels")
-        elif byte in (0x5D, 0x7D):
-            depth -= 1
+    text = _STRING.sub(b'""', body)
+    depth = 0
+    for start in range(0, len(text), _CHUNK):
+        codes = np.frombuffer(text, np.uint8, min(_CHUNK, len(text) - start), start)
+        steps = np.zeros(len(codes), np.int32)
+        steps[(codes == 0x5B) | (codes == 0x7B)] = 1
+        steps[(codes == 0x5D) | (codes == 0x7D)] = -1
+        running = np.cumsum(steps) + depth
+        if running.size and int(running.max()) > max_depth:
+            raise _fail(f"JSON is nested deeper than the limit of {max_depth} levels")
+        depth = int(running[-1]) if running.size else depth
 
 
 def parse_json(body: bytes, limits: ServerLimits) -> Any:
@@ -79,6 +79,11 @@ def parse_json(body: bytes, limits: ServerLimits) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        if re.search(rb"\bNaN\b|\bInfinity\b", body):
+            raise _fail(
+                "malformed JSON: NaN and Infinity are not JSON numbers; send such values as "
+                "binary tensors (and start the server with --allow-non-finite)"
+            ) from None
         raise _fail(f"malformed JSON: {exc}") from None
 
 
@@ -102,12 +107,16 @@ def parse_infer_request(
     if not isinstance(tensors, list) or not tensors:
         raise _fail("'inputs' must be a non-empty list of tensors")
     inputs: dict[str, np.ndarray] = {}
+    datatypes: dict[str, str] = {}
     offset = 0
     for i, tensor in enumerate(tensors):
-        name, array, used = _parse_tensor(i, tensor, binary[offset:], header_length, limits)
+        name, datatype, array, used = _parse_tensor(
+            i, tensor, binary[offset:], header_length, limits
+        )
         if name in inputs:
             raise _fail(f"input {name!r} appears more than once", name)
         inputs[name] = array
+        datatypes[name] = datatype
         offset += used
     if offset != len(binary):
         raise _fail(
@@ -120,10 +129,11 @@ def parse_infer_request(
         raise _fail("'id' must be a string")
     return InferRequest(
         inputs=inputs,
+        datatypes=datatypes,
         id=request_id,
         parameters=parameters,
         outputs=_requested_outputs(message.get("outputs")),
-        binary_output=bool(parameters.get("binary_data_output", False)),
+        binary_output=_flag(parameters, "binary_data_output"),
     )
 
 
@@ -132,6 +142,13 @@ def _object(value: Any, what: str) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise _fail(f"'{what}' must be a JSON object")
+    return value
+
+
+def _flag(parameters: dict[str, Any], key: str) -> bool:
+    value = parameters.get(key, False)
+    if not isinstance(value, bool):
+        raise _fail(f"parameter {key!r} must be true or false, got {value!r}")
     return value
 
 
@@ -145,8 +162,8 @@ def _requested_outputs(value: Any) -> list[RequestedOutput] | None:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise _fail("each entry of 'outputs' needs a string 'name'")
         params = _object(item.get("parameters"), f"outputs[{item['name']}].parameters")
-        binary = params.get("binary_data")
-        requested.append(RequestedOutput(item["name"], None if binary is None else bool(binary)))
+        binary = _flag(params, "binary_data") if "binary_data" in params else None
+        requested.append(RequestedOutput(item["name"], binary))
     return requested
 
 
@@ -155,23 +172,27 @@ def _shape(name: str, value: Any, limits: ServerLimits) -> tuple[int, ...]:
         isinstance(d, int) and not isinstance(d, bool) for d in value
     ):
         raise _fail(f"input {name!r}: 'shape' must be a list of integers, got {value!r}", name)
+    if len(value) > MAX_RANK:
+        raise _fail(f"input {name!r}: shape has {len(value)} dimensions, over {MAX_RANK}", name)
     if any(d < 0 for d in value):
         raise _fail(f"input {name!r}: shape {value} has a negative dimension", name)
-    # Checked before anything is allocated: the product of huge dims never reaches numpy.
-    count = math.prod(value)
-    if count > limits.max_elements:
-        raise _fail(
-            f"input {name!r}: shape {value} has {count} elements, over the limit of "
-            f"{limits.max_elements}",
-            name,
-        )
+    # Checked before anything is allocated, stepwise so that huge dims stay cheap.
+    count = 1
+    for dim in value:
+        count *= dim
+        if count > limits.max_elements:
+            raise _fail(
+                f"input {name!r}: shape {value} has more elements than the limit of "
+                f"{limits.max_elements}",
+                name,
+            )
     return tuple(value)
 
 
 def _parse_tensor(
     index: int, tensor: Any, binary: memoryview, header_length: int | None, limits: ServerLimits
-) -> tuple[str, np.ndarray, int]:
-    """One input tensor and how many bytes of the binary part it used."""
+) -> tuple[str, str, np.ndarray, int]:
+    """One input tensor: name, datatype, array, and the bytes of the binary part it used."""
     if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
         raise _fail(f"inputs[{index}] needs a string 'name'")
     name = tensor["name"]
@@ -201,10 +222,10 @@ def _parse_tensor(
                 "bytes left in the body",
                 name,
             )
-        return name, _from_binary(name, datatype, shape, binary[:size], limits), size
+        return name, datatype, _from_binary(name, datatype, shape, binary[:size]), size
     if "data" not in tensor:
         raise _fail(f"input {name!r} needs 'data' (or binary_data_size)", name)
-    return name, _from_json(name, datatype, shape, tensor["data"], limits), 0
+    return name, datatype, _from_json(name, datatype, shape, tensor["data"]), 0
 
 
 def _count_error(name: str, got: int, shape: tuple[int, ...]) -> InvalidInputError:
@@ -214,18 +235,19 @@ def _count_error(name: str, got: int, shape: tuple[int, ...]) -> InvalidInputErr
     )
 
 
-def _check_finite(name: str, array: np.ndarray, limits: ServerLimits) -> None:
-    if array.dtype.kind == "f" and not limits.allow_non_finite and not np.isfinite(array).all():
-        raise _fail(
-            f"input {name!r} contains NaN or Infinity, which this server does not accept "
-            "(start it with --allow-non-finite if the model handles them)",
-            name,
-        )
+def check_finite(inputs: dict[str, np.ndarray]) -> None:
+    """Refuse NaN and Infinity (including float overflow) in any float input."""
+    for name, array in inputs.items():
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise _fail(
+                f"input {name!r} contains NaN or Infinity (or a value too large for "
+                f"{array.dtype.name}), which this server does not accept; start it with "
+                "--allow-non-finite if the model handles them",
+                name,
+            )
 
 
-def _from_json(
-    name: str, datatype: str, shape: tuple[int, ...], data: Any, limits: ServerLimits
-) -> np.ndarray:
+def _from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np.ndarray:
     if datatype == "BYTES":
         flat = _flatten(data)
         if not all(isinstance(v, str) for v in flat):
@@ -258,9 +280,7 @@ def _from_json(
                 f"input {name!r}: values must be within [{info.min}, {info.max}] for {datatype}",
                 name,
             )
-    array = loose.astype(target, copy=False).reshape(shape)
-    _check_finite(name, array, limits)
-    return array
+    return loose.astype(target, copy=False).reshape(shape)
 
 
 def _describe(datatype: str) -> str:
@@ -287,9 +307,7 @@ def _flatten(data: Any) -> list[Any]:
     return flat
 
 
-def _from_binary(
-    name: str, datatype: str, shape: tuple[int, ...], raw: memoryview, limits: ServerLimits
-) -> np.ndarray:
+def _from_binary(name: str, datatype: str, shape: tuple[int, ...], raw: memoryview) -> np.ndarray:
     count = math.prod(shape)
     if datatype == "BYTES":
         items = _unpack_bytes(name, raw)
@@ -303,15 +321,15 @@ def _from_binary(
             f"{datatype} needs {count * dtype.itemsize}",
             name,
         )
-    array = np.frombuffer(raw, dtype=dtype).reshape(shape)
-    if datatype == "BOOL" and array.size and np.frombuffer(raw, np.uint8).max() > 1:
+    if datatype == "BOOL" and count and np.frombuffer(raw, np.uint8).max() > 1:
         raise _fail(f"input {name!r}: BOOL bytes must be 0 or 1", name)
-    _check_finite(name, array, limits)
-    return array
+    # A copy: models (code models especially) may compute in place on their inputs.
+    return np.frombuffer(raw, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 
-def _unpack_bytes(name: str, raw: memoryview) -> list[str]:
-    items, offset = [], 0
+def _unpack_bytes(name: str, raw: memoryview) -> list[str | bytes]:
+    items: list[str | bytes] = []
+    offset = 0
     while offset < len(raw):
         if offset + 4 > len(raw):
             raise _fail(f"input {name!r}: BYTES element length is cut off", name)
@@ -319,10 +337,11 @@ def _unpack_bytes(name: str, raw: memoryview) -> list[str]:
         offset += 4
         if offset + length > len(raw):
             raise _fail(f"input {name!r}: a BYTES element runs past its binary data", name)
-        try:
-            items.append(bytes(raw[offset : offset + length]).decode("utf-8"))
+        item = bytes(raw[offset : offset + length])
+        try:  # text for string models; anything else (an image, say) stays bytes
+            items.append(item.decode("utf-8"))
         except UnicodeDecodeError:
-            raise _fail(f"input {name!r}: BYTES elements must be UTF-8 text", name) from None
+            items.append(item)
         offset += length
     return items
 

@@ -9,7 +9,7 @@ from modelport.config import InputLimits, LoadOptions, ServerConfig
 from modelport.errors import ModelNotFoundError
 from modelport.manifest import MANIFEST
 from modelport.model import Model, load
-from modelport.repository import Repository, VersionPolicy, check_name
+from modelport.repository import Repository, VersionPolicy, check_name, is_number
 from modelport.runtimes.python import ENTRY_FILE
 from modelport.server.runner import Runner
 
@@ -69,7 +69,7 @@ def _single_model(path: Path) -> bool:
     return (
         (path / MANIFEST).is_file()
         or (path / ENTRY_FILE).is_file()
-        or any(p.name.isdigit() for p in path.iterdir() if p.is_dir())
+        or any(is_number(p.name) for p in path.iterdir() if p.is_dir())
     )
 
 

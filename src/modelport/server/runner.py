@@ -34,16 +34,20 @@ class Runner:
         self.pending = 0
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix=f"infer-{model.name}")
 
-    async def run(
-        self, inputs: dict[str, np.ndarray], deadline: float
-    ) -> tuple[dict[str, np.ndarray], Timing]:
-        """Outputs for ``inputs`` (already validated), or Overloaded/DeadlineExceeded."""
+    def check_capacity(self) -> None:
+        """Raise OverloadedError when the queue is full (503 with Retry-After)."""
         if self.pending >= self.max_queue + self.threads:
             raise OverloadedError(
                 f"model {self.model.name!r} has {self.pending} requests in progress, the "
                 f"queue limit; retry shortly",
                 retry_after_s=1.0,
             )
+
+    async def run(
+        self, inputs: dict[str, np.ndarray], deadline: float
+    ) -> tuple[dict[str, np.ndarray], Timing]:
+        """Outputs for ``inputs`` (already validated), or Overloaded/DeadlineExceeded."""
+        self.check_capacity()
         self.pending += 1
         enqueued = time.monotonic()
         try:
