@@ -147,9 +147,8 @@ class ModelService:
                 log.error("request %s failed: %s", request_id, exc, exc_info=exc)
         await send_response(send, response, [(b"x-request-id", request_id.encode())])
         if "model" in info:
-            metrics.REQUESTS.labels(info["model"], info["version"], str(response.status)).inc()
-            metrics.LATENCY.labels(info["model"], info["version"], "total").observe(
-                time.perf_counter() - started
+            metrics.for_model(info["model"], info["version"]).finished(
+                response.status, time.perf_counter() - started
             )
         if access_log.isEnabledFor(logging.INFO):
             access_log.info(
@@ -377,7 +376,7 @@ class ModelService:
             raise HTTPError(
                 408, f"the request body did not arrive within {limits.request_timeout_s} s"
             ) from None
-        metrics.REQUEST_BYTES.labels(name).observe(len(body))
+        metrics.for_model(name, str(served.version)).body.observe(len(body))
         return served, body
 
     async def _run(
@@ -394,9 +393,9 @@ class ModelService:
         finally:
             self._in_flight -= 1
             metrics.IN_FLIGHT.dec()
-        labels = (served.name, str(served.version))
-        metrics.LATENCY.labels(*labels, "queue").observe(timing.queue_s)
-        metrics.LATENCY.labels(*labels, "inference").observe(timing.inference_s)
+        measured = metrics.for_model(served.name, str(served.version))
+        measured.queue.observe(timing.queue_s)
+        measured.inference.observe(timing.inference_s)
         return outputs
 
 

@@ -133,9 +133,10 @@ def serve(source: Path, config: ServerConfig, access_log: bool = True) -> None:
     """Serve ``source`` (a repository or one model) until SIGTERM/SIGINT; blocks."""
     logging.config.dictConfig(log_config(access_log))
     check_security(config)
-    # Metrics from every worker process are summed from files in this folder.
+    # Metrics from several worker processes are summed from files in this folder; one process
+    # keeps them in memory, which costs a fraction per update.
     metrics_dir = None
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if config.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         metrics_dir = tempfile.mkdtemp(prefix="modelport-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     os.environ[_CONFIG_ENV] = config_to_json(source, config)
@@ -158,6 +159,7 @@ def _run(config: ServerConfig, access_log: bool) -> None:
         "http": "httptools",
         "loop": "uvloop" if _has("uvloop") else "asyncio",
         "server_header": False,
+        "proxy_headers": False,  # X-Forwarded-* are trusted only behind a known proxy
     }
     app = "modelport.server.lifecycle:worker_app"
     # uvicorn re-raises the stop signal once it has shut down gracefully; with these handlers

@@ -7,7 +7,9 @@ With several workers each process writes its samples to files under
 
 from __future__ import annotations
 
+import functools
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -47,6 +49,32 @@ REQUEST_BYTES = Histogram(
     ["model"],
     buckets=_SIZE_BUCKETS,
 )
+
+
+class ModelMetrics:
+    """One model version's metric children, looked up once: labels() is costly per call."""
+
+    def __init__(self, model: str, version: str) -> None:
+        self.queue = LATENCY.labels(model, version, "queue")
+        self.inference = LATENCY.labels(model, version, "inference")
+        self.total = LATENCY.labels(model, version, "total")
+        self.body = REQUEST_BYTES.labels(model)
+        self._model, self._version = model, version
+        self._requests: dict[int, Any] = {}
+
+    def finished(self, status: int, total_s: float) -> None:
+        counter = self._requests.get(status)
+        if counter is None:
+            counter = self._requests[status] = REQUESTS.labels(
+                self._model, self._version, str(status)
+            )
+        counter.inc()
+        self.total.observe(total_s)
+
+
+@functools.cache
+def for_model(model: str, version: str) -> ModelMetrics:
+    return ModelMetrics(model, version)
 
 
 def forget_process() -> None:

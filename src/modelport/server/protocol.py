@@ -346,7 +346,13 @@ def _unpack_bytes(name: str, raw: memoryview) -> list[str | bytes]:
     return items
 
 
+_V2_OF = {dtype: v2 for v2, dtype in DTYPES.items()}
+
+
 def datatype_of(array: np.ndarray) -> str:
+    v2 = _V2_OF.get(array.dtype)  # a dict hit; dtype.name is slow on the hot path
+    if v2 is not None:
+        return v2
     if array.dtype.kind in "OUS":
         return "BYTES"
     try:
