@@ -112,7 +112,7 @@ class ModelService:
             if message["type"] == "lifespan.startup":
                 try:
                     if self.registry is None and self.source is not None:
-                        # In a thread: /v2/health/live answers while models load.
+                        # In a thread: loading must not stall the event loop.
                         self.registry = await asyncio.to_thread(
                             load_registry, self.source, self.config
                         )
