@@ -31,6 +31,7 @@ from modelport.server.http import (
     Response,
     Scope,
     Send,
+    deadline_of,
     error_response,
     header,
     json_response,
@@ -364,18 +365,16 @@ class ModelService:
         served.runner.check_capacity()  # before reading a body there is no room for
         length = header(scope, b"content-length")
         limits = self.config.limits
-        try:
-            body = await asyncio.wait_for(
-                read_body(
-                    receive, int(length) if length and is_number(length) else None,
-                    limits.max_body_bytes,
-                ),
-                limits.request_timeout_s,
-            )  # fmt: skip
-        except asyncio.TimeoutError:
-            raise HTTPError(
-                408, f"the request body did not arrive within {limits.request_timeout_s} s"
-            ) from None
+        declared = int(length) if length and is_number(length) else None
+        with deadline_of(limits.request_timeout_s) as expired:
+            try:
+                body = await read_body(receive, declared, limits.max_body_bytes)
+            except asyncio.CancelledError:
+                if not expired:
+                    raise
+                raise HTTPError(
+                    408, f"the request body did not arrive within {limits.request_timeout_s} s"
+                ) from None
         metrics.for_model(name, str(served.version)).body.observe(len(body))
         return served, body
 

@@ -6,7 +6,9 @@ where Python model servers otherwise lose most of their time (see shared/PERFORM
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +80,29 @@ def error_response(exc: Exception, request_id: str) -> Response:
             return json_response({"error": message}, status, headers)
     message = f"internal server error; the server log has the details (request id {request_id})"
     return json_response({"error": message}, 500)
+
+
+@contextmanager
+def deadline_of(seconds: float) -> Iterator[list[bool]]:
+    """Cancel the current task after ``seconds``; the yielded list is non-empty if that happened.
+
+    A timer on the loop, not asyncio.wait_for, which costs a task per request.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    expired: list[bool] = []
+
+    def expire() -> None:
+        expired.append(True)
+        task.cancel()
+
+    timer = asyncio.get_running_loop().call_later(seconds, expire)
+    try:
+        yield expired
+    finally:
+        timer.cancel()
+        if expired and hasattr(task, "uncancel"):
+            task.uncancel()  # the cancellation was ours and has been handled
 
 
 async def read_body(receive: Receive, length: int | None, limit: int) -> bytes:
