@@ -397,3 +397,36 @@ def test_binary_bytes_elements_are_checked(http: httpx.Client) -> None:
     response = http.post("/v2/models/types/infer", **binary_request({"inputs": inputs}, blob))
     assert response.status_code == 400
     assert "runs past its binary data" in response.json()["error"]
+
+
+# -- our own client against the real server -----------------------------------------------------
+
+
+def test_client_against_the_real_server(server: RunningServer, repo: Path) -> None:
+    import modelport
+
+    x = np.asarray(X, np.float32)
+    with modelport.Client(server.url, timeout_s=10) as client:
+        assert client.live()
+        assert client.ready()
+        assert client.metadata("tiny")["versions"] == ["1", "2"]
+        outputs = client.predict("tiny", x, version=1)
+        np.testing.assert_allclose(outputs["logits"], reference(repo, 1, x), rtol=1e-6)
+        with pytest.raises(modelport.InvalidInputError, match=r"expected shape \[\?, 4\]"):
+            client.predict("tiny", np.ones((1, 3), np.float32))
+        with pytest.raises(modelport.ModelNotFoundError, match="no model named 'nope'"):
+            client.predict("nope", x)
+
+
+def test_async_client_against_the_real_server(server: RunningServer) -> None:
+    import asyncio
+
+    import modelport
+
+    async def call() -> dict[str, np.ndarray]:
+        async with modelport.AsyncClient(server.url, timeout_s=10) as client:
+            return await client.predict("types", {f"in_{t}": v for t, v in SAMPLES.items()})
+
+    outputs = asyncio.run(call())
+    np.testing.assert_array_equal(outputs["out_INT64"], SAMPLES["INT64"])
+    assert outputs["out_BYTES"].tolist() == SAMPLES["BYTES"].tolist()

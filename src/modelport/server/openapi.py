@@ -23,6 +23,7 @@ _ERRORS = {
     "400": "Bad input: malformed JSON, wrong tensor names, shapes, datatypes or sizes",
     "401": "Missing or wrong bearer token",
     "404": "Unknown model or version",
+    "408": "The request body did not arrive within the request deadline",
     "413": "Request body larger than the server's limit",
     "500": "The model raised while predicting",
     "503": "Not ready, draining, or the model's queue is full; retry after Retry-After seconds",
