@@ -64,7 +64,17 @@ def test_every_endpoint_with_its_methods(spec: dict[str, Any]) -> None:
 
 def test_errors_and_shared_schemas(spec: dict[str, Any]) -> None:
     infer = spec["paths"][MODEL + "/infer"]["post"]
-    assert set(infer["responses"]) == {"200", "400", "401", "404", "408", "413", "500", "503", "504"}
+    assert set(infer["responses"]) == {
+        "200",
+        "400",
+        "401",
+        "404",
+        "408",
+        "413",
+        "500",
+        "503",
+        "504",
+    }
     assert infer["responses"]["400"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/Error"
     }

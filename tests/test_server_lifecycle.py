@@ -255,3 +255,64 @@ def _is_python(pid: int) -> bool:
         return "python" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
     except OSError:
         return False
+
+
+SLOW_LOADING = """
+import time
+
+
+class SlowLoad:
+    signature = {"inputs": [{"name": "x", "dtype": "float32", "shape": [-1]}],
+                 "outputs": [{"name": "y", "dtype": "float32", "shape": [-1]}]}
+
+    def load(self):
+        time.sleep(3)
+
+    def predict(self, batch):
+        return {"y": batch["x"]}
+"""
+
+
+def test_live_while_loading_then_ready(tmp_path: Path) -> None:
+    folder = tmp_path / "slow-load"
+    folder.mkdir()
+    (folder / "model.py").write_text(SLOW_LOADING)
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "modelport", "serve", str(folder), "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                live = httpx.get(f"{url}/v2/health/live")
+                break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        assert live.status_code == 200
+        assert httpx.get(f"{url}/v2/health/ready").status_code == 503
+        loading = httpx.post(f"{url}/v2/models/slow-load/infer", json={"inputs": []})
+        assert loading.status_code == 503
+        assert "still loading" in loading.json()["error"]
+        while httpx.get(f"{url}/v2/health/ready").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_repository_that_cannot_load_stops_the_server(
+    repo: Path, tmp_path: Path, workers: str
+) -> None:
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(repo, broken)
+    (broken / "tiny" / "2" / "model.onnx").write_bytes(b"tampered")
+    result = run_cli("serve", str(broken), "--port", str(free_port()), "--workers", workers)
+    assert result.returncode == 1
+    assert "does not match its manifest" in result.stderr

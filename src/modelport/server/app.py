@@ -9,6 +9,7 @@ import asyncio
 import hmac
 import logging
 import re
+import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -84,6 +85,8 @@ class ModelService:
         self.config = config
         self.registry = registry
         self.draining = False
+        self.load_error: Exception | None = None
+        self._loading: asyncio.Task[None] | None = None
         self._in_flight = 0
         self._openapi_spec: dict[str, Any] | None = None
         self._docs_page: bytes | None = None
@@ -111,17 +114,15 @@ class ModelService:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                try:
-                    if self.registry is None and self.source is not None:
-                        # In a thread: loading must not stall the event loop.
-                        self.registry = await asyncio.to_thread(
-                            load_registry, self.source, self.config
-                        )
-                        log.info("serving %s", ", ".join(self.registry.names()) or "no models")
-                except Exception as exc:
-                    log.error("could not load the models: %s", exc)
-                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
-                    return
+                if self.registry is None and self.source is not None:
+                    if self.config.workers == 1:
+                        # Listen at once: /v2/health/live answers and readiness says "not
+                        # yet" while the models load in a thread.
+                        self._loading = asyncio.create_task(self._load(self.source))
+                    else:
+                        # One of several workers on a shared socket: it takes connections
+                        # only once loaded, so no request meets a worker still loading.
+                        await self._load(self.source)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 self.begin_drain()
@@ -131,6 +132,16 @@ class ModelService:
                 metrics.forget_process()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def _load(self, source: Path) -> None:
+        try:
+            self.registry = await asyncio.to_thread(load_registry, source, self.config)
+        except Exception as exc:
+            self.load_error = exc
+            log.error("could not load the models: %s; stopping", exc)
+            signal.raise_signal(signal.SIGTERM)  # the ordered shutdown; serve() exits 1
+            return
+        log.info("serving %s", ", ".join(self.registry.names()) or "no models")
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()

@@ -31,6 +31,7 @@ log = logging.getLogger("modelport.server")
 # How a worker process learns its configuration: the parent writes it, each spawned worker
 # reads it once in worker_app(). Nothing else reads it.
 _CONFIG_ENV = "MODELPORT_SERVE_CONFIG"
+_services: list[Any] = []  # this process's service, asked at exit whether its models loaded
 
 
 def is_loopback(host: str) -> bool:
@@ -112,6 +113,7 @@ def worker_app() -> Any:
 
     source, config = config_from_json(os.environ[_CONFIG_ENV])
     service = create_app(source, config)
+    _services.append(service)
     # uvicorn has installed its signal handlers by now (it loads the app inside them): run
     # ours first, so readiness turns false the moment the signal arrives.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -141,13 +143,13 @@ def serve(source: Path, config: ServerConfig, access_log: bool = True) -> None:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     os.environ[_CONFIG_ENV] = config_to_json(source, config)
     try:
-        _run(config, access_log)
+        _run(source, config, access_log)
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _run(config: ServerConfig, access_log: bool) -> None:
+def _run(source: Path, config: ServerConfig, access_log: bool) -> None:
     options: dict[str, Any] = {
         "host": config.host,
         "port": config.port,
@@ -169,11 +171,16 @@ def _run(config: ServerConfig, access_log: bool) -> None:
     if config.workers == 1:
         server = uvicorn.Server(uvicorn.Config(app, **options))
         server.run()
-        if not server.started:
+        if not server.started or any(s.load_error for s in _services):
             raise ModelportError("the server did not start; the log above says why")
         return
     from uvicorn.supervisors import Multiprocess
 
+    # Load once here first: a worker that cannot load its models would otherwise be replaced,
+    # fail and be replaced again, forever.
+    from modelport.server.registry import load_registry
+
+    load_registry(source, config).close()
     uv_config = uvicorn.Config(app, workers=config.workers, **options)
     sock = uv_config.bind_socket()
     try:
@@ -183,7 +190,7 @@ def _run(config: ServerConfig, access_log: bool) -> None:
 
 
 def _exit_cleanly(sig: int, frame: FrameType | None) -> None:
-    raise SystemExit(0)
+    raise SystemExit(1 if any(s.load_error for s in _services) else 0)
 
 
 def _has(module: str) -> bool:
