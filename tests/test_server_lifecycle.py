@@ -208,7 +208,8 @@ def test_every_limit_and_setting_has_its_cli_option() -> None:
     limits = {f.name for f in dataclasses.fields(ServerLimits)}
     assert limits <= options
     settings = {f.name for f in dataclasses.fields(ServerConfig)} - {"limits", "runtime"}
-    assert settings <= options | {"trust_pickle"}
+    assert settings <= options | {"trust_pickle", "batching"}
+    assert {"max_batch_size", "max_delay_ms"} <= options
 
 
 def _worker_pids(parent: int) -> list[int]:
@@ -316,3 +317,39 @@ def test_a_repository_that_cannot_load_stops_the_server(
     result = run_cli("serve", str(broken), "--port", str(free_port()), "--workers", workers)
     assert result.returncode == 1
     assert "does not match its manifest" in result.stderr
+
+
+def test_batched_requests_each_get_their_own_rows(repo: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(repo / "tiny" / "2" / "model.onnx"))
+    rng = np.random.default_rng(7)
+    inputs = [rng.standard_normal((1 + i % 3, 4)).astype(np.float32) for i in range(48)]
+    with run_server(repo, "--max-batch-size", "16", "--max-delay-ms", "5") as server:
+        url = f"{server.url}/v2/models/tiny/infer"
+
+        def call(x: np.ndarray) -> np.ndarray:
+            body = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                                "data": x.ravel().tolist()}]}  # fmt: skip
+            response = httpx.post(url, json=body, timeout=30)
+            assert response.status_code == 200, response.text
+            (output,) = response.json()["outputs"]
+            return np.array(output["data"], np.float32).reshape(output["shape"])
+
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(call, inputs))
+        metrics = httpx.get(f"{server.url}/metrics").text
+    for x, got in zip(inputs, results, strict=True):
+        np.testing.assert_allclose(got, session.run(None, {"input": x})[0], rtol=1e-5)
+    rows = float(
+        re.search(r'modelport_batch_size_sum\{model="tiny",version="2"\} (\S+)', metrics)[1]
+    )
+    calls = float(
+        re.search(r'modelport_batch_size_count\{model="tiny",version="2"\} (\S+)', metrics)[1]
+    )
+    assert rows == sum(len(x) for x in inputs)
+    assert calls < len(inputs)  # requests were combined
+    assert 'modelport_batch_size_bucket{le="16.0",model="tiny",version="2"}' in metrics

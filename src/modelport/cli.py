@@ -11,7 +11,13 @@ from typing import Any
 
 import click
 
-from modelport.config import LoadOptions, RuntimeConfig, ServerConfig, ServerLimits
+from modelport.config import (
+    BatchingConfig,
+    LoadOptions,
+    RuntimeConfig,
+    ServerConfig,
+    ServerLimits,
+)
 from modelport.errors import ModelportError
 from modelport.repository import Repository, VersionPolicy
 
@@ -217,12 +223,27 @@ def _limit_options(function: Any) -> Any:
     show_default=True,
     help="JSON-lines access log on stdout.",
 )
+@click.option(
+    "--max-batch-size",
+    type=int,
+    default=None,
+    help="Batch every model's requests into calls of up to N rows (overrides the "
+    "manifests' batching settings).",
+)
+@click.option(
+    "--max-delay-ms",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="With --max-batch-size: how long a batch waits for more rows.",
+)
 @_limit_options
 @TRUST_OPTION
 def serve(
     source: Path, host: str, port: int, workers: int, token: str | None,
     token_file: Path | None, no_auth: bool, grace_s: float, version_policy: str,
-    intra_op_threads: int, access_log: bool, trust_pickle: bool, **limits: Any,
+    intra_op_threads: int, access_log: bool, trust_pickle: bool, max_batch_size: int | None,
+    max_delay_ms: float, **limits: Any,
 ) -> None:  # fmt: skip
     """Serve a model repository (or one model) over the Open Inference Protocol."""
     from modelport.server.lifecycle import serve as run_server
@@ -235,6 +256,9 @@ def serve(
             host=host, port=port, workers=workers, token=token or None, no_auth=no_auth,
             grace_s=grace_s, version_policy=version_policy, limits=ServerLimits(**limits),
             runtime=RuntimeConfig(intra_op_threads=intra_op_threads), trust_pickle=trust_pickle,
+            batching=None if max_batch_size is None else BatchingConfig(
+                max_batch_size=max_batch_size, max_delay_s=max_delay_ms / 1000
+            ),
         )  # fmt: skip
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc

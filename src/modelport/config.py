@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,38 @@ class ServerLimits:
 
 
 @dataclass(frozen=True)
+class BatchingConfig:
+    """How a model's requests are combined; rows count along each input's first dimension.
+
+    In a manifest: ``"serving": {"batching": {"max_batch_size": 32, "max_delay_ms": 2}}``.
+    """
+
+    max_batch_size: int = 32
+    max_delay_s: float = 0.0
+    preferred_batch_sizes: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        if self.max_delay_s < 0:
+            raise ValueError("max_delay_s must be >= 0")
+        if any(not 1 <= s <= self.max_batch_size for s in self.preferred_batch_sizes):
+            raise ValueError("preferred_batch_sizes must lie within 1..max_batch_size")
+
+    @classmethod
+    def from_manifest(cls, settings: Mapping[str, Any]) -> BatchingConfig:
+        """From a manifest's ``serving.batching`` (delays in ms there, as people write them)."""
+        unknown = set(settings) - {"max_batch_size", "max_delay_ms", "preferred_batch_sizes"}
+        if unknown:
+            raise ValueError(f"unknown batching setting {sorted(unknown)[0]!r}")
+        return cls(
+            max_batch_size=int(settings.get("max_batch_size", cls.max_batch_size)),
+            max_delay_s=float(settings.get("max_delay_ms", 0)) / 1000,
+            preferred_batch_sizes=tuple(int(s) for s in settings.get("preferred_batch_sizes", ())),
+        )
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """How ``modelport serve`` runs: where it listens, who may call it, how it stops.
 
@@ -93,6 +127,7 @@ class ServerConfig:
     limits: ServerLimits = ServerLimits()
     runtime: RuntimeConfig = RuntimeConfig()
     trust_pickle: bool = False
+    batching: BatchingConfig | None = None  # set: overrides every model's own batching
 
     def __post_init__(self) -> None:
         if self.workers < 1:

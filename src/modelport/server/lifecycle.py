@@ -23,7 +23,7 @@ from typing import Any
 
 import uvicorn
 
-from modelport.config import RuntimeConfig, ServerConfig, ServerLimits
+from modelport.config import BatchingConfig, RuntimeConfig, ServerConfig, ServerLimits
 from modelport.errors import ModelportError
 
 log = logging.getLogger("modelport.server")
@@ -101,8 +101,18 @@ def config_from_json(text: str) -> tuple[Path, ServerConfig]:
     runtime = raw["runtime"]
     if runtime["providers"] is not None:
         runtime["providers"] = tuple(runtime["providers"])
+    batching = raw["batching"]
+    if batching is not None:
+        batching = BatchingConfig(
+            **{**batching, "preferred_batch_sizes": tuple(batching["preferred_batch_sizes"])}
+        )
     config = ServerConfig(
-        **{**raw, "limits": ServerLimits(**raw["limits"]), "runtime": RuntimeConfig(**runtime)}
+        **{
+            **raw,
+            "limits": ServerLimits(**raw["limits"]),
+            "runtime": RuntimeConfig(**runtime),
+            "batching": batching,
+        }
     )
     return Path(data["source"]), config
 

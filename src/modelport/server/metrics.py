@@ -43,6 +43,12 @@ IN_FLIGHT = Gauge(
     "Inference requests being served now.",
     multiprocess_mode="livesum",
 )
+BATCH_SIZE = Histogram(
+    "modelport_batch_size",
+    "Rows per inference call (several requests' rows when batching).",
+    ["model", "version"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
 REQUEST_BYTES = Histogram(
     "modelport_request_size_bytes",
     "Size of inference request bodies.",
@@ -59,6 +65,7 @@ class ModelMetrics:
         self.inference = LATENCY.labels(model, version, "inference")
         self.total = LATENCY.labels(model, version, "total")
         self.body = REQUEST_BYTES.labels(model)
+        self.batch_size = BATCH_SIZE.labels(model, version)
         self._model, self._version = model, version
         self._requests: dict[int, Any] = {}
 

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelport.config import InputLimits, LoadOptions, ServerConfig
+from modelport.config import BatchingConfig, InputLimits, LoadOptions, ServerConfig
 from modelport.errors import ModelNotFoundError
 from modelport.manifest import MANIFEST
 from modelport.model import Model, load
 from modelport.repository import Repository, VersionPolicy, check_name, is_number
 from modelport.runtimes.python import ENTRY_FILE
-from modelport.server.runner import Runner
+from modelport.server import metrics
+from modelport.server.runner import Runner, batchable
+
+log = logging.getLogger("modelport.server")
 
 
 @dataclass
@@ -97,5 +101,14 @@ def load_registry(source: Path, config: ServerConfig) -> Registry:
 
 
 def _serve(name: str, version: int, model: Model, config: ServerConfig) -> Served:
-    instances = int(model.metadata.get("serving", {}).get("instances", 1) or 1)
-    return Served(name, version, model, Runner(model, config.limits.max_queue, instances))
+    serving = model.metadata.get("serving", {})
+    instances = int(serving.get("instances", 1) or 1)
+    batching = config.batching
+    if batching is None and serving.get("batching"):
+        batching = BatchingConfig.from_manifest(serving["batching"])
+    if batching is not None and not batchable(model):
+        log.warning("%s:%d is not batched: its tensors have no dynamic first dim", name, version)
+        batching = None
+    on_batch = metrics.for_model(name, str(version)).batch_size.observe
+    runner = Runner(model, config.limits.max_queue, instances, batching, on_batch)
+    return Served(name, version, model, runner)

@@ -1,27 +1,33 @@
 """Running one model version for the server: a bounded queue in front of inference threads.
 
-Inference runs on threads (onnxruntime releases the GIL, so they run in parallel) except when
-the model is so fast that handing work to a thread would cost more than the work itself: a
-call estimated under ``inline_below_s`` (from the measured time per row) runs on the event
-loop, which it then holds for less than that. Requests beyond ``max_queue`` are refused at
-once, and a request whose deadline passes while it waits is dropped before inference.
+Inference runs on threads (onnxruntime releases the GIL, so they run in parallel). With
+batching on, queued requests are combined into one call (see modelport.batching) and each gets
+back exactly its own rows. Without it, a model so fast that handing work to a thread costs more
+than the work (estimated under ``inline_below_s`` from the measured time per row) runs on the
+event loop, which it then holds for less than that. Requests beyond ``max_queue`` are refused
+at once, and a request whose deadline passes while it waits is dropped before inference.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from modelport.batching import Batcher
+from modelport.config import BatchingConfig
 from modelport.errors import DeadlineExceededError, ModelportError, OverloadedError, PredictionError
 from modelport.model import Model
 
 INLINE_BELOW_S = 100e-6  # about the cost of one thread hand-off on a busy core
 _WARMUP_CALLS = 8  # calls measured on threads before any runs inline
+
+Outputs = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -30,26 +36,52 @@ class Timing:
     inference_s: float
 
 
+@dataclass(frozen=True)
+class _Job:
+    inputs: dict[str, np.ndarray]
+    rows: int
+    enqueued: float
+    deadline: float
+
+
 def _expire(future: asyncio.Future[Any], expired: list[bool]) -> None:
     if not future.done():
         expired.append(True)
         future.cancel()
 
 
+def batchable(model: Model) -> bool:
+    """Whether rows of several requests can be stacked: every tensor has a dynamic first dim."""
+    tensors = (*model.signature.inputs, *model.signature.outputs)
+    return all(t.shape and t.shape[0] == -1 for t in tensors)
+
+
 class Runner:
-    """Runs validated batches of one model on ``threads`` inference threads."""
+    """Runs validated requests of one model on ``threads`` inference threads."""
 
     def __init__(
-        self, model: Model, max_queue: int, threads: int = 1, inline_below_s: float = INLINE_BELOW_S
+        self,
+        model: Model,
+        max_queue: int,
+        threads: int = 1,
+        batching: BatchingConfig | None = None,
+        on_batch: Callable[[int], None] = lambda _: None,
+        inline_below_s: float = INLINE_BELOW_S,
     ) -> None:
         self.model = model
         self.max_queue = max_queue
         self.threads = threads
-        self.inline_below_s = inline_below_s
+        self.inline_below_s = inline_below_s if batching is None else 0.0
         self.pending = 0
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix=f"infer-{model.name}")
         self._row_s = 0.0  # moving average of inference time per row
         self._calls = 0
+        self._batcher: Batcher[_Job, tuple[Outputs, Timing]] | None = None
+        if batching is not None:
+            self._batcher = Batcher(
+                self._run_batch, batching, lambda job: job.rows, threads, on_batch
+            )
+        self._on_batch = on_batch
 
     def check_capacity(self) -> None:
         """Raise OverloadedError when the queue is full (503 with Retry-After)."""
@@ -60,26 +92,28 @@ class Runner:
                 retry_after_s=1.0,
             )
 
-    async def run(
-        self, inputs: dict[str, np.ndarray], deadline: float
-    ) -> tuple[dict[str, np.ndarray], Timing]:
+    async def run(self, inputs: dict[str, np.ndarray], deadline: float) -> tuple[Outputs, Timing]:
         """Outputs for ``inputs`` (already validated), or Overloaded/DeadlineExceeded."""
         self.check_capacity()
-        rows = _rows(inputs)
+        job = _Job(inputs, _rows(inputs), time.monotonic(), deadline)
         warm = self._calls >= _WARMUP_CALLS
-        if warm and self.pending == 0 and self._row_s * rows < self.inline_below_s:
-            return self._predict(inputs, time.monotonic(), deadline, rows)
+        if warm and self.pending == 0 and self._row_s * job.rows < self.inline_below_s:
+            self._on_batch(job.rows)
+            return self._predict(job)
         self.pending += 1
-        enqueued = time.monotonic()
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(
-            self._executor, self._predict, inputs, enqueued, deadline, rows
-        )
-        # A timer rather than asyncio.wait_for, which costs a task per request.
+        if self._batcher is not None:
+            future = self._batcher.enqueue(job)
+        else:
+            self._on_batch(job.rows)
+            future = loop.run_in_executor(self._executor, self._predict, job)
+        # A timer rather than asyncio.wait_for, which costs a task per request. Cancelling a
+        # queued job also takes it out of the batcher's queue.
         expired: list[bool] = []
-        timer = loop.call_later(max(deadline - enqueued, 0), _expire, future, expired)
+        timer = loop.call_later(max(deadline - job.enqueued, 0), _expire, future, expired)
         try:
-            return await future
+            result: tuple[Outputs, Timing] = await future
+            return result
         except asyncio.CancelledError:
             if expired:
                 raise DeadlineExceededError(
@@ -90,10 +124,37 @@ class Runner:
             timer.cancel()
             self.pending -= 1
 
-    def _predict(
-        self, inputs: dict[str, np.ndarray], enqueued: float, deadline: float, rows: int
-    ) -> tuple[dict[str, np.ndarray], Timing]:
+    async def _run_batch(self, jobs: list[_Job]) -> list[tuple[Outputs, Timing]]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._predict_batch, jobs)
+
+    def _predict_batch(self, jobs: list[_Job]) -> list[tuple[Outputs, Timing]]:
+        if len(jobs) == 1:
+            return [self._predict(jobs[0])]
         started = time.monotonic()
+        names = list(jobs[0].inputs)
+        merged = {n: np.concatenate([job.inputs[n] for job in jobs]) for n in names}
+        outputs = self._call(merged, started, min(job.deadline for job in jobs))
+        inference_s = time.monotonic() - started
+        total = sum(job.rows for job in jobs)
+        if any(len(v) != total for v in outputs.values()):
+            raise PredictionError("the model returned outputs without one row per input row")
+        offsets = np.cumsum([job.rows for job in jobs])[:-1]
+        parts = {name: np.split(value, offsets) for name, value in outputs.items()}
+        return [
+            (
+                {name: parts[name][i] for name in outputs},
+                Timing(started - job.enqueued, inference_s),
+            )
+            for i, job in enumerate(jobs)
+        ]
+
+    def _predict(self, job: _Job) -> tuple[Outputs, Timing]:
+        started = time.monotonic()
+        outputs = self._call(job.inputs, started, job.deadline)
+        return outputs, Timing(started - job.enqueued, time.monotonic() - started)
+
+    def _call(self, inputs: dict[str, np.ndarray], started: float, deadline: float) -> Outputs:
         if started >= deadline:
             raise DeadlineExceededError(
                 f"the request deadline passed while waiting for model {self.model.name!r}"
@@ -104,11 +165,10 @@ class Runner:
             raise
         except Exception as exc:
             raise PredictionError(f"{type(exc).__name__}: {exc}") from exc
-        inference_s = time.monotonic() - started
-        per_row = inference_s / max(rows, 1)
+        per_row = (time.monotonic() - started) / max(_rows(inputs), 1)
         self._row_s = per_row if self._calls == 0 else 0.9 * self._row_s + 0.1 * per_row
         self._calls += 1
-        return outputs, Timing(started - enqueued, inference_s)
+        return outputs
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

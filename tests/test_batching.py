@@ -1,0 +1,107 @@
+import asyncio
+
+import pytest
+
+from modelport.batching import Batcher
+from modelport.config import BatchingConfig
+
+
+def run_all(batcher: Batcher[int, int], items: list[int]) -> list[object]:
+    async def go() -> list[object]:
+        results = await asyncio.gather(*(batcher.submit(i) for i in items), return_exceptions=True)
+        await batcher.close()
+        return list(results)
+
+    return asyncio.run(go())
+
+
+def recording(batches: list[list[int]], delay_s: float = 0.0):  # type: ignore[no-untyped-def]
+    async def handler(items: list[int]) -> list[int]:
+        batches.append(list(items))
+        await asyncio.sleep(delay_s)
+        if any(i < 0 for i in items):
+            raise ValueError(f"negative in {items}")
+        return [i * 10 for i in items]
+
+    return handler
+
+
+def test_every_caller_gets_its_own_result_in_bounded_batches() -> None:
+    batches: list[list[int]] = []
+    batcher = Batcher(recording(batches, 0.01), BatchingConfig(max_batch_size=4))
+    assert run_all(batcher, list(range(10))) == [i * 10 for i in range(10)]
+    assert all(len(b) <= 4 for b in batches)
+    assert len(batches) < 10  # requests that queued while the model was busy were combined
+    assert sorted(i for b in batches for i in b) == list(range(10))
+
+
+def test_items_count_by_their_rows() -> None:
+    batches: list[list[int]] = []
+    batcher = Batcher(recording(batches, 0.01), BatchingConfig(max_batch_size=5), size_of=int)
+    assert run_all(batcher, [3, 3, 2, 7]) == [30, 30, 20, 70]
+    assert all(sum(b) <= 5 or len(b) == 1 for b in batches)  # an oversized item runs alone
+
+
+def test_the_delay_gathers_a_batch() -> None:
+    batches: list[list[int]] = []
+    config = BatchingConfig(max_batch_size=8, max_delay_s=0.05)
+
+    async def go() -> None:
+        batcher = Batcher(recording(batches), config)
+        first = asyncio.ensure_future(batcher.submit(1))
+        await asyncio.sleep(0.01)  # arrives within the window of the first
+        await asyncio.gather(first, batcher.submit(2))
+        await batcher.close()
+
+    asyncio.run(go())
+    assert batches == [[1, 2]]
+
+
+def test_a_preferred_size_closes_the_batch() -> None:
+    batches: list[list[int]] = []
+    config = BatchingConfig(max_batch_size=8, max_delay_s=0.05, preferred_batch_sizes=(2,))
+    run_all(Batcher(recording(batches), config), [1, 2, 3, 4])
+    assert [len(b) for b in batches] == [2, 2]
+
+
+def test_a_failing_item_fails_alone() -> None:
+    batches: list[list[int]] = []
+    batcher = Batcher(recording(batches, 0.01), BatchingConfig(max_batch_size=8))
+    results = run_all(batcher, [1, 2, -3, 4, 5])
+    assert [r for r in results if not isinstance(r, Exception)] == [10, 20, 40, 50]
+    (error,) = [r for r in results if isinstance(r, Exception)]
+    assert str(error) == "negative in [-3]"
+
+
+def test_withdrawn_items_never_reach_the_handler() -> None:
+    batches: list[list[int]] = []
+
+    async def go() -> None:
+        batcher = Batcher(recording(batches, 0.05), BatchingConfig(max_batch_size=1))
+        busy = batcher.enqueue(1)
+        gone = batcher.enqueue(2)
+        await asyncio.sleep(0.01)
+        gone.cancel()  # the caller left while queued
+        assert await busy == 10
+        await asyncio.sleep(0.06)
+        await batcher.close()
+
+    asyncio.run(go())
+    assert batches == [[1]]
+
+
+def test_a_handler_returning_the_wrong_count_is_an_error() -> None:
+    async def handler(items: list[int]) -> list[int]:
+        return []
+
+    results = run_all(Batcher(handler, BatchingConfig(max_batch_size=4)), [1, 2])
+    assert all(isinstance(r, RuntimeError) for r in results)
+
+
+@pytest.mark.parametrize(
+    "settings", [{"max_batch_size": 0}, {"max_delay_ms": -1}, {"preferred_batch_sizes": [64]},
+                 {"max_batch": 4}],
+)  # fmt: skip
+def test_bad_settings(settings: dict[str, object]) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - the messages differ per setting
+        BatchingConfig.from_manifest(settings)
