@@ -49,6 +49,28 @@ class Slow:
 '''
 
 
+WHOAMI_MODEL = '''
+import os
+
+import numpy as np
+
+
+class WhoAmI:
+    """Answers with the id of the process that computed the answer."""
+
+    signature = {
+        "inputs": [{"name": "x", "dtype": "float32", "shape": [-1]}],
+        "outputs": [{"name": "pid", "dtype": "int64", "shape": [-1]}],
+    }
+
+    def load(self):
+        pass
+
+    def predict(self, batch):
+        return {"pid": np.full(len(batch["x"]), os.getpid(), np.int64)}
+'''
+
+
 def echo_all_types_onnx() -> bytes:
     """One Identity per datatype: input in_<TYPE> [-1, 2] -> output out_<TYPE>."""
     from onnx import helper
@@ -72,4 +94,8 @@ def build(root: Path) -> Path:
     slow.mkdir(exist_ok=True)
     (slow / "model.py").write_text(SLOW_MODEL)
     modelport.add_model(repo, "slow", slow)
+    whoami = root.parent / "whoami-src"
+    whoami.mkdir(exist_ok=True)
+    (whoami / "model.py").write_text(WHOAMI_MODEL)
+    modelport.add_model(repo, "whoami", whoami)
     return root

@@ -42,7 +42,9 @@ def post_in_background(
 
 @pytest.fixture(scope="module")
 def limited(repo: Path) -> Iterator[RunningServer]:
-    with run_server(repo, "--max-queue", "1", "--request-timeout-s", "1.0") as server:
+    with run_server(
+        repo, "--max-queue", "1", "--request-timeout-s", "1.0", "--cache", "off"
+    ) as server:
         yield server
 
 

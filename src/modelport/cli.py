@@ -237,13 +237,27 @@ def _limit_options(function: Any) -> Any:
     show_default=True,
     help="With --max-batch-size: how long a batch waits for more rows.",
 )
+@click.option(
+    "--cache",
+    default=ServerConfig.cache,
+    show_default=True,
+    help="Prediction cache: memory (per process), off, or a redis:// URL shared by "
+    "all workers and replicas.",
+)
+@click.option(
+    "--cache-ttl-s",
+    default=ServerConfig.cache_ttl_s,
+    show_default=True,
+    type=float,
+    help="Seconds a cached prediction stays valid.",
+)
 @_limit_options
 @TRUST_OPTION
 def serve(
     source: Path, host: str, port: int, workers: int, token: str | None,
     token_file: Path | None, no_auth: bool, grace_s: float, version_policy: str,
     intra_op_threads: int, access_log: bool, trust_pickle: bool, max_batch_size: int | None,
-    max_delay_ms: float, **limits: Any,
+    max_delay_ms: float, cache: str, cache_ttl_s: float, **limits: Any,
 ) -> None:  # fmt: skip
     """Serve a model repository (or one model) over the Open Inference Protocol."""
     from modelport.server.lifecycle import serve as run_server
@@ -252,10 +266,13 @@ def serve(
         token = token_file.read_text().strip()
     try:
         VersionPolicy.parse(version_policy)  # fail now, not in every worker
+        if cache not in ("memory", "off") and not cache.startswith(("redis://", "rediss://")):
+            raise ValueError(f"unknown cache {cache!r}: use memory, off or a redis:// URL")
         config = ServerConfig(
             host=host, port=port, workers=workers, token=token or None, no_auth=no_auth,
             grace_s=grace_s, version_policy=version_policy, limits=ServerLimits(**limits),
             runtime=RuntimeConfig(intra_op_threads=intra_op_threads), trust_pickle=trust_pickle,
+            cache=cache, cache_ttl_s=cache_ttl_s,
             batching=None if max_batch_size is None else BatchingConfig(
                 max_batch_size=max_batch_size, max_delay_s=max_delay_ms / 1000
             ),

@@ -128,6 +128,8 @@ class ServerConfig:
     runtime: RuntimeConfig = RuntimeConfig()
     trust_pickle: bool = False
     batching: BatchingConfig | None = None  # set: overrides every model's own batching
+    cache: str = "memory"  # "memory", "off" or a redis:// URL shared by workers and replicas
+    cache_ttl_s: float = 600.0
 
     def __post_init__(self) -> None:
         if self.workers < 1:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 import re
 import signal
 import time
@@ -21,6 +22,7 @@ import numpy as np
 import orjson
 
 from modelport import __version__
+from modelport.caching import Cache, cache_key, open_cache
 from modelport.config import ServerConfig
 from modelport.errors import InvalidInputError, OverloadedError, PredictionError
 from modelport.repository import check_name, check_version, is_number
@@ -88,6 +90,8 @@ class ModelService:
         self.load_error: Exception | None = None
         self._loading: asyncio.Task[None] | None = None
         self._in_flight = 0
+        self.cache: Cache | None = open_cache(config.cache, config.cache_ttl_s)
+        self._computing: dict[bytes, asyncio.Future[dict[str, np.ndarray]]] = {}
         self._openapi_spec: dict[str, Any] | None = None
         self._docs_page: bytes | None = None
         self._handlers: dict[str, Callable[..., Awaitable[Response]]] = {
@@ -126,6 +130,8 @@ class ModelService:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 self.begin_drain()
+                if self.cache is not None:
+                    await self.cache.close()
                 if self.registry is not None:
                     await asyncio.to_thread(self.registry.close)
                     log.info("models unloaded")
@@ -174,6 +180,7 @@ class ModelService:
                         "duration_ms": round((time.perf_counter() - started) * 1000, 3),
                         "bytes_out": len(response.body),
                         "client": (scope.get("client") or ["", 0])[0],
+                        "pid": os.getpid(),
                         **info,
                     }
                 ).decode()
@@ -322,7 +329,7 @@ class ModelService:
                         f"unknown output {item.name!r}; the model has "
                         f"{', '.join(map(repr, signature.output_names))}"
                     )
-        outputs = await self._run(served, request.inputs, info)
+        outputs = await self._run(served, request.inputs, info, _cache_wanted(scope))
         payload, json_length = encode_infer_response(name, served.version, request, outputs)
         if json_length is None:
             return Response(200, payload)
@@ -352,7 +359,7 @@ class ModelService:
             inputs: Any = {n: [i[n] for i in instances] for n in names}
         else:
             inputs = instances
-        outputs = await self._run(served, inputs, info)
+        outputs = await self._run(served, inputs, info, _cache_wanted(scope))
         names = list(outputs)
         if any(len(outputs[n]) != len(instances) for n in names):
             raise PredictionError(
@@ -390,11 +397,45 @@ class ModelService:
         return served, body
 
     async def _run(
-        self, served: Served, inputs: Any, info: dict[str, Any]
+        self, served: Served, inputs: Any, info: dict[str, Any], use_cache: bool = True
     ) -> dict[str, np.ndarray]:
         batch = validate_inputs(served.model.signature, inputs, served.model.limits)
         if not self.config.limits.allow_non_finite:
             check_finite(batch)
+        if self.cache is None or not use_cache:
+            return await self._infer_now(served, batch)
+        measured = metrics.for_model(served.name, str(served.version))
+        key = cache_key(served.name, served.version, batch)
+        cached = await self.cache.get(key)
+        if cached is not None:
+            measured.cache_hit.inc()
+            info["cache"] = "hit"
+            return cached
+        measured.cache_miss.inc()
+        info["cache"] = "miss"
+        running = self._computing.get(key)
+        if running is not None:  # the same inputs are being computed now: share the answer
+            return await asyncio.shield(running)
+        future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
+        self._computing[key] = future
+        try:
+            outputs = await self._infer_now(served, batch)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: the waiters get it, nobody else needs it
+            raise
+        finally:
+            del self._computing[key]
+        future.set_result(outputs)
+        evictions = self.cache.stats.evictions
+        await self.cache.set(key, outputs)
+        if self.cache.stats.evictions > evictions:
+            measured.cache_eviction.inc(self.cache.stats.evictions - evictions)
+        return outputs
+
+    async def _infer_now(
+        self, served: Served, batch: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
         deadline = time.monotonic() + self.config.limits.request_timeout_s
         self._in_flight += 1
         metrics.IN_FLIGHT.inc()
@@ -407,6 +448,14 @@ class ModelService:
         measured.queue.observe(timing.queue_s)
         measured.inference.observe(timing.inference_s)
         return outputs
+
+
+def _cache_wanted(scope: Scope) -> bool:
+    """``Cache-Control: no-cache`` (or ``no-store``) asks for a fresh computation."""
+    control = header(scope, b"cache-control")
+    return control is None or not (
+        {"no-cache", "no-store"} & set(control.replace(",", " ").split())
+    )
 
 
 def create_app(source: Path, config: ServerConfig = ServerConfig()) -> ModelService:

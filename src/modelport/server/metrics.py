@@ -49,6 +49,11 @@ BATCH_SIZE = Histogram(
     ["model", "version"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
 )
+CACHE = Counter(
+    "modelport_cache_total",
+    "Prediction cache lookups (hit, miss) and evictions.",
+    ["model", "version", "event"],
+)
 REQUEST_BYTES = Histogram(
     "modelport_request_size_bytes",
     "Size of inference request bodies.",
@@ -66,6 +71,9 @@ class ModelMetrics:
         self.total = LATENCY.labels(model, version, "total")
         self.body = REQUEST_BYTES.labels(model)
         self.batch_size = BATCH_SIZE.labels(model, version)
+        self.cache_hit = CACHE.labels(model, version, "hit")
+        self.cache_miss = CACHE.labels(model, version, "miss")
+        self.cache_eviction = CACHE.labels(model, version, "eviction")
         self._model, self._version = model, version
         self._requests: dict[int, Any] = {}
 

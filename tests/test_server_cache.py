@@ -1,0 +1,105 @@
+"""The prediction cache in the real server: shared through Redis, per version, single-flight."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import uuid
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+import server_models
+from modelport.testing import run_server
+
+REDIS = "redis://127.0.0.1:6379/15"
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return server_models.build(tmp_path_factory.mktemp("cache") / "models")
+
+
+def body(name: str, values: list[float]) -> dict[str, object]:
+    return {"inputs": [{"name": name, "shape": [len(values)], "datatype": "FP32", "data": values}]}
+
+
+def counter(metrics: str, model: str, event: str) -> float:
+    found = re.search(
+        rf'modelport_cache_total\{{event="{event}",model="{model}",version="1"\}} (\S+)', metrics
+    )
+    return float(found[1]) if found else 0.0
+
+
+def test_a_value_cached_by_one_worker_is_a_hit_for_another(repo: Path) -> None:
+    unique = float(uuid.uuid4().int % 10**6)  # a fresh key in the shared Redis
+    with run_server(repo, "--workers", "2", "--cache", REDIS) as server:
+        url = f"{server.url}/v2/models/whoami/infer"
+        computed_by = {
+            httpx.post(url, json=body("x", [unique]), timeout=30).json()["outputs"][0]["data"][0]
+            for _ in range(40)
+        }
+        entries = [json.loads(line) for line in server.access_log.splitlines()]
+    assert len(computed_by) == 1  # computed once, in one worker; every other answer cached
+    hits = {e["pid"] for e in entries if e.get("cache") == "hit"}
+    assert len(hits) == 2  # both workers answered from the shared cache
+    assert next(iter(computed_by)) in {e["pid"] for e in entries}  # by one of the workers
+
+
+def test_versions_never_share_answers_and_no_cache_bypasses(repo: Path) -> None:
+    import onnxruntime as ort
+
+    x = [[0.25, -1.0, 2.0, 0.5]]
+    request = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": x}]}
+    with run_server(repo, "--version-policy", "all", "--cache", REDIS) as server:
+        for version in (1, 2, 1, 2):
+            response = httpx.post(f"{server.url}/v2/models/tiny/versions/{version}/infer",
+                                  json=request)  # fmt: skip
+            session = ort.InferenceSession(str(repo / "tiny" / str(version) / "model.onnx"))
+            expected = session.run(None, {"input": np.array(x, np.float32)})[0]
+            np.testing.assert_allclose(response.json()["outputs"][0]["data"], expected.ravel(),
+                                       rtol=1e-6)  # fmt: skip
+        fresh = httpx.post(f"{server.url}/v2/models/tiny/versions/1/infer", json=request,
+                           headers={"Cache-Control": "no-cache"})  # fmt: skip
+        assert fresh.status_code == 200
+        entries = {e["request_id"]: e for e in map(json.loads, server.access_log.splitlines())}
+    assert "cache" not in entries[fresh.headers["x-request-id"]]
+
+
+def test_identical_requests_in_flight_are_computed_once(repo: Path) -> None:
+    value = 0.5 + (uuid.uuid4().int % 1000) / 1e6
+    with run_server(repo, "--cache", "memory") as server:
+        url = f"{server.url}/v2/models/slow/infer"
+        results: list[httpx.Response] = []
+        threads = [
+            threading.Thread(target=lambda: results.append(
+                httpx.post(url, json=body("seconds", [value]), timeout=30)))
+            for _ in range(4)
+        ]  # fmt: skip
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        metrics = httpx.get(f"{server.url}/metrics").text
+    assert [r.status_code for r in results] == [200] * 4
+    inference = re.search(
+        r'modelport_request_duration_seconds_count\{model="slow",phase="inference",version="1"\} '
+        r"(\S+)",
+        metrics,
+    )
+    assert inference is not None
+    assert float(inference[1]) == 1
+
+
+def test_a_redis_outage_degrades_to_no_cache(repo: Path) -> None:
+    with run_server(repo, "--cache", "redis://127.0.0.1:1/0") as server:
+        for _ in range(3):
+            response = httpx.post(f"{server.url}/v2/models/whoami/infer", json=body("x", [1.0]))
+            assert response.status_code == 200
+        metrics = httpx.get(f"{server.url}/metrics").text
+        log = server.log
+    assert counter(metrics, "whoami", "miss") == 3
+    assert log.count("is unavailable") == 1
