@@ -56,6 +56,8 @@ def test_a_full_queue_answers_503_with_retry_after(limited: RunningServer) -> No
     assert refused.status_code == 503
     assert refused.headers["retry-after"] == "1"
     assert "queue" in refused.json()["error"]
+    metrics = httpx.get(f"{limited.url}/metrics").text
+    assert 'modelport_rejected_total{model="slow",reason="queue_full",version="1"}' in metrics
     for thread, results in started:
         thread.join()
         assert results[0].status_code == 200
@@ -67,6 +69,8 @@ def test_a_passed_deadline_answers_504(limited: RunningServer) -> None:
     response = httpx.post(url, json=slow(1.5), timeout=10)
     assert response.status_code == 504
     assert "deadline" in response.json()["error"]
+    metrics = httpx.get(f"{limited.url}/metrics").text
+    assert 'modelport_rejected_total{model="slow",reason="deadline",version="1"}' in metrics
     time.sleep(0.6)  # let the model finish the abandoned work
     assert httpx.post(url, json=slow(0), timeout=10).status_code == 200
 
@@ -355,3 +359,52 @@ def test_batched_requests_each_get_their_own_rows(repo: Path) -> None:
     assert rows == sum(len(x) for x in inputs)
     assert calls < len(inputs)  # requests were combined
     assert 'modelport_batch_size_bucket{le="16.0",model="tiny",version="2"}' in metrics
+
+
+def inference_count(server_url: str, model: str) -> float:
+    metrics = httpx.get(f"{server_url}/metrics").text
+    found = re.search(
+        rf'modelport_request_duration_seconds_count\{{model="{model}",phase="inference",'
+        rf'version="1"\}} (\S+)',
+        metrics,
+    )
+    return float(found[1]) if found else 0.0
+
+
+def test_a_client_that_disconnects_has_its_queued_work_removed(repo: Path) -> None:
+    import json
+    import socket
+
+    with run_server(repo, "--cache", "off") as server:
+        url = f"{server.url}/v2/models/slow/infer"
+        busy, results = post_in_background(url, slow(1.0))  # holds the model's only thread
+        time.sleep(0.2)
+        payload = json.dumps(slow(0.2)).encode()
+        with socket.create_connection(("127.0.0.1", server.port)) as conn:
+            conn.sendall(
+                b"POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                b"application/json\r\nContent-Length: " + str(len(payload)).encode()
+                + b"\r\n\r\n" + payload
+            )  # fmt: skip
+            time.sleep(0.2)  # queued behind the busy request; then the client leaves
+        busy.join()
+        assert results[0].status_code == 200
+        time.sleep(0.5)
+        assert inference_count(server.url, "slow") == 1  # the abandoned request never ran
+        assert httpx.post(url, json=slow(0), timeout=10).status_code == 200
+
+
+def test_with_batching_a_failing_request_fails_alone(repo: Path) -> None:
+    with run_server(repo, "--cache", "off", "--max-batch-size", "8") as server:
+        url = f"{server.url}/v2/models/slow/infer"
+        busy, _ = post_in_background(url, slow(0.5))  # the next ones queue into one batch
+        time.sleep(0.1)
+        started = [post_in_background(url, slow(v)) for v in (0.01, -1.0, 0.02, 0.03)]
+        for thread, _ in started:
+            thread.join()
+        busy.join()
+        statuses = [results[0].status_code for _, results in started]
+        metrics = httpx.get(f"{server.url}/metrics").text
+    assert statuses == [200, 500, 200, 200]
+    assert re.search(r'modelport_batch_size_bucket\{le="4.0",model="slow",version="1"\} [1-9]',
+                     metrics)  # fmt: skip

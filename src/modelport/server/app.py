@@ -24,7 +24,12 @@ import orjson
 from modelport import __version__
 from modelport.caching import Cache, cache_key, open_cache
 from modelport.config import ServerConfig
-from modelport.errors import InvalidInputError, OverloadedError, PredictionError
+from modelport.errors import (
+    DeadlineExceededError,
+    InvalidInputError,
+    OverloadedError,
+    PredictionError,
+)
 from modelport.repository import check_name, check_version, is_number
 from modelport.runtimes import PLATFORMS
 from modelport.server import metrics
@@ -329,7 +334,7 @@ class ModelService:
                         f"unknown output {item.name!r}; the model has "
                         f"{', '.join(map(repr, signature.output_names))}"
                     )
-        outputs = await self._run(served, request.inputs, info, _cache_wanted(scope))
+        outputs = await self._run(served, request.inputs, info, receive, _cache_wanted(scope))
         payload, json_length = encode_infer_response(name, served.version, request, outputs)
         if json_length is None:
             return Response(200, payload)
@@ -359,7 +364,7 @@ class ModelService:
             inputs: Any = {n: [i[n] for i in instances] for n in names}
         else:
             inputs = instances
-        outputs = await self._run(served, inputs, info, _cache_wanted(scope))
+        outputs = await self._run(served, inputs, info, receive, _cache_wanted(scope))
         names = list(outputs)
         if any(len(outputs[n]) != len(instances) for n in names):
             raise PredictionError(
@@ -397,13 +402,16 @@ class ModelService:
         return served, body
 
     async def _run(
-        self, served: Served, inputs: Any, info: dict[str, Any], use_cache: bool = True
-    ) -> dict[str, np.ndarray]:
+        self, served: Served, inputs: Any, info: dict[str, Any], receive: Receive,
+        use_cache: bool = True,
+    ) -> dict[str, np.ndarray]:  # fmt: skip
         batch = validate_inputs(served.model.signature, inputs, served.model.limits)
         if not self.config.limits.allow_non_finite:
             check_finite(batch)
+        # Once the body is read, the next ASGI message can only say the client went away.
+        gone: Callable[[], Awaitable[object]] = receive
         if self.cache is None or not use_cache:
-            return await self._infer_now(served, batch)
+            return await self._infer_now(served, batch, gone)
         measured = metrics.for_model(served.name, str(served.version))
         key = cache_key(served.name, served.version, batch)
         cached = await self.cache.get(key)
@@ -415,11 +423,14 @@ class ModelService:
         info["cache"] = "miss"
         running = self._computing.get(key)
         if running is not None:  # the same inputs are being computed now: share the answer
-            return await asyncio.shield(running)
+            try:
+                return await asyncio.shield(running)
+            except ConnectionAbortedError:  # its client left, and took the work with it
+                return await self._infer_now(served, batch, gone)
         future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
         self._computing[key] = future
         try:
-            outputs = await self._infer_now(served, batch)
+            outputs = await self._infer_now(served, batch, gone)
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: the waiters get it, nobody else needs it
@@ -434,17 +445,25 @@ class ModelService:
         return outputs
 
     async def _infer_now(
-        self, served: Served, batch: dict[str, np.ndarray]
+        self, served: Served, batch: dict[str, np.ndarray], gone: Callable[[], Awaitable[object]]
     ) -> dict[str, np.ndarray]:
         deadline = time.monotonic() + self.config.limits.request_timeout_s
+        measured = metrics.for_model(served.name, str(served.version))
         self._in_flight += 1
         metrics.IN_FLIGHT.inc()
+        measured.queue_depth.inc()
         try:
-            outputs, timing = await served.runner.run(batch, deadline)
+            outputs, timing = await served.runner.run(batch, deadline, gone)
+        except OverloadedError:
+            measured.queue_full.inc()
+            raise
+        except DeadlineExceededError:
+            measured.deadline.inc()
+            raise
         finally:
             self._in_flight -= 1
             metrics.IN_FLIGHT.dec()
-        measured = metrics.for_model(served.name, str(served.version))
+            measured.queue_depth.dec()
         measured.queue.observe(timing.queue_s)
         measured.inference.observe(timing.inference_s)
         return outputs

@@ -49,6 +49,17 @@ BATCH_SIZE = Histogram(
     ["model", "version"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
 )
+QUEUE_DEPTH = Gauge(
+    "modelport_queue_depth",
+    "Requests waiting or running per model version.",
+    ["model", "version"],
+    multiprocess_mode="livesum",
+)
+REJECTED = Counter(
+    "modelport_rejected_total",
+    "Requests refused before inference, by reason (queue_full, deadline).",
+    ["model", "version", "reason"],
+)
 CACHE = Counter(
     "modelport_cache_total",
     "Prediction cache lookups (hit, miss) and evictions.",
@@ -74,6 +85,9 @@ class ModelMetrics:
         self.cache_hit = CACHE.labels(model, version, "hit")
         self.cache_miss = CACHE.labels(model, version, "miss")
         self.cache_eviction = CACHE.labels(model, version, "eviction")
+        self.queue_depth = QUEUE_DEPTH.labels(model, version)
+        self.queue_full = REJECTED.labels(model, version, "queue_full")
+        self.deadline = REJECTED.labels(model, version, "deadline")
         self._model, self._version = model, version
         self._requests: dict[int, Any] = {}
 

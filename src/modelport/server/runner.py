@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -92,8 +92,17 @@ class Runner:
                 retry_after_s=1.0,
             )
 
-    async def run(self, inputs: dict[str, np.ndarray], deadline: float) -> tuple[Outputs, Timing]:
-        """Outputs for ``inputs`` (already validated), or Overloaded/DeadlineExceeded."""
+    async def run(
+        self,
+        inputs: dict[str, np.ndarray],
+        deadline: float,
+        gone: Callable[[], Awaitable[object]] | None = None,
+    ) -> tuple[Outputs, Timing]:
+        """Outputs for ``inputs`` (already validated), or Overloaded/DeadlineExceeded.
+
+        ``gone`` resolves when the caller disconnects: queued work is then withdrawn and
+        ConnectionAbortedError raised. It is awaited only for work that waits.
+        """
         self.check_capacity()
         job = _Job(inputs, _rows(inputs), time.monotonic(), deadline)
         warm = self._calls >= _WARMUP_CALLS
@@ -111,6 +120,9 @@ class Runner:
         # queued job also takes it out of the batcher's queue.
         expired: list[bool] = []
         timer = loop.call_later(max(deadline - job.enqueued, 0), _expire, future, expired)
+        watcher = asyncio.ensure_future(gone()) if gone is not None else None
+        if watcher is not None:
+            watcher.add_done_callback(lambda w: None if w.cancelled() else future.cancel())
         try:
             result: tuple[Outputs, Timing] = await future
             return result
@@ -119,9 +131,13 @@ class Runner:
                 raise DeadlineExceededError(
                     f"no answer from model {self.model.name!r} within the request deadline"
                 ) from None
+            if watcher is not None and watcher.done() and not watcher.cancelled():
+                raise ConnectionAbortedError("the client left; its work was withdrawn") from None
             raise
         finally:
             timer.cancel()
+            if watcher is not None:
+                watcher.cancel()
             self.pending -= 1
 
     async def _run_batch(self, jobs: list[_Job]) -> list[tuple[Outputs, Timing]]:
