@@ -105,3 +105,31 @@ def test_a_handler_returning_the_wrong_count_is_an_error() -> None:
 def test_bad_settings(settings: dict[str, object]) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 - the messages differ per setting
         BatchingConfig.from_manifest(settings)
+
+
+def test_latency_target_picks_the_largest_batch_that_fits() -> None:
+    from modelport.batching import LatencyTarget
+
+    # 1 ms fixed + 0.5 ms a row: 2 * cost(b) <= 0.8 * 22 ms  ->  b <= 15
+    target = LatencyTarget(0.022, 32, {1: 0.0015, 8: 0.005, 32: 0.017})
+    size, window = target.choose()
+    assert size == 15
+    assert window == 0.0  # no traffic measured yet: nobody to wait for
+    for i in range(50):  # heavy traffic: a request every 0.1 ms
+        target.arrived(i * 0.0001)
+    size, window = target.choose()
+    assert size == 15
+    assert 0 < window <= 0.0176 - 2 * target.cost_s(15) + 1e-9
+    target.observe(15, 0.030)  # the model got slower: batches shrink to stay in budget
+    assert target.choose()[0] < 15
+
+
+def test_latency_target_batches_under_load() -> None:
+    from modelport.batching import LatencyTarget
+
+    batches: list[list[int]] = []
+    target = LatencyTarget(0.05, 8, {1: 0.001, 8: 0.004})
+    batcher = Batcher(recording(batches, 0.002), BatchingConfig(max_batch_size=8), target=target)
+    assert run_all(batcher, list(range(40))) == [i * 10 for i in range(40)]
+    assert max(len(b) for b in batches) > 1
+    assert all(len(b) <= 8 for b in batches)

@@ -215,7 +215,7 @@ def test_every_limit_and_setting_has_its_cli_option() -> None:
     assert limits <= options
     settings = {f.name for f in dataclasses.fields(ServerConfig)} - {"limits", "runtime"}
     assert settings <= options | {"trust_pickle", "batching"}
-    assert {"max_batch_size", "max_delay_ms"} <= options
+    assert {"max_batch_size", "max_delay_ms", "latency_budget_ms", "cache"} <= options
 
 
 def _worker_pids(parent: int) -> list[int]:
@@ -325,7 +325,10 @@ def test_a_repository_that_cannot_load_stops_the_server(
     assert "does not match its manifest" in result.stderr
 
 
-def test_batched_requests_each_get_their_own_rows(repo: Path) -> None:
+@pytest.mark.parametrize(
+    "mode", [["--max-delay-ms", "5"], ["--latency-budget-ms", "50"]], ids=["window", "target"]
+)
+def test_batched_requests_each_get_their_own_rows(repo: Path, mode: list[str]) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
@@ -334,7 +337,7 @@ def test_batched_requests_each_get_their_own_rows(repo: Path) -> None:
     session = ort.InferenceSession(str(repo / "tiny" / "2" / "model.onnx"))
     rng = np.random.default_rng(7)
     inputs = [rng.standard_normal((1 + i % 3, 4)).astype(np.float32) for i in range(48)]
-    with run_server(repo, "--max-batch-size", "16", "--max-delay-ms", "5") as server:
+    with run_server(repo, "--cache", "off", "--max-batch-size", "16", *mode) as server:
         url = f"{server.url}/v2/models/tiny/infer"
 
         def call(x: np.ndarray) -> np.ndarray:

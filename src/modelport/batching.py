@@ -41,12 +41,14 @@ class Batcher(Generic[T, R]):
         size_of: Callable[[T], int] = lambda _: 1,
         concurrency: int = 1,
         on_batch: Callable[[int], None] = lambda _: None,
+        target: LatencyTarget | None = None,
     ) -> None:
         self._handler = handler
         self._config = config
         self._size_of = size_of
         self._concurrency = concurrency
         self._on_batch = on_batch
+        self.target = target
         self._queue: asyncio.Queue[_Pending[T, R]] | None = None
         self._carry: list[_Pending[T, R]] = []
         self._workers: list[asyncio.Task[None]] = []
@@ -64,7 +66,10 @@ class Batcher(Generic[T, R]):
         if self._queue is None:  # asyncio objects belong to the loop that runs us
             self._queue = asyncio.Queue()
             self._workers = [asyncio.create_task(self._work()) for _ in range(self._concurrency)]
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        if self.target is not None:
+            self.target.arrived(loop.time())
+        future: asyncio.Future[R] = loop.create_future()
         self._queue.put_nowait(_Pending(item, self._size_of(item), future))
         return future
 
@@ -89,13 +94,17 @@ class Batcher(Generic[T, R]):
         while True:
             first = await self._next(None)
             assert first is not None
+            if self.target is not None:
+                max_size, delay_s = self.target.choose()
+            else:
+                max_size, delay_s = config.max_batch_size, config.max_delay_s
             batch, rows = [first], first.size
-            closes_at = loop.time() + config.max_delay_s
-            while rows < config.max_batch_size and rows not in config.preferred_batch_sizes:
+            closes_at = loop.time() + delay_s
+            while rows < max_size and rows not in config.preferred_batch_sizes:
                 pending = await self._next(closes_at - loop.time())
                 if pending is None:
                     break
-                if rows + pending.size > config.max_batch_size:
+                if rows + pending.size > max_size:
                     self._carry.append(pending)  # opens the next batch
                     break
                 batch.append(pending)
@@ -105,9 +114,13 @@ class Batcher(Generic[T, R]):
     async def _run(self, batch: list[_Pending[T, R]]) -> None:
         if not batch:
             return
-        self._on_batch(sum(p.size for p in batch))
+        rows = sum(p.size for p in batch)
+        self._on_batch(rows)
+        started = asyncio.get_running_loop().time()
         try:
             results = await self._handler([p.item for p in batch])
+            if self.target is not None:
+                self.target.observe(rows, asyncio.get_running_loop().time() - started)
             if len(results) != len(batch):
                 raise RuntimeError(
                     f"the batch handler returned {len(results)} results for {len(batch)} items"
@@ -137,3 +150,61 @@ def _settle(
         future.set_exception(exc)
     else:
         future.set_result(result)  # type: ignore[arg-type]
+
+
+class LatencyTarget:
+    """Chooses batch size and window to get the most throughput within a latency budget.
+
+    A request can wait for the window, then behind the batch already running, then for its own
+    batch: its worst case is about ``window + 2 * cost(batch)``. The largest batch whose cost
+    fits keeps the model busiest; the window is spent only when traffic is heavy enough to
+    fill it (a lone request is not made to wait for company that is not coming). Costs start
+    from measurements at load and follow every real batch.
+    """
+
+    def __init__(self, budget_s: float, max_batch_size: int, costs_s: dict[int, float]) -> None:
+        self.budget_s = budget_s
+        self.max_batch_size = max_batch_size
+        self.costs_s = dict(costs_s)
+        self._gap_s: float | None = None  # moving average of the time between arrivals
+        self._last_arrival: float | None = None
+
+    def arrived(self, now: float) -> None:
+        if self._last_arrival is not None:
+            gap = now - self._last_arrival
+            self._gap_s = gap if self._gap_s is None else 0.9 * self._gap_s + 0.1 * gap
+        self._last_arrival = now
+
+    def observe(self, rows: int, seconds: float) -> None:
+        known = self.costs_s.get(rows)
+        self.costs_s[rows] = seconds if known is None else 0.8 * known + 0.2 * seconds
+
+    def cost_s(self, rows: int) -> float:
+        """Measured, or interpolated linearly between the nearest measured sizes."""
+        if rows in self.costs_s:
+            return self.costs_s[rows]
+        sizes = sorted(self.costs_s)
+        if not sizes:
+            return 0.0
+        below = [s for s in sizes if s < rows]
+        above = [s for s in sizes if s > rows]
+        if not below:
+            return self.costs_s[above[0]] * rows / above[0]
+        if not above:
+            return self.costs_s[below[-1]] * rows / below[-1]
+        lo, hi = below[-1], above[0]
+        share = (rows - lo) / (hi - lo)
+        return self.costs_s[lo] + share * (self.costs_s[hi] - self.costs_s[lo])
+
+    def choose(self) -> tuple[int, float]:
+        """(batch size, window in seconds) for the next batch."""
+        usable = 0.8 * self.budget_s  # a margin for what the model costs besides inference
+        batch = 1
+        for size in range(self.max_batch_size, 0, -1):
+            if 2 * self.cost_s(size) <= usable:
+                batch = size
+                break
+        slack = max(usable - 2 * self.cost_s(batch), 0.0)
+        if self._gap_s is None or self._gap_s >= slack:
+            return batch, 0.0  # nobody else is likely to arrive within the slack
+        return batch, min(slack, self._gap_s * (batch - 1))

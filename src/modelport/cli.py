@@ -238,6 +238,13 @@ def _limit_options(function: Any) -> Any:
     help="With --max-batch-size: how long a batch waits for more rows.",
 )
 @click.option(
+    "--latency-budget-ms",
+    type=float,
+    default=None,
+    help="With --max-batch-size: choose window and batch size from the model's measured cost "
+    "to keep p99 within this budget (replaces --max-delay-ms).",
+)
+@click.option(
     "--cache",
     default=ServerConfig.cache,
     show_default=True,
@@ -257,7 +264,8 @@ def serve(
     source: Path, host: str, port: int, workers: int, token: str | None,
     token_file: Path | None, no_auth: bool, grace_s: float, version_policy: str,
     intra_op_threads: int, access_log: bool, trust_pickle: bool, max_batch_size: int | None,
-    max_delay_ms: float, cache: str, cache_ttl_s: float, **limits: Any,
+    max_delay_ms: float, latency_budget_ms: float | None, cache: str, cache_ttl_s: float,
+    **limits: Any,
 ) -> None:  # fmt: skip
     """Serve a model repository (or one model) over the Open Inference Protocol."""
     from modelport.server.lifecycle import serve as run_server
@@ -274,7 +282,8 @@ def serve(
             runtime=RuntimeConfig(intra_op_threads=intra_op_threads), trust_pickle=trust_pickle,
             cache=cache, cache_ttl_s=cache_ttl_s,
             batching=None if max_batch_size is None else BatchingConfig(
-                max_batch_size=max_batch_size, max_delay_s=max_delay_ms / 1000
+                max_batch_size=max_batch_size, max_delay_s=max_delay_ms / 1000,
+                latency_budget_s=None if latency_budget_ms is None else latency_budget_ms / 1000,
             ),
         )  # fmt: skip
     except ValueError as exc:

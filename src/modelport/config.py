@@ -82,11 +82,14 @@ class BatchingConfig:
     """How a model's requests are combined; rows count along each input's first dimension.
 
     In a manifest: ``"serving": {"batching": {"max_batch_size": 32, "max_delay_ms": 2}}``.
+    With ``latency_budget_s`` (``latency_budget_ms`` in a manifest) the window and the batch
+    size are chosen from the model's measured cost instead, to keep p99 within the budget.
     """
 
     max_batch_size: int = 32
     max_delay_s: float = 0.0
     preferred_batch_sizes: tuple[int, ...] = ()
+    latency_budget_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -95,17 +98,25 @@ class BatchingConfig:
             raise ValueError("max_delay_s must be >= 0")
         if any(not 1 <= s <= self.max_batch_size for s in self.preferred_batch_sizes):
             raise ValueError("preferred_batch_sizes must lie within 1..max_batch_size")
+        if self.latency_budget_s is not None and self.latency_budget_s <= 0:
+            raise ValueError("latency_budget_s must be > 0")
 
     @classmethod
     def from_manifest(cls, settings: Mapping[str, Any]) -> BatchingConfig:
         """From a manifest's ``serving.batching`` (delays in ms there, as people write them)."""
-        unknown = set(settings) - {"max_batch_size", "max_delay_ms", "preferred_batch_sizes"}
+        known = {"max_batch_size", "max_delay_ms", "preferred_batch_sizes", "latency_budget_ms"}
+        unknown = set(settings) - known
         if unknown:
             raise ValueError(f"unknown batching setting {sorted(unknown)[0]!r}")
         return cls(
             max_batch_size=int(settings.get("max_batch_size", cls.max_batch_size)),
             max_delay_s=float(settings.get("max_delay_ms", 0)) / 1000,
             preferred_batch_sizes=tuple(int(s) for s in settings.get("preferred_batch_sizes", ())),
+            latency_budget_s=(
+                float(settings["latency_budget_ms"]) / 1000
+                if settings.get("latency_budget_ms") is not None
+                else None
+            ),
         )
 
 
