@@ -117,6 +117,8 @@ def test_latency_target_picks_the_largest_batch_that_fits() -> None:
     assert window == 0.0  # no traffic measured yet: nobody to wait for
     for i in range(50):  # heavy traffic: a request every 0.1 ms
         target.arrived(i * 0.0001)
+    assert target.choose()[1] == 0.0  # no batch has combined requests yet
+    target.observe(6, target.cost_s(6))
     size, window = target.choose()
     assert size == 15
     assert 0 < window <= 0.0176 - 2 * target.cost_s(15) + 1e-9

@@ -158,7 +158,8 @@ class LatencyTarget:
     A request can wait for the window, then behind the batch already running, then for its own
     batch: its worst case is about ``window + 2 * cost(batch)``. The largest batch whose cost
     fits keeps the model busiest; the window is spent only when traffic is heavy enough to
-    fill it (a lone request is not made to wait for company that is not coming). Costs start
+    fill it and batches are already combining requests (a lone request is not made to wait
+    for company that is not coming). Costs start
     from measurements at load and follow every real batch.
     """
 
@@ -168,6 +169,7 @@ class LatencyTarget:
         self.costs_s = dict(costs_s)
         self._gap_s: float | None = None  # moving average of the time between arrivals
         self._last_arrival: float | None = None
+        self._last_rows = 0
 
     def arrived(self, now: float) -> None:
         if self._last_arrival is not None:
@@ -176,6 +178,7 @@ class LatencyTarget:
         self._last_arrival = now
 
     def observe(self, rows: int, seconds: float) -> None:
+        self._last_rows = rows
         known = self.costs_s.get(rows)
         self.costs_s[rows] = seconds if known is None else 0.8 * known + 0.2 * seconds
 
@@ -205,6 +208,8 @@ class LatencyTarget:
                 batch = size
                 break
         slack = max(usable - 2 * self.cost_s(batch), 0.0)
-        if self._gap_s is None or self._gap_s >= slack:
-            return batch, 0.0  # nobody else is likely to arrive within the slack
+        # Wait only with evidence of company: frequent arrivals, and the last batch combined
+        # requests. A lone caller that waits for its own answer (one in flight) never waits.
+        if self._gap_s is None or self._gap_s >= slack or self._last_rows <= 1:
+            return batch, 0.0
         return batch, min(slack, self._gap_s * (batch - 1))
