@@ -71,3 +71,16 @@ def test_a_deadline_passed_while_running(recorder: modelport.Model) -> None:
     with pytest.raises(DeadlineExceededError, match="within the request deadline"):
         run_calls(runner, [0.5], timeout_s=0.1)
     runner.close()
+
+
+def test_threads_per_instance_share_the_cores() -> None:
+    import os
+
+    from modelport.config import RuntimeConfig, ServerConfig
+    from modelport.server.registry import threads_for
+
+    cores = os.cpu_count() or 1
+    assert threads_for(ServerConfig(), 1).intra_op_threads == 0  # one of each: all cores
+    assert threads_for(ServerConfig(workers=2), 2).intra_op_threads == max(1, cores // 4)
+    explicit = ServerConfig(runtime=RuntimeConfig(intra_op_threads=3))
+    assert threads_for(explicit, 4).intra_op_threads == 3

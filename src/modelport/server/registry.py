@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelport.config import BatchingConfig, InputLimits, LoadOptions, ServerConfig
+from modelport.config import (
+    BatchingConfig,
+    InputLimits,
+    LoadOptions,
+    RuntimeConfig,
+    ServerConfig,
+)
 from modelport.errors import ModelNotFoundError
 from modelport.manifest import MANIFEST
 from modelport.model import Model, load
@@ -95,9 +103,24 @@ def load_registry(source: Path, config: ServerConfig) -> Registry:
         repo = Repository.open(source)
         for name, versions in repo.select(VersionPolicy.parse(config.version_policy)).items():
             for version in versions:
-                model = repo.load(name, version=version, options=options)
+                instances = int(repo.manifest(name, version).serving.get("instances", 1) or 1)
+                runtime = threads_for(config, instances)
+                model = repo.load(
+                    name, version=version, options=dataclasses.replace(options, runtime=runtime)
+                )
                 served.append(_serve(name, version, model, config))
     return Registry(served)
+
+
+def threads_for(config: ServerConfig, instances: int) -> RuntimeConfig:
+    """Intra-op threads per instance so that workers x instances x threads fits the cores.
+
+    An explicit --threads is kept as given.
+    """
+    if config.runtime.intra_op_threads or instances * config.workers <= 1:
+        return config.runtime
+    share = max(1, (os.cpu_count() or 1) // (instances * config.workers))
+    return dataclasses.replace(config.runtime, intra_op_threads=share)
 
 
 def _serve(name: str, version: int, model: Model, config: ServerConfig) -> Served:
