@@ -98,4 +98,5 @@ def build(root: Path) -> Path:
     whoami.mkdir(exist_ok=True)
     (whoami / "model.py").write_text(WHOAMI_MODEL)
     modelport.add_model(repo, "whoami", whoami)
+    modelport.add_model(repo, "whoami-live", whoami, serving={"cache": False})
     return root

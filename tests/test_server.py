@@ -113,8 +113,7 @@ def test_request_id_is_taken_or_made(http: httpx.Client, server: RunningServer) 
     made = http.post("/v2/models/tiny/infer", json=infer_body())
     request_id = made.headers["x-request-id"]
     assert len(request_id) == 32
-    entries = [json.loads(line) for line in server.access_log.splitlines()]
-    (entry,) = [e for e in entries if e["request_id"] == request_id]
+    entry = server.access_entry(request_id)
     assert entry["path"] == "/v2/models/tiny/infer"
     assert entry["status"] == 200
     assert entry["model"] == "tiny"

@@ -42,6 +42,8 @@ def test_a_value_cached_by_one_worker_is_a_hit_for_another(repo: Path) -> None:
             httpx.post(url, json=body("x", [unique]), timeout=30).json()["outputs"][0]["data"][0]
             for _ in range(40)
         }
+        last = httpx.post(url, json=body("x", [unique]), timeout=30)
+        server.access_entry(last.headers["x-request-id"])  # every line is written by now
         entries = [json.loads(line) for line in server.access_log.splitlines()]
     assert len(computed_by) == 1  # computed once, in one worker; every other answer cached
     hits = {e["pid"] for e in entries if e.get("cache") == "hit"}
@@ -65,8 +67,8 @@ def test_versions_never_share_answers_and_no_cache_bypasses(repo: Path) -> None:
         fresh = httpx.post(f"{server.url}/v2/models/tiny/versions/1/infer", json=request,
                            headers={"Cache-Control": "no-cache"})  # fmt: skip
         assert fresh.status_code == 200
-        entries = {e["request_id"]: e for e in map(json.loads, server.access_log.splitlines())}
-    assert "cache" not in entries[fresh.headers["x-request-id"]]
+        entry = server.access_entry(fresh.headers["x-request-id"])
+    assert "cache" not in entry
 
 
 def test_identical_requests_in_flight_are_computed_once(repo: Path) -> None:
@@ -92,6 +94,14 @@ def test_identical_requests_in_flight_are_computed_once(repo: Path) -> None:
     )
     assert inference is not None
     assert float(inference[1]) == 1
+
+
+def test_a_model_can_opt_out_of_the_cache(repo: Path) -> None:
+    with run_server(repo, "--cache", "memory") as server:
+        for _ in range(3):
+            response = httpx.post(f"{server.url}/v2/models/whoami-live/infer",
+                                  json=body("x", [1.0]))  # fmt: skip
+            assert "cache" not in server.access_entry(response.headers["x-request-id"])
 
 
 def test_a_redis_outage_degrades_to_no_cache(repo: Path) -> None:

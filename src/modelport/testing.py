@@ -6,6 +6,7 @@ with run_server("models") as server:
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass
@@ -38,6 +40,18 @@ class RunningServer:
     def access_log(self) -> str:
         """What the server wrote to stdout so far: the JSON-lines access log."""
         return (self.log_folder / "stdout").read_text()
+
+    def access_entry(self, request_id: str, timeout_s: float = 5.0) -> dict[str, Any]:
+        """The access-log entry of one request (written just after its response is sent)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for line in self.access_log.splitlines():
+                entry: dict[str, Any] = json.loads(line)
+                if entry.get("request_id") == request_id:
+                    return entry
+            if time.monotonic() > deadline:
+                raise LookupError(f"no access-log entry for request {request_id}")
+            time.sleep(0.02)
 
     @property
     def log(self) -> str:

@@ -410,7 +410,7 @@ class ModelService:
             check_finite(batch)
         # Once the body is read, the next ASGI message can only say the client went away.
         gone: Callable[[], Awaitable[object]] = receive
-        if self.cache is None or not use_cache:
+        if self.cache is None or not use_cache or not served.cacheable:
             return await self._infer_now(served, batch, gone)
         measured = metrics.for_model(served.name, str(served.version))
         key = cache_key(served.name, served.version, batch)

@@ -34,6 +34,7 @@ class Served:
     version: int
     model: Model
     runner: Runner
+    cacheable: bool = True  # a manifest's "serving": {"cache": false} opts a model out
 
 
 class Registry:
@@ -134,4 +135,4 @@ def _serve(name: str, version: int, model: Model, config: ServerConfig) -> Serve
         batching = None
     on_batch = metrics.for_model(name, str(version)).batch_size.observe
     runner = Runner(model, config.limits.max_queue, instances, batching, on_batch)
-    return Served(name, version, model, runner)
+    return Served(name, version, model, runner, bool(serving.get("cache", True)))
