@@ -53,10 +53,6 @@ class Batcher(Generic[T, R]):
         self._carry: list[_Pending[T, R]] = []
         self._workers: list[asyncio.Task[None]] = []
 
-    @property
-    def queued(self) -> int:
-        return (self._queue.qsize() if self._queue else 0) + len(self._carry)
-
     async def submit(self, item: T) -> R:
         """The handler's result for ``item``, or the exception it raised for it."""
         return await self.enqueue(item)

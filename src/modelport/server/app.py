@@ -93,7 +93,7 @@ class ModelService:
         self.registry = registry
         self.draining = False
         self.load_error: Exception | None = None
-        self._loading: asyncio.Task[None] | None = None
+        self._loading: asyncio.Task[None] | None = None  # held: the loop keeps only weak refs
         self._in_flight = 0
         self.cache: Cache | None = open_cache(config.cache, config.cache_ttl_s)
         self._computing: dict[bytes, asyncio.Future[dict[str, np.ndarray]]] = {}
