@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from modelport.config import (
+    BatchConfig,
     BatchingConfig,
     LoadOptions,
     RuntimeConfig,
@@ -342,10 +343,174 @@ def demo(path: Path, rebuild: bool, with_torch: bool | None, then_serve: bool) -
         run_server(path, config)
 
 
+class _RunByDefault(click.Group):
+    """``modelport batch NAME ...`` is short for ``modelport batch run NAME ...``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+STORE_OPTION = click.option(
+    "--store",
+    envvar="MODELPORT_STORE",
+    default="predictions.db",
+    show_default=True,
+    help="Prediction store: a SQLite file or a postgresql:// URL (env MODELPORT_STORE).",
+)
+
+
+@main.group(cls=_RunByDefault)
+def batch() -> None:
+    """Score tables offline into a prediction store; check how fresh the stored ones are."""
+
+
+@batch.command("run")
+@click.argument("ref", metavar="NAME[:VERSION]")
+@click.option(
+    "--input", "source", required=True, help="CSV, Parquet or JSON-lines file, or a database URL."
+)
+@click.option("--table", help="With a database --input: the table to score.")
+@click.option("--query", help="With a database --input: a SELECT whose rows to score.")
+@STORE_OPTION
+@click.option("--key", help="Column that identifies a row (default: the row number).")
+@click.option(
+    "--map", "mapping", multiple=True, metavar="INPUT=COLUMNS",
+    help="Columns feeding an input: x=a,b,c or 'x=pixel_*' (repeatable).",
+)  # fmt: skip
+@click.option("--outputs", multiple=True, help="Outputs to store (repeatable; default: all).")
+@click.option(
+    "--chunk-rows",
+    default=BatchConfig.chunk_rows,
+    show_default=True,
+    type=int,
+    help="Rows per chunk: read, scored and written (one transaction) together.",
+)
+@click.option("--batch-size", type=int, help="Rows per inference call (default: measured).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--ray-address", help="With --engine ray: a cluster to join (default: start one).")
+@click.option("--force", is_flag=True, help="Rescore rows this version already scored.")
+@click.option(
+    "--max-reject-ratio",
+    default=BatchConfig.max_reject_ratio,
+    show_default=True,
+    type=float,
+    help="Fail the run when more than this share of rows is rejected.",
+)
+@click.option("--allow-non-finite", is_flag=True, help="Score rows with NaN or Infinity.")
+@click.option("--progress/--no-progress", default=True, help="Show rows, rows/s and ETA.")
+@REPO_OPTION
+@TRUST_OPTION
+def batch_run(
+    ref: str, source: str, table: str | None, query: str | None, store: str, key: str | None,
+    mapping: tuple[str, ...], outputs: tuple[str, ...], chunk_rows: int, batch_size: int | None,
+    engine: str, ray_address: str | None, force: bool, max_reject_ratio: float,
+    allow_non_finite: bool, progress: bool, repo_path: Path, trust_pickle: bool,
+) -> None:  # fmt: skip
+    """Score every row of a table with a model and store the predictions."""
+    from modelport.batch import Store, open_source
+    from modelport.batch.progress import Progress, duration
+
+    try:
+        config = BatchConfig(
+            chunk_rows=chunk_rows, batch_size=batch_size, key=key, mapping=mapping,
+            outputs=outputs or None, force=force, max_reject_ratio=max_reject_ratio,
+            allow_non_finite=allow_non_finite,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    table_source = open_source(source, table, query)
+    shown = Progress(table_source.total_rows()) if progress else None
+    with Store(store, config.retry) as sink:
+        try:
+            if engine == "ray":
+                from modelport.batch.ray_engine import score_on_ray
+
+                summary = score_on_ray(
+                    Repository.open(repo_path), ref, table_source, sink, config,
+                    ray_address, trust_pickle, shown,
+                )  # fmt: skip
+            else:
+                from modelport.batch import score_table
+
+                options = LoadOptions(trust_pickle=trust_pickle)
+                with Repository.open(repo_path).load(ref, options=options) as model:
+                    summary = score_table(model, table_source, sink, config, shown)
+        finally:
+            if shown is not None:
+                shown.close()
+        click.echo(
+            f"run {summary.run_id} {summary.status}: {summary.model}:{summary.version}, "
+            f"{summary.rows:,} rows in {duration(summary.seconds)} "
+            f"({summary.rows_per_s:,.0f} rows/s): {summary.scored:,} scored, "
+            f"{summary.skipped:,} already scored, {summary.rejected:,} rejected"
+        )
+        if summary.rejected:
+            for reject in sink.rejects(summary.run_id)[:5]:
+                where = [f"row {reject.row}"] if reject.row is not None else []
+                where += [f"key {reject.key!r}"] if reject.key else []
+                click.echo(f"  rejected {', '.join(where) or 'a row'}: {reject.reason}")
+            click.echo(f"  all of them: modelport_rejects where run_id = '{summary.run_id}'")
+
+
+@batch.command("status")
+@STORE_OPTION
+@click.option(
+    "--max-age", "max_age", multiple=True, metavar="[MODEL=]AGE",
+    help="Predictions older than this are stale: 24h, or fraud=1h per model (repeatable).",
+)  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_context
+def batch_status(ctx: click.Context, store: str, max_age: tuple[str, ...], as_json: bool) -> None:
+    """Per model: the last good run, its rows, version and age. Exits 1 if any is stale."""
+    from modelport.batch import Store
+    from modelport.batch.freshness import MaxAge, freshness
+    from modelport.batch.progress import duration
+
+    try:
+        policy = MaxAge.parse(max_age)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    with Store(store) as sink:
+        report = freshness(sink, policy)
+    if as_json:
+        _echo_json([
+            {
+                "model": f.model, "stale": f.stale, "age_s": f.age_s, "max_age_s": f.max_age_s,
+                "version": f.last_good.version if f.last_good else None,
+                "rows": f.last_good.rows_scored + f.last_good.rows_skipped if f.last_good else None,
+                "last_good_run": f.last_good.run_id if f.last_good else None,
+                "latest_run": f.latest.run_id, "latest_status": f.latest.status,
+            }
+            for f in report
+        ])  # fmt: skip
+    else:
+        rows = [("MODEL", "VERSION", "ROWS", "AGE", "MAX AGE", "STATE", "LATEST RUN")]
+        for f in report:
+            good = f.last_good
+            rows.append((
+                f.model,
+                str(good.version) if good else "-",
+                f"{good.rows_scored + good.rows_skipped:,}" if good else "-",
+                duration(f.age_s) if f.age_s is not None else "-",
+                duration(f.max_age_s) if f.max_age_s is not None else "-",
+                ("STALE" if f.stale else "fresh") if good else "NEVER SCORED",
+                f"{f.latest.status} {f.latest.run_id[:8]}",
+            ))  # fmt: skip
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for r in rows:
+            click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+        if not report:
+            click.echo("(no runs in this store yet)")
+    if any(f.stale for f in report):
+        ctx.exit(1)
+
+
 def run() -> None:
     """Entry point: errors print as one clear line and exit 1, with no traceback."""
     try:
-        main(standalone_mode=False)
+        code = main(standalone_mode=False)  # a command's ctx.exit(n) comes back as n
     except click.exceptions.Abort:
         sys.exit(130)
     except click.ClickException as exc:
@@ -363,3 +528,5 @@ def run() -> None:
             err=True,
         )
         sys.exit(2)
+    if isinstance(code, int) and code:
+        sys.exit(code)

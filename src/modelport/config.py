@@ -149,3 +149,47 @@ class ServerConfig:
             raise ValueError("port must be within 0-65535")
         if self.grace_s < 0:
             raise ValueError("grace_s must be >= 0")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long to keep trying when a database drops the connection: ``attempts`` tries,
+    waiting ``first_delay_s`` and doubling up to ``max_delay_s`` between them."""
+
+    attempts: int = 5
+    first_delay_s: float = 0.5
+    max_delay_s: float = 8.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError("attempts must be >= 1")
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """One offline scoring run.
+
+    ``mapping`` holds ``INPUT=COLUMN[,COLUMN...]`` or ``INPUT=PATTERN*`` items; inputs it does
+    not name take the column of the same name (or, for a single input, every column but the
+    key). ``batch_size`` ``None`` measures the model and takes the batch size with the best
+    throughput. Without ``key`` rows are keyed by their number in the source.
+    ``max_reject_ratio`` fails the run when more than this share of its rows were rejected.
+    """
+
+    chunk_rows: int = 10_000
+    batch_size: int | None = None
+    key: str | None = None
+    mapping: tuple[str, ...] = ()
+    outputs: tuple[str, ...] | None = None
+    force: bool = False
+    max_reject_ratio: float = 0.1
+    allow_non_finite: bool = False
+    retry: RetryPolicy = RetryPolicy()
+
+    def __post_init__(self) -> None:
+        if self.chunk_rows < 1:
+            raise ValueError("chunk_rows must be >= 1")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if not 0 <= self.max_reject_ratio <= 1:
+            raise ValueError("max_reject_ratio must be within 0-1")

@@ -13,6 +13,9 @@
      ├── PredictionError          the model itself raised while predicting
      ├── OverloadedError          a model's queue is full, or the server is draining
      ├── DeadlineExceededError    a request's deadline passed before it was served
+     ├── BatchError               a batch run cannot go on: its source, mapping or reject ratio
+     ├── StoreError               the prediction store cannot be reached or written
+     ├── NotStoredError           no stored prediction for a key
      └── MissingDependencyError   an optional extra is not installed
 
 Messages say what happened, why, and what to do about it. Transports (REST, gRPC, CLI) map
@@ -86,6 +89,18 @@ class OverloadedError(ModelportError):
 
 class DeadlineExceededError(ModelportError):
     """A request's deadline passed before its answer was ready."""
+
+
+class BatchError(ModelportError):
+    """A batch run cannot go on: unreadable source, unmappable columns, too many rejects."""
+
+
+class StoreError(ModelportError):
+    """The prediction store cannot be reached or written (after retries)."""
+
+
+class NotStoredError(ModelportError):
+    """No stored prediction for a key, and no features to compute one from."""
 
 
 class MissingDependencyError(ModelportError, ImportError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,3 +122,31 @@ def load(
         "folder, or turn a scikit-learn/PyTorch file into one with "
         f"'modelport import {path} --name NAME --sample-input FILE'"
     )
+
+
+def measure_costs(model: Model, max_batch_size: int, repeats: int = 3) -> dict[int, float]:
+    """Seconds per call at batch sizes 1, 2, 4... up to ``max_batch_size``, on zero inputs.
+
+    A starting point for latency-target batching; real batches refine it. A model that refuses
+    zeros simply starts with no measurements.
+    """
+    costs: dict[int, float] = {}
+    sizes = sorted({min(2**i, max_batch_size) for i in range(max_batch_size.bit_length() + 1)})
+    for size in sizes:
+        inputs = {
+            spec.name: np.zeros(
+                [size] + [max(d, 1) for d in spec.shape[1:]],
+                dtype=object if spec.dtype == "string" else spec.dtype,
+            )
+            for spec in model.signature.inputs
+        }
+        times = []
+        try:
+            for _ in range(repeats + 1):  # the first call warms up
+                started = time.perf_counter()
+                model.runtime.predict(inputs)
+                times.append(time.perf_counter() - started)
+        except Exception:
+            return costs
+        costs[size] = sorted(times[1:])[len(times[1:]) // 2]
+    return costs

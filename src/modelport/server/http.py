@@ -19,6 +19,7 @@ from modelport.errors import (
     InvalidInputError,
     InvalidNameError,
     ModelNotFoundError,
+    NotStoredError,
     OverloadedError,
     PredictionError,
 )
@@ -33,6 +34,7 @@ STATUS: tuple[tuple[type[Exception], int], ...] = (
     (InvalidInputError, 400),
     (InvalidNameError, 400),
     (ModelNotFoundError, 404),
+    (NotStoredError, 404),
     (OverloadedError, 503),
     (DeadlineExceededError, 504),
     (PredictionError, 500),

@@ -22,7 +22,7 @@ import numpy as np
 from modelport.batching import Batcher, LatencyTarget
 from modelport.config import BatchingConfig
 from modelport.errors import DeadlineExceededError, ModelportError, OverloadedError, PredictionError
-from modelport.model import Model
+from modelport.model import Model, measure_costs
 
 INLINE_BELOW_S = 100e-6  # about the cost of one thread hand-off on a busy core
 _WARMUP_CALLS = 8  # calls measured on threads before any runs inline
@@ -193,34 +193,6 @@ class Runner:
     def close(self) -> None:
         self._executor.shutdown(wait=True)
         self.model.close()
-
-
-def measure_costs(model: Model, max_batch_size: int, repeats: int = 3) -> dict[int, float]:
-    """Seconds per call at batch sizes 1, 2, 4... up to ``max_batch_size``, on zero inputs.
-
-    A starting point for latency-target batching; real batches refine it. A model that refuses
-    zeros simply starts with no measurements.
-    """
-    costs: dict[int, float] = {}
-    sizes = sorted({min(2**i, max_batch_size) for i in range(max_batch_size.bit_length() + 1)})
-    for size in sizes:
-        inputs = {
-            spec.name: np.zeros(
-                [size] + [max(d, 1) for d in spec.shape[1:]],
-                dtype=object if spec.dtype == "string" else spec.dtype,
-            )
-            for spec in model.signature.inputs
-        }
-        times = []
-        try:
-            for _ in range(repeats + 1):  # the first call warms up
-                started = time.perf_counter()
-                model.runtime.predict(inputs)
-                times.append(time.perf_counter() - started)
-        except Exception:
-            return costs
-        costs[size] = sorted(times[1:])[len(times[1:]) // 2]
-    return costs
 
 
 def _rows(inputs: dict[str, np.ndarray]) -> int:

@@ -1,0 +1,303 @@
+"""One scoring run: read a table in chunks, score each at the model's best batch size, write
+each chunk's predictions in one transaction.
+
+Reading, scoring and writing overlap (a reader thread, the model on the calling thread with
+onnxruntime's own threads, a writer thread), with at most two chunks queued between stages so
+memory stays flat. Both engines (local, Ray) score a chunk with ``score_chunk``.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+
+from modelport.batch.codec import Layout
+from modelport.batch.features import Plan, input_hashes, parse_mapping, plan_columns, prepare
+from modelport.batch.sources import Chunk, Source
+from modelport.batch.store import Reject, Store
+from modelport.config import BatchConfig
+from modelport.errors import BatchError, ModelportError
+from modelport.model import Model, measure_costs
+
+log = logging.getLogger("modelport.batch")
+T = TypeVar("T")
+_QUEUED_CHUNKS = 2
+_LARGEST_BATCH = 1024
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_id: str
+    model: str
+    version: int
+    rows: int  # read from the source
+    scored: int
+    skipped: int  # already scored by this version with the same features
+    rejected: int
+    seconds: float
+    status: str  # succeeded, failed, interrupted
+    error: str | None = None
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class Scorer:
+    """What scoring a chunk needs; built once per run (and once per Ray actor)."""
+
+    model: Model
+    name: str
+    version: int
+    plan: Plan
+    layout: Layout
+    batch_size: int
+    config: BatchConfig
+    skip_scored: bool  # False when the store holds nothing for this version: no lookups
+
+    def score(
+        self, chunk: Chunk, store: Store
+    ) -> tuple[list[tuple[str, bytes, str]], list[Reject], int]:
+        """(key, outputs, input hash) rows, rejects and the number skipped, for one chunk."""
+        prepared = prepare(
+            chunk.batch, self.plan, self.model.signature, chunk.first_row,
+            self.config.allow_non_finite,
+        )  # fmt: skip
+        keys = prepared.keys
+        reasons = {**prepared.rejects, **chunk.rejects}
+        keep = np.array([i not in chunk.rejects for i in prepared.rows], dtype=bool)
+        offsets, inputs = prepared.rows[keep], _take(prepared.inputs, keep)
+        hashes = input_hashes(inputs) if len(offsets) else []
+        skipped = 0
+        if len(offsets) and self.skip_scored and not self.config.force:
+            known = store.scored(self.name, self.version, [keys[i] for i in offsets])
+            fresh = np.array(
+                [known.get(keys[i]) != h for i, h in zip(offsets, hashes, strict=True)], bool
+            )
+            skipped = len(fresh) - int(fresh.sum())
+            offsets, inputs = offsets[fresh], _take(inputs, fresh)
+            hashes = [h for h, f in zip(hashes, fresh, strict=True) if f]
+        outputs, failed = self._predict(inputs, len(offsets))
+        if failed:
+            reasons.update({int(offsets[i]): reason for i, reason in failed.items()})
+            ok = np.array([i not in failed for i in range(len(offsets))], dtype=bool)
+            offsets, outputs = offsets[ok], _take(outputs, ok)
+            hashes = [h for h, o in zip(hashes, ok, strict=True) if o]
+        blobs = self.layout.encode(outputs) if len(offsets) else []
+        rows = list(zip([keys[i] for i in offsets], blobs, hashes, strict=True))
+        rejects = [
+            Reject(
+                None if chunk.first_row is None else chunk.first_row + i, keys[i] or None, reason
+            )
+            for i, reason in sorted(reasons.items())
+        ]
+        return rows, rejects, skipped
+
+    def _predict(
+        self, inputs: dict[str, np.ndarray], rows: int
+    ) -> tuple[dict[str, np.ndarray], dict[int, str]]:
+        """Outputs for every row that the model accepts; the others with the model's reason.
+
+        A batch that fails is retried row by row, so one bad row fails only itself.
+        """
+        parts: list[dict[str, np.ndarray]] = []
+        failed: dict[int, str] = {}
+        for start in range(0, rows, self.batch_size):
+            batch = {n: v[start : start + self.batch_size] for n, v in inputs.items()}
+            try:
+                parts.append(self._outputs(self.model.predict(batch)))
+                continue
+            except ModelportError:
+                pass
+            for i in range(len(next(iter(batch.values())))):
+                try:
+                    parts.append(
+                        self._outputs(
+                            self.model.predict({n: v[i : i + 1] for n, v in batch.items()})
+                        )
+                    )
+                except ModelportError as exc:
+                    failed[start + i] = f"the model failed: {exc}"
+        if not parts:
+            return {f.name: np.empty((0, *f.shape), f.dtype) for f in self.layout.fields}, failed
+        return {
+            f.name: np.concatenate([p[f.name] for p in parts]) for f in self.layout.fields
+        }, failed
+
+    def _outputs(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for f in self.layout.fields:
+            if tuple(outputs[f.name].shape[1:]) != f.shape:
+                raise BatchError(
+                    f"output {f.name!r} changed shape per row from {list(f.shape)} to "
+                    f"{list(outputs[f.name].shape[1:])}: batch scoring needs fixed output shapes"
+                )
+        return {f.name: outputs[f.name] for f in self.layout.fields}
+
+
+def _take(arrays: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, np.ndarray]:
+    return arrays if mask.all() else {name: values[mask] for name, values in arrays.items()}
+
+
+def make_scorer(
+    model: Model, name: str, version: int, columns: list[str], config: BatchConfig, store: Store
+) -> Scorer:
+    """Plan the columns, learn the output layout and the best batch size."""
+    plan = plan_columns(model.signature, columns, parse_mapping(config.mapping), config.key)
+    outputs = config.outputs or model.signature.output_names
+    unknown = set(outputs) - set(model.signature.output_names)
+    if unknown:
+        raise BatchError(
+            f"--outputs names {', '.join(sorted(unknown))}; the model's outputs are "
+            f"{', '.join(model.signature.output_names)}"
+        )
+    zeros = {
+        s.name: np.zeros(
+            [1] + [max(d, 1) for d in s.shape[1:]], dtype=object if s.dtype == "string" else s.dtype
+        )
+        for s in model.signature.inputs
+    }
+    try:
+        probe = model.predict(zeros)
+    except ModelportError as exc:
+        raise BatchError(
+            f"the model failed on a row of zeros, so its output layout is unknown: {exc}"
+        ) from exc
+    layout = Layout.of({n: probe[n] for n in outputs})
+    batch_size = config.batch_size or best_batch_size(model, config.chunk_rows)
+    skip = not config.force and store.has_predictions(name, version)
+    return Scorer(model, name, version, plan, layout, batch_size, config, skip)
+
+
+def best_batch_size(model: Model, limit: int) -> int:
+    """The smallest batch within 5% of the best measured per-row cost (larger batches only
+    cost memory once the per-row cost stops falling)."""
+    costs = measure_costs(model, max(1, min(limit, _LARGEST_BATCH)))
+    if not costs:
+        return min(limit, 256)
+    per_row = {size: cost / size for size, cost in costs.items()}
+    best = min(per_row.values())
+    return min(size for size, cost in per_row.items() if cost <= best * 1.05)
+
+
+def score_table(
+    model: Model, source: Source, store: Store, config: BatchConfig = BatchConfig(),
+    progress: Callable[[RunSummary], None] | None = None,
+) -> RunSummary:  # fmt: skip
+    """Score every row of ``source`` into ``store`` with the local engine."""
+    name, version = model_identity(model)
+    store.reap(name)
+    scorer = make_scorer(model, name, version, source.columns(), config, store)
+    log.info(
+        "scoring %s with %s:%s, batch size %d, columns %s",
+        source.description, name, version, scorer.batch_size, scorer.plan.describe(),
+    )  # fmt: skip
+    run_id = store.start_run(name, version, source.description, scorer.layout)
+    started = time.monotonic()
+    counts = {"rows": 0, "scored": 0, "skipped": 0, "rejected": 0}
+
+    def summary(status: str, error: str | None = None) -> RunSummary:
+        return RunSummary(
+            run_id, name, version, counts["rows"], counts["scored"], counts["skipped"],
+            counts["rejected"], time.monotonic() - started, status, error,
+        )  # fmt: skip
+
+    def landed(done: Future[None], rows: int, scored: int, skipped: int, rejected: int) -> None:
+        done.result()
+        counts["rows"] += rows
+        counts["scored"] += scored
+        counts["skipped"] += skipped
+        counts["rejected"] += rejected
+        if progress is not None:
+            progress(summary("running"))
+
+    status, error = "failed", None
+    writer = ThreadPoolExecutor(1, thread_name_prefix="modelport-store")
+    pending: deque[tuple[Future[None], int, int, int, int]] = deque()
+    try:
+        for chunk in prefetch(source.read(config.chunk_rows), _QUEUED_CHUNKS):
+            rows, rejects, skipped = scorer.score(chunk, store)
+            future = writer.submit(store.write_chunk, run_id, name, version, rows, rejects, skipped)
+            pending.append((future, chunk.batch.num_rows, len(rows), skipped, len(rejects)))
+            while len(pending) > _QUEUED_CHUNKS:
+                landed(*pending.popleft())
+        while pending:
+            landed(*pending.popleft())
+        if counts["rows"] and counts["rejected"] / counts["rows"] > config.max_reject_ratio:
+            raise BatchError(
+                f"{counts['rejected']} of {counts['rows']} rows were rejected, over the limit of "
+                f"{config.max_reject_ratio:.0%} (--max-reject-ratio); the reasons are in the "
+                f"rejects table under run {run_id}"
+            )
+        status = "succeeded"
+    except KeyboardInterrupt:
+        status, error = "interrupted", "stopped by the user"
+        raise
+    except ModelportError as exc:
+        error = str(exc)
+        raise
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        for future, *_ in pending:
+            future.cancel()
+        writer.shutdown(wait=True)
+        try:
+            store.finish_run(run_id, status, error)
+        except ModelportError as exc:  # the store is down: reap marks the run later
+            log.warning("could not record the end of run %s: %s", run_id, exc)
+    return summary(status)
+
+
+def model_identity(model: Model) -> tuple[str, int]:
+    if model.version is None:
+        raise BatchError(
+            "batch scoring needs a model from a repository (NAME[:VERSION]) so that stored "
+            "predictions name the version that made them; import the model first"
+        )
+    return model.name, model.version
+
+
+def prefetch(items: Iterator[T], depth: int) -> Iterator[T]:
+    """Iterate ``items`` on a thread, up to ``depth`` ahead; its exceptions surface here."""
+    buffer: queue.Queue[tuple[bool, object]] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        buffer.put((True, item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            buffer.put((False, None))
+        except BaseException as exc:  # handed to the consumer
+            buffer.put((False, exc))
+
+    thread = threading.Thread(target=produce, name="modelport-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            more, item = buffer.get()
+            if not more:
+                if isinstance(item, BaseException):
+                    raise item
+                return
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        thread.join(timeout=5)

@@ -1,0 +1,423 @@
+"""The prediction store: predictions, runs and rejects in any SQLAlchemy database.
+
+Three tables, created on first use::
+
+    modelport_predictions  (model, key) -> version, outputs, input_hash, scored_at, run_id
+    modelport_runs         one row per run: model version, start, end, rows, rejects, status
+    modelport_rejects      rows a run could not score, with the reason
+
+One row per model and key holds the newest prediction; a chunk is written in one transaction
+(upsert), so a run killed at any point leaves whole chunks and rerunning it is harmless. Times
+are Unix seconds (UTC). ``outputs`` is compact binary; ``decode`` (or a lookup) turns it back
+into arrays with the layout recorded in the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from modelport.batch.codec import Layout
+from modelport.config import RetryPolicy
+from modelport.errors import StoreError
+
+log = logging.getLogger("modelport.batch")
+T = TypeVar("T")
+
+_meta = sa.MetaData()
+RUNS = sa.Table(
+    "modelport_runs",
+    _meta,
+    sa.Column("run_id", sa.String(32), primary_key=True),
+    sa.Column("model", sa.String(128), nullable=False, index=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # running succeeded failed interrupted
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("finished_at", sa.Float),
+    sa.Column("heartbeat_at", sa.Float, nullable=False),
+    sa.Column("rows_scored", sa.BigInteger, nullable=False, default=0),
+    sa.Column("rows_skipped", sa.BigInteger, nullable=False, default=0),
+    sa.Column("rows_rejected", sa.BigInteger, nullable=False, default=0),
+    sa.Column("layout", sa.Text, nullable=False),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("error", sa.Text),
+)
+PREDICTIONS = sa.Table(
+    "modelport_predictions",
+    _meta,
+    sa.Column("model", sa.String(128), primary_key=True),
+    sa.Column("key", sa.String(512), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("outputs", sa.LargeBinary, nullable=False),
+    sa.Column("input_hash", sa.String(32), nullable=False),
+    sa.Column("scored_at", sa.Float, nullable=False),
+    sa.Column("run_id", sa.String(32), nullable=False),
+)
+REJECTS = sa.Table(
+    "modelport_rejects",
+    _meta,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("run_id", sa.String(32), nullable=False, index=True),
+    sa.Column("model", sa.String(128), nullable=False),
+    sa.Column("row", sa.BigInteger),  # in the source, from 0; NULL when read in parallel
+    sa.Column("key", sa.String(512)),
+    sa.Column("reason", sa.Text, nullable=False),
+)
+_IN_CHUNK = 900  # bound parameters per IN (...): under SQLite's oldest limit of 999
+
+
+@dataclass(frozen=True)
+class Run:
+    run_id: str
+    model: str
+    version: int
+    source: str
+    status: str
+    started_at: float
+    finished_at: float | None
+    rows_scored: int
+    rows_skipped: int
+    rows_rejected: int
+    layout: Layout
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Stored:
+    """One stored prediction, decoded."""
+
+    key: str
+    version: int
+    outputs: dict[str, Any]
+    scored_at: float
+    run_id: str
+
+
+@dataclass(frozen=True)
+class Reject:
+    row: int | None
+    key: str | None
+    reason: str
+
+
+def store_url(spec: str | os.PathLike[str]) -> str:
+    """A SQLAlchemy URL from a URL or a plain file path (a SQLite file).
+
+    ``postgresql://`` uses psycopg 3, the driver modelport installs, rather than psycopg2.
+    """
+    text = os.fspath(spec)
+    if "://" not in text:
+        return f"sqlite:///{Path(text).expanduser()}"
+    for plain in ("postgresql://", "postgres://"):
+        if text.startswith(plain):
+            return "postgresql+psycopg://" + text[len(plain) :]
+    return text
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs and the runs table."""
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return url
+
+
+class Store:
+    """Predictions, runs and rejects in one database. Thread-safe (one engine, pooled)."""
+
+    def __init__(self, url: str | os.PathLike[str], retry: RetryPolicy = RetryPolicy()) -> None:
+        self.url = store_url(url)
+        self.retry = retry
+        try:
+            self.engine: Engine = sa.create_engine(self.url, pool_pre_ping=True)
+        except (sa.exc.ArgumentError, ImportError) as exc:
+            raise StoreError(f"cannot open the store {redact(self.url)}: {exc}") from exc
+        if self.engine.dialect.name == "sqlite":
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._layouts: dict[str, Layout] = {}
+        self._lock = threading.Lock()
+        self._attempt(lambda: _meta.create_all(self.engine), "create the tables")
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- runs ---------------------------------------------------------------------------------
+
+    def start_run(self, model: str, version: int, source: str, layout: Layout) -> str:
+        run_id = uuid.uuid4().hex
+        now = time.time()
+        row = {
+            "run_id": run_id, "model": model, "version": version, "source": source,
+            "status": "running", "started_at": now, "heartbeat_at": now, "rows_scored": 0,
+            "rows_skipped": 0, "rows_rejected": 0, "layout": layout.to_json(),
+            "host": socket.gethostname(), "pid": os.getpid(),
+        }  # fmt: skip
+        self._write(lambda c: c.execute(RUNS.insert(), row), "record the run")
+        return run_id
+
+    def finish_run(self, run_id: str, status: str, error: str | None = None) -> None:
+        values = {"status": status, "finished_at": time.time(), "error": error}
+        self._write(
+            lambda c: c.execute(RUNS.update().where(RUNS.c.run_id == run_id).values(**values)),
+            "record the end of the run",
+        )
+
+    def reap(self, model: str, stale_after_s: float = 600.0) -> int:
+        """Mark runs of ``model`` that died without finishing as ``interrupted``.
+
+        A run is dead when its process is gone (same host) or it has not written for
+        ``stale_after_s`` (another host). Returns how many were marked.
+        """
+        host, now, dead = socket.gethostname(), time.time(), []
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(RUNS.c.run_id, RUNS.c.host, RUNS.c.pid, RUNS.c.heartbeat_at).where(
+                    RUNS.c.model == model, RUNS.c.status == "running"
+                )
+            ).all()
+        for run_id, run_host, pid, heartbeat in rows:
+            if (run_host == host and not _alive(pid)) or now - heartbeat > stale_after_s:
+                dead.append(run_id)
+        for run_id in dead:
+            self.finish_run(run_id, "interrupted", "the process stopped before the run ended")
+        return len(dead)
+
+    def runs(self, model: str | None = None) -> list[Run]:
+        """Runs, newest first."""
+        query = sa.select(RUNS).order_by(RUNS.c.started_at.desc())
+        if model is not None:
+            query = query.where(RUNS.c.model == model)
+        with self.engine.connect() as conn:
+            return [_run(r) for r in conn.execute(query).mappings()]
+
+    def last_good_runs(self) -> dict[str, Run]:
+        """Per model, its newest succeeded run."""
+        latest: dict[str, Run] = {}
+        for run in self.runs():
+            if run.status == "succeeded" and run.model not in latest:
+                latest[run.model] = run
+        return latest
+
+    def rejects(self, run_id: str) -> list[Reject]:
+        query = sa.select(REJECTS.c.row, REJECTS.c.key, REJECTS.c.reason).where(
+            REJECTS.c.run_id == run_id
+        )
+        with self.engine.connect() as conn:
+            return [Reject(*r) for r in conn.execute(query.order_by(REJECTS.c.row))]
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def has_predictions(self, model: str, version: int) -> bool:
+        query = sa.select(PREDICTIONS.c.key).where(
+            PREDICTIONS.c.model == model, PREDICTIONS.c.version == version
+        )
+        with self.engine.connect() as conn:
+            return conn.execute(query.limit(1)).first() is not None
+
+    def scored(self, model: str, version: int, keys: Sequence[str]) -> dict[str, str]:
+        """key -> input hash, for the keys ``version`` of ``model`` has already scored."""
+
+        def read(conn: Connection) -> dict[str, str]:
+            found: dict[str, str] = {}
+            for start in range(0, len(keys), _IN_CHUNK):
+                query = sa.select(PREDICTIONS.c.key, PREDICTIONS.c.input_hash).where(
+                    PREDICTIONS.c.model == model,
+                    PREDICTIONS.c.version == version,
+                    PREDICTIONS.c.key.in_(keys[start : start + _IN_CHUNK]),
+                )
+                found.update((key, digest) for key, digest in conn.execute(query))
+            return found
+
+        return self._attempt(lambda: _connected(self.engine, read), "read scored keys")
+
+    def write_chunk(
+        self, run_id: str, model: str, version: int, rows: Iterable[tuple[str, bytes, str]],
+        rejects: Sequence[Reject], skipped: int,
+    ) -> None:  # fmt: skip
+        """One transaction: a chunk's predictions (key, outputs, input hash), its rejects and
+        the run's counters. All of it lands, or none of it."""
+        now = time.time()
+        values = [
+            {"model": model, "key": key, "version": version, "outputs": outputs,
+             "input_hash": digest, "scored_at": now, "run_id": run_id}
+            for key, outputs, digest in rows
+        ]  # fmt: skip
+        bad = [
+            {"run_id": run_id, "model": model, "row": r.row, "key": r.key, "reason": r.reason}
+            for r in rejects
+        ]
+        counters = (
+            RUNS.update()
+            .where(RUNS.c.run_id == run_id)
+            .values(
+                rows_scored=RUNS.c.rows_scored + len(values),
+                rows_skipped=RUNS.c.rows_skipped + skipped,
+                rows_rejected=RUNS.c.rows_rejected + len(bad),
+                heartbeat_at=now,
+            )
+        )
+
+        def write(conn: Connection) -> None:
+            if values:
+                conn.execute(self._upsert(), values)
+            if bad:
+                conn.execute(REJECTS.insert(), bad)
+            conn.execute(counters)
+
+        self._write(write, f"write {len(values)} predictions")
+
+    def _upsert(self) -> Any:
+        dialect = self.engine.dialect.name
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        insert: Any = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(dialect)
+        if insert is None:
+            raise StoreError(f"{dialect} stores are not supported; use SQLite or PostgreSQL")
+        statement = insert(PREDICTIONS)
+        changed = ("version", "outputs", "input_hash", "scored_at", "run_id")
+        return statement.on_conflict_do_update(
+            index_elements=["model", "key"],
+            set_={name: statement.excluded[name] for name in changed},
+        )
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def lookup(self, model: str, keys: Sequence[str]) -> dict[str, Stored]:
+        """The stored predictions for ``keys`` (missing keys are absent)."""
+        if not keys:
+            return {}
+
+        def read(conn: Connection) -> list[Any]:
+            found: list[Any] = []
+            for start in range(0, len(keys), _IN_CHUNK):
+                part = keys[start : start + _IN_CHUNK]
+                where = (
+                    PREDICTIONS.c.key == part[0] if len(part) == 1 else PREDICTIONS.c.key.in_(part)
+                )
+                found.extend(
+                    conn.execute(
+                        sa.select(
+                            PREDICTIONS.c.key, PREDICTIONS.c.version, PREDICTIONS.c.outputs,
+                            PREDICTIONS.c.scored_at, PREDICTIONS.c.run_id,
+                        ).where(PREDICTIONS.c.model == model, where)
+                    ).all()
+                )  # fmt: skip
+            return found
+
+        rows = self._attempt(lambda: _connected(self.engine, read), "look up predictions")
+        return {
+            key: Stored(key, version, self.layout(run_id).decode(blob), scored_at, run_id)
+            for key, version, blob, scored_at, run_id in rows
+        }
+
+    def layout(self, run_id: str) -> Layout:
+        """The output layout a run wrote its predictions with (cached: it never changes)."""
+        with self._lock:
+            known = self._layouts.get(run_id)
+        if known is not None:
+            return known
+        query = sa.select(RUNS.c.layout).where(RUNS.c.run_id == run_id)
+        with self.engine.connect() as conn:
+            text = conn.execute(query).scalar_one()
+        layout = Layout.from_json(text)
+        with self._lock:
+            self._layouts[run_id] = layout
+        return layout
+
+    def count(self, model: str) -> int:
+        query = sa.select(sa.func.count()).select_from(PREDICTIONS)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query.where(PREDICTIONS.c.model == model)).scalar_one())
+
+    # -- retries ------------------------------------------------------------------------------
+
+    def _write(self, work: Callable[[Connection], object], what: str) -> None:
+        def transaction() -> None:
+            with self.engine.begin() as conn:
+                work(conn)
+
+        self._attempt(transaction, what)
+
+    def _attempt(self, work: Callable[[], T], what: str) -> T:
+        """Run ``work``, retrying with exponential backoff while the database is unreachable.
+
+        Only connection-level failures are retried; a transaction that failed was rolled
+        back by the database, so running it again is safe.
+        """
+        delay = self.retry.first_delay_s
+        for attempt in range(1, self.retry.attempts + 1):
+            try:
+                return work()
+            except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+                if attempt == self.retry.attempts:
+                    raise StoreError(
+                        f"could not {what} in {redact(self.url)} after {attempt} attempts: "
+                        f"{first_line(exc)}. Once the database is back, run the same command "
+                        "again: it resumes where this run stopped"
+                    ) from exc
+                log.warning(
+                    "store %s: could not %s (%s); retrying in %.1f s",
+                    redact(self.url), what, first_line(exc), delay,
+                )  # fmt: skip
+                time.sleep(delay)
+                delay = min(delay * 2, self.retry.max_delay_s)
+            except sa.exc.SQLAlchemyError as exc:
+                raise StoreError(f"could not {what} in {redact(self.url)}: {exc}") from exc
+        raise AssertionError("unreachable")
+
+
+def _connected(engine: Engine, read: Callable[[Connection], T]) -> T:
+    with engine.connect() as conn:
+        return read(conn)
+
+
+def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+    # WAL lets lookups read while a run writes; NORMAL sync is still durable at each commit
+    # point in WAL mode (a power cut can lose the last commits, never corrupt the file).
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def _run(row: Any) -> Run:
+    return Run(
+        row["run_id"], row["model"], row["version"], row["source"], row["status"],
+        row["started_at"], row["finished_at"], row["rows_scored"], row["rows_skipped"],
+        row["rows_rejected"], Layout.from_json(row["layout"]), row["error"],
+    )  # fmt: skip
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
