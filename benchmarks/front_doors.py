@@ -271,7 +271,8 @@ def main() -> None:
                     rps, p50, p99 = (
                         statistics.median(r[k] for r in results[door]) for k in range(3)
                     )
-                    rows.append((model, f"{x.nbytes / 1024:.0f} KiB", door, rps, p50, p99))
+                    size = f"{x.nbytes / 1024:.0f} KiB" if x.nbytes >= 1024 else f"{x.nbytes} B"
+                    rows.append((model, size, door, rps, p50, p99))
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(30)
