@@ -181,6 +181,13 @@ def _limit_options(function: Any) -> Any:
 )
 @click.option("--port", default=ServerConfig.port, show_default=True, type=int)
 @click.option(
+    "--grpc-port",
+    default=ServerConfig.grpc_port,
+    type=int,
+    help="Also serve the Open Inference Protocol over gRPC on this port, on the same host "
+    "(needs modelport[grpc]).",
+)
+@click.option(
     "--workers",
     default=ServerConfig.workers,
     show_default=True,
@@ -262,7 +269,7 @@ def _limit_options(function: Any) -> Any:
 @_limit_options
 @TRUST_OPTION
 def serve(
-    source: Path, host: str, port: int, workers: int, token: str | None,
+    source: Path, host: str, port: int, grpc_port: int | None, workers: int, token: str | None,
     token_file: Path | None, no_auth: bool, grace_s: float, version_policy: str,
     intra_op_threads: int, access_log: bool, trust_pickle: bool, max_batch_size: int | None,
     max_delay_ms: float, latency_budget_ms: float | None, cache: str, cache_ttl_s: float,
@@ -278,7 +285,8 @@ def serve(
         if cache not in ("memory", "off") and not cache.startswith(("redis://", "rediss://")):
             raise ValueError(f"unknown cache {cache!r}: use memory, off or a redis:// URL")
         config = ServerConfig(
-            host=host, port=port, workers=workers, token=token or None, no_auth=no_auth,
+            host=host, port=port, grpc_port=grpc_port, workers=workers, token=token or None,
+            no_auth=no_auth,
             grace_s=grace_s, version_policy=version_policy, limits=ServerLimits(**limits),
             runtime=RuntimeConfig(intra_op_threads=intra_op_threads), trust_pickle=trust_pickle,
             cache=cache, cache_ttl_s=cache_ttl_s,

@@ -126,10 +126,12 @@ class ServerConfig:
 
     Listening on anything but loopback needs ``token`` (clients send ``Authorization: Bearer
     <token>``) unless ``no_auth`` is set explicitly. Health endpoints stay open for probes.
+    ``grpc_port`` set also serves the Open Inference Protocol over gRPC, on the same host.
     """
 
     host: str = "127.0.0.1"
     port: int = 8000
+    grpc_port: int | None = None
     workers: int = 1
     token: str | None = None
     no_auth: bool = False
@@ -147,6 +149,11 @@ class ServerConfig:
             raise ValueError("workers must be >= 1")
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be within 0-65535")
+        if self.grpc_port is not None:
+            if not 1 <= self.grpc_port <= 65535:
+                raise ValueError("grpc_port must be within 1-65535")
+            if self.grpc_port == self.port:
+                raise ValueError("grpc_port must differ from port (REST listens there)")
         if self.grace_s < 0:
             raise ValueError("grace_s must be >= 0")
 

@@ -12,6 +12,7 @@
      ├── ConversionError          a framework model could not become ONNX, or lost parity
      ├── PredictionError          the model itself raised while predicting
      ├── OverloadedError          a model's queue is full, or the server is draining
+     │    └── NotReadyError           the server is still loading its models, or draining
      ├── DeadlineExceededError    a request's deadline passed before it was served
      ├── BatchError               a batch run cannot go on: its source, mapping or reject ratio
      ├── StoreError               the prediction store cannot be reached or written
@@ -85,6 +86,14 @@ class OverloadedError(ModelportError):
     def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class NotReadyError(OverloadedError):
+    """The server cannot take work at all now: its models are loading, or it is shutting down.
+
+    An OverloadedError for clients that retry on either; transports that tell the two apart
+    (gRPC: UNAVAILABLE rather than RESOURCE_EXHAUSTED) match this one first.
+    """
 
 
 class DeadlineExceededError(ModelportError):

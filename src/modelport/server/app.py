@@ -22,17 +22,12 @@ import numpy as np
 import orjson
 
 from modelport import __version__
-from modelport.caching import Cache, cache_key, open_cache
 from modelport.config import ServerConfig
-from modelport.errors import (
-    DeadlineExceededError,
-    InvalidInputError,
-    OverloadedError,
-    PredictionError,
-)
+from modelport.errors import InvalidInputError, PredictionError
 from modelport.repository import check_name, check_version, is_number
 from modelport.runtimes import PLATFORMS
 from modelport.server import metrics
+from modelport.server.engine import Engine
 from modelport.server.http import (
     HTTPError,
     Receive,
@@ -46,14 +41,9 @@ from modelport.server.http import (
     read_body,
     send_response,
 )
-from modelport.server.protocol import (
-    check_finite,
-    encode_infer_response,
-    parse_infer_request,
-    parse_json,
-)
+from modelport.server.protocol import encode_infer_response, parse_infer_request, parse_json
 from modelport.server.registry import Registry, Served, load_registry
-from modelport.signature import Signature, validate_inputs
+from modelport.signature import Signature
 
 access_log = logging.getLogger("modelport.access")
 log = logging.getLogger("modelport.server")
@@ -71,8 +61,10 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("GET", re.compile(r"/metrics"), "metrics"),
     ("GET", re.compile(r"/openapi\.json"), "openapi"),
     ("GET", re.compile(r"/docs/?"), "docs"),
+    ("POST", re.compile(r"/graphql"), "graphql"),
 ]  # fmt: skip
 _OPEN = {"live", "ready"}  # probes need no token
+_SELF_AUTHORIZED = {"graphql"}  # answers a refusal in its own error shape
 _REQUEST_ID = re.compile(r"[\w.:-]{1,128}")
 _INLINE_PARSE_BYTES = 256 * 1024
 
@@ -90,13 +82,11 @@ class ModelService:
     def __init__(self, source: Path | None, config: ServerConfig, registry: Registry | None = None):
         self.source = source
         self.config = config
-        self.registry = registry
-        self.draining = False
+        self.engine = Engine(config)  # shared with the gRPC door
+        self.engine.registry = registry
         self.load_error: Exception | None = None
         self._loading: asyncio.Task[None] | None = None  # held: the loop keeps only weak refs
-        self._in_flight = 0
-        self.cache: Cache | None = open_cache(config.cache, config.cache_ttl_s)
-        self._computing: dict[bytes, asyncio.Future[dict[str, np.ndarray]]] = {}
+        self._grpc: Any = None  # a GRPCDoor when config.grpc_port is set
         self._openapi_spec: dict[str, Any] | None = None
         self._docs_page: bytes | None = None
         self._handlers: dict[str, Callable[..., Awaitable[Response]]] = {
@@ -104,14 +94,20 @@ class ModelService:
         }
 
     @property
+    def registry(self) -> Registry | None:
+        return self.engine.registry
+
+    @registry.setter
+    def registry(self, registry: Registry | None) -> None:
+        self.engine.registry = registry
+
+    @property
     def ready(self) -> bool:
-        return self.registry is not None and not self.draining
+        return self.engine.ready
 
     def begin_drain(self) -> None:
         """Readiness turns false and new inference is refused; work in flight goes on."""
-        if not self.draining:
-            log.info("draining: readiness is now false; %d requests in flight", self._in_flight)
-        self.draining = True
+        self.engine.begin_drain()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -132,17 +128,32 @@ class ModelService:
                         # One of several workers on a shared socket: it takes connections
                         # only once loaded, so no request meets a worker still loading.
                         await self._load(self.source)
+                try:
+                    await self._start_grpc()
+                except Exception as exc:
+                    log.error("%s", exc)
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 self.begin_drain()
-                if self.cache is not None:
-                    await self.cache.close()
-                if self.registry is not None:
-                    await asyncio.to_thread(self.registry.close)
-                    log.info("models unloaded")
+                if self._grpc is not None:  # REST has drained; gRPC gets what is left of grace
+                    await self._grpc.stop(self.engine.grace_left_s())
+                await self.engine.close()
                 metrics.forget_process()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def _start_grpc(self) -> None:
+        if self.config.grpc_port is None:
+            return
+        from modelport.errors import require
+
+        require("grpc", "grpc")
+        from modelport.server.grpc import GRPCDoor
+
+        self._grpc = GRPCDoor(self.engine, self.config)
+        await self._grpc.start(share_port=self.config.workers > 1)
 
     async def _load(self, source: Path) -> None:
         try:
@@ -204,7 +215,7 @@ class ModelService:
             if verb != method:
                 allowed.append(verb)
                 continue
-            if name not in _OPEN:
+            if name not in _OPEN and name not in _SELF_AUTHORIZED:
                 self._authorize(scope)
             params: dict[str, Any] = {
                 k: unquote(v) for k, v in match.groupdict().items() if v is not None
@@ -234,9 +245,7 @@ class ModelService:
             )
 
     def _registry(self) -> Registry:
-        if self.registry is None:
-            raise OverloadedError("the models are still loading", retry_after_s=1.0)
-        return self.registry
+        return self.engine.models()
 
     # -- health and metadata ------------------------------------------------------------------
 
@@ -318,22 +327,8 @@ class ModelService:
             )
         else:
             request = parse_infer_request(body, header_length, self.config.limits)
-        signature = served.model.signature
-        for spec in signature.inputs:
-            declared = request.datatypes.get(spec.name)
-            if declared is not None and declared != spec.datatype:
-                raise InvalidInputError(
-                    f"input {spec.name!r}: datatype {declared} does not match the model's "
-                    f"{spec.datatype}",
-                    spec.name,
-                )
-        if request.outputs is not None:
-            for item in request.outputs:
-                if item.name not in signature.output_names:
-                    raise InvalidInputError(
-                        f"unknown output {item.name!r}; the model has "
-                        f"{', '.join(map(repr, signature.output_names))}"
-                    )
+        requested = [o.name for o in request.outputs] if request.outputs is not None else None
+        self.engine.check_request(served, request.datatypes, requested)
         outputs = await self._run(served, request.inputs, info, receive, _cache_wanted(scope))
         payload, json_length = encode_infer_response(name, served.version, request, outputs)
         if json_length is None:
@@ -381,92 +376,51 @@ class ModelService:
         self, scope: Scope, receive: Receive, name: str, version: int | None,
         info: dict[str, Any],
     ) -> tuple[Served, bytes]:  # fmt: skip
-        if self.draining:
-            raise OverloadedError("the server is shutting down", retry_after_s=1.0)
-        served = self._registry().get(name, version)
-        info.update(model=name, version=str(served.version))
-        served.runner.check_capacity()  # before reading a body there is no room for
+        # Before reading a body there is no room for.
+        served = self.engine.admit(name, version, info)
+        body = await self._body(scope, receive)
+        metrics.for_model(name, str(served.version)).body.observe(len(body))
+        return served, body
+
+    async def _body(self, scope: Scope, receive: Receive) -> bytes:
         length = header(scope, b"content-length")
         limits = self.config.limits
         declared = int(length) if length and is_number(length) else None
         with deadline_of(limits.request_timeout_s) as expired:
             try:
-                body = await read_body(receive, declared, limits.max_body_bytes)
+                return await read_body(receive, declared, limits.max_body_bytes)
             except asyncio.CancelledError:
                 if not expired:
                     raise
                 raise HTTPError(
                     408, f"the request body did not arrive within {limits.request_timeout_s} s"
                 ) from None
-        metrics.for_model(name, str(served.version)).body.observe(len(body))
-        return served, body
 
     async def _run(
         self, served: Served, inputs: Any, info: dict[str, Any], receive: Receive,
         use_cache: bool = True,
     ) -> dict[str, np.ndarray]:  # fmt: skip
-        batch = validate_inputs(served.model.signature, inputs, served.model.limits)
-        if not self.config.limits.allow_non_finite:
-            check_finite(batch)
         # Once the body is read, the next ASGI message can only say the client went away.
-        gone: Callable[[], Awaitable[object]] = receive
-        if self.cache is None or not use_cache or not served.cacheable:
-            return await self._infer_now(served, batch, gone)
-        measured = metrics.for_model(served.name, str(served.version))
-        key = cache_key(served.name, served.version, batch)
-        cached = await self.cache.get(key)
-        if cached is not None:
-            measured.cache_hit.inc()
-            info["cache"] = "hit"
-            return cached
-        measured.cache_miss.inc()
-        info["cache"] = "miss"
-        running = self._computing.get(key)
-        if running is not None:  # the same inputs are being computed now: share the answer
-            try:
-                return await asyncio.shield(running)
-            except ConnectionAbortedError:  # its client left, and took the work with it
-                return await self._infer_now(served, batch, gone)
-        future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
-        self._computing[key] = future
-        try:
-            outputs = await self._infer_now(served, batch, gone)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: the waiters get it, nobody else needs it
-            raise
-        finally:
-            del self._computing[key]
-        future.set_result(outputs)
-        evictions = self.cache.stats.evictions
-        await self.cache.set(key, outputs)
-        if self.cache.stats.evictions > evictions:
-            measured.cache_eviction.inc(self.cache.stats.evictions - evictions)
-        return outputs
+        return await self.engine.predict(served, inputs, info, receive, use_cache)
 
-    async def _infer_now(
-        self, served: Served, batch: dict[str, np.ndarray], gone: Callable[[], Awaitable[object]]
-    ) -> dict[str, np.ndarray]:
-        deadline = time.monotonic() + self.config.limits.request_timeout_s
-        measured = metrics.for_model(served.name, str(served.version))
-        self._in_flight += 1
-        metrics.IN_FLIGHT.inc()
-        measured.queue_depth.inc()
+    async def _graphql(self, scope: Scope, receive: Receive, *_: Any) -> Response:
         try:
-            outputs, timing = await served.runner.run(batch, deadline, gone)
-        except OverloadedError:
-            measured.queue_full.inc()
-            raise
-        except DeadlineExceededError:
-            measured.deadline.inc()
-            raise
-        finally:
-            self._in_flight -= 1
-            metrics.IN_FLIGHT.dec()
-            measured.queue_depth.dec()
-        measured.queue.observe(timing.queue_s)
-        measured.inference.observe(timing.inference_s)
-        return outputs
+            self._authorize(scope)
+            body = await self._body(scope, receive)
+            try:
+                from modelport.server.graphql import execute
+            except ModuleNotFoundError as exc:
+                if exc.name != "graphql":
+                    raise
+                raise HTTPError(
+                    501,
+                    "GraphQL is not installed on this server; install it with: pip install "
+                    '"modelport[graphql]"',
+                ) from None
+        except HTTPError as exc:  # in GraphQL's own error shape, for GraphQL clients
+            return json_response({"errors": [{"message": str(exc)}]}, exc.status, exc.headers)
+        status, payload = await execute(self.engine, body, _cache_wanted(scope))
+        return json_response(payload, status)
 
 
 def _cache_wanted(scope: Scope) -> bool:

@@ -3,6 +3,10 @@
 On SIGTERM or SIGINT each worker turns readiness false and refuses new inference at once,
 lets requests in flight finish (up to ``grace_s``), then unloads its models and exits 0.
 With several workers uvicorn's supervisor shares one socket and replaces a worker that dies.
+
+With ``grpc_port`` each worker also runs a gRPC server on its own event loop, started once its
+models are loaded (several workers: SO_REUSEPORT on Linux, the kernel spreads connections).
+At shutdown gRPC calls in flight get what is left of the grace period after REST's.
 """
 
 from __future__ import annotations
@@ -56,6 +60,30 @@ def check_security(config: ServerConfig) -> None:
     log.warning(
         "--no-auth: anyone who can reach %s:%d can use the models", config.host, config.port
     )
+
+
+def check_grpc_port(config: ServerConfig) -> None:
+    """Fail at once, with a clear message, when gRPC cannot run or its port is taken.
+
+    Several workers share the port with SO_REUSEPORT, which would also share it with a stranger
+    that did the same; a plain bind first makes sure nobody else is there.
+    """
+    import socket
+
+    from modelport.errors import require
+
+    require("grpc", "grpc")
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As gRPC itself does: connections of an earlier run in TIME_WAIT are no obstacle.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((config.host, config.grpc_port))
+        except OSError as exc:
+            raise ModelportError(
+                f"cannot listen for gRPC on {config.host}:{config.grpc_port}: {exc.strerror}; "
+                "pick another --grpc-port"
+            ) from None
 
 
 def log_config(access_log: bool) -> dict[str, Any]:
@@ -145,6 +173,8 @@ def serve(source: Path, config: ServerConfig, access_log: bool = True) -> None:
     """Serve ``source`` (a repository or one model) until SIGTERM/SIGINT; blocks."""
     logging.config.dictConfig(log_config(access_log))
     check_security(config)
+    if config.grpc_port is not None:
+        check_grpc_port(config)
     # Metrics from several worker processes are summed from files in this folder; one process
     # keeps them in memory, which costs a fraction per update.
     metrics_dir = None

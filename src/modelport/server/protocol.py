@@ -167,7 +167,7 @@ def _requested_outputs(value: Any) -> list[RequestedOutput] | None:
     return requested
 
 
-def _shape(name: str, value: Any, limits: ServerLimits) -> tuple[int, ...]:
+def check_shape(name: str, value: Any, limits: ServerLimits) -> tuple[int, ...]:
     if not isinstance(value, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) for d in value
     ):
@@ -202,7 +202,7 @@ def _parse_tensor(
             f"input {name!r}: unknown datatype {datatype!r}; expected one of {', '.join(DTYPES)}",
             name,
         )
-    shape = _shape(name, tensor.get("shape"), limits)
+    shape = check_shape(name, tensor.get("shape"), limits)
     params = _object(tensor.get("parameters"), f"inputs[{name}].parameters")
     size = params.get("binary_data_size")
     if size is not None:
@@ -222,13 +222,13 @@ def _parse_tensor(
                 "bytes left in the body",
                 name,
             )
-        return name, datatype, _from_binary(name, datatype, shape, binary[:size]), size
+        return name, datatype, from_bytes(name, datatype, shape, binary[:size]), size
     if "data" not in tensor:
         raise _fail(f"input {name!r} needs 'data' (or binary_data_size)", name)
     return name, datatype, _from_json(name, datatype, shape, tensor["data"]), 0
 
 
-def _count_error(name: str, got: int, shape: tuple[int, ...]) -> InvalidInputError:
+def count_error(name: str, got: int, shape: tuple[int, ...]) -> InvalidInputError:
     return _fail(
         f"input {name!r}: data has {got} values but shape {list(shape)} needs {math.prod(shape)}",
         name,
@@ -253,7 +253,7 @@ def _from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> n
         if not all(isinstance(v, str) for v in flat):
             raise _fail(f"input {name!r}: BYTES data must be strings", name)
         if len(flat) != math.prod(shape):
-            raise _count_error(name, len(flat), shape)
+            raise count_error(name, len(flat), shape)
         return np.array(flat, dtype=object).reshape(shape)
     target = DTYPES[datatype]
     try:
@@ -268,7 +268,7 @@ def _from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> n
         if all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**64 for v in flat):
             loose = np.array(flat, dtype=np.uint64)
     if loose.size != math.prod(shape):
-        raise _count_error(name, loose.size, shape)
+        raise count_error(name, loose.size, shape)
     if loose.size and loose.dtype.kind not in _KINDS.get(datatype, "iu"):
         raise _fail(
             f"input {name!r}: data must be {_describe(datatype)} for datatype {datatype}", name
@@ -307,17 +307,21 @@ def _flatten(data: Any) -> list[Any]:
     return flat
 
 
-def _from_binary(name: str, datatype: str, shape: tuple[int, ...], raw: memoryview) -> np.ndarray:
+def from_bytes(
+    name: str, datatype: str, shape: tuple[int, ...], raw: memoryview | bytes,
+    field: str = "binary_data_size",
+) -> np.ndarray:  # fmt: skip
+    """A tensor from its raw little-endian bytes; ``field`` names them in error messages."""
     count = math.prod(shape)
     if datatype == "BYTES":
         items = _unpack_bytes(name, raw)
         if len(items) != count:
-            raise _count_error(name, len(items), shape)
+            raise count_error(name, len(items), shape)
         return np.array(items, dtype=object).reshape(shape)
     dtype = DTYPES[datatype].newbyteorder("<")
     if len(raw) != count * dtype.itemsize:
         raise _fail(
-            f"input {name!r}: binary_data_size is {len(raw)} bytes but shape {list(shape)} of "
+            f"input {name!r}: {field} is {len(raw)} bytes but shape {list(shape)} of "
             f"{datatype} needs {count * dtype.itemsize}",
             name,
         )
@@ -327,7 +331,7 @@ def _from_binary(name: str, datatype: str, shape: tuple[int, ...], raw: memoryvi
     return np.frombuffer(raw, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 
-def _unpack_bytes(name: str, raw: memoryview) -> list[str | bytes]:
+def _unpack_bytes(name: str, raw: memoryview | bytes) -> list[str | bytes]:
     items: list[str | bytes] = []
     offset = 0
     while offset < len(raw):
@@ -361,7 +365,7 @@ def datatype_of(array: np.ndarray) -> str:
         raise ValueError(f"outputs of dtype {array.dtype} cannot be sent") from None
 
 
-def _pack_bytes(array: np.ndarray) -> bytes:
+def pack_bytes(array: np.ndarray) -> bytes:
     parts = []
     for item in array.ravel():
         data = item if isinstance(item, bytes) else str(item).encode("utf-8")
@@ -396,7 +400,7 @@ def encode_infer_response(
         }
         if item.binary if item.binary is not None else request.binary_output:
             blob = (
-                _pack_bytes(array)
+                pack_bytes(array)
                 if entry["datatype"] == "BYTES"
                 else np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
             )

@@ -1,0 +1,183 @@
+"""What every front door shares: the served models, admission, validation, cache and runners.
+
+REST, gRPC and GraphQL each parse their own messages into named arrays and map errors to their
+own status codes; everything between (who may enter, input checks, the prediction cache with
+single-flight, the bounded queue, batching, deadlines and the metrics of inference) is here,
+once, so that a request costs and behaves the same whichever door it came through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from modelport.caching import Cache, cache_key, open_cache
+from modelport.config import ServerConfig
+from modelport.errors import (
+    DeadlineExceededError,
+    InvalidInputError,
+    NotReadyError,
+    OverloadedError,
+)
+from modelport.server import metrics
+from modelport.server.protocol import check_finite
+from modelport.server.registry import Registry, Served
+from modelport.signature import validate_inputs
+
+log = logging.getLogger("modelport.server")
+
+Outputs = dict[str, np.ndarray]
+Gone = Callable[[], Awaitable[object]]  # resolves when the caller has gone away
+
+
+class Engine:
+    """The transport-neutral half of the service; one per process, shared by every door."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.registry: Registry | None = None
+        self.draining = False
+        self.drain_started: float | None = None
+        self.in_flight = 0
+        self.cache: Cache | None = open_cache(config.cache, config.cache_ttl_s)
+        self._computing: dict[bytes, asyncio.Future[Outputs]] = {}
+
+    @property
+    def ready(self) -> bool:
+        return self.registry is not None and not self.draining
+
+    def begin_drain(self) -> None:
+        """Readiness turns false and new inference is refused; work in flight goes on."""
+        if not self.draining:
+            log.info("draining: readiness is now false; %d requests in flight", self.in_flight)
+            self.drain_started = time.monotonic()
+        self.draining = True
+
+    def grace_left_s(self) -> float:
+        """What is left of the shutdown grace period, counted from the start of draining."""
+        if self.drain_started is None:
+            return self.config.grace_s
+        return max(0.0, self.config.grace_s - (time.monotonic() - self.drain_started))
+
+    def models(self) -> Registry:
+        if self.registry is None:
+            raise NotReadyError("the models are still loading", retry_after_s=1.0)
+        return self.registry
+
+    def admit(self, name: str, version: int | None, info: dict[str, Any]) -> Served:
+        """The model version a request is for, refusing it at once when there is no room."""
+        if self.draining:
+            raise NotReadyError("the server is shutting down", retry_after_s=1.0)
+        served = self.models().get(name, version)
+        info.update(model=name, version=str(served.version))
+        served.runner.check_capacity()
+        return served
+
+    @staticmethod
+    def check_request(
+        served: Served, datatypes: Mapping[str, str], outputs: Iterable[str] | None
+    ) -> None:
+        """Declared datatypes must be the model's; requested outputs must exist."""
+        signature = served.model.signature
+        for spec in signature.inputs:
+            declared = datatypes.get(spec.name)
+            if declared is not None and declared != spec.datatype:
+                raise InvalidInputError(
+                    f"input {spec.name!r}: datatype {declared} does not match the model's "
+                    f"{spec.datatype}",
+                    spec.name,
+                )
+        for name in outputs or ():
+            if name not in signature.output_names:
+                raise InvalidInputError(
+                    f"unknown output {name!r}; the model has "
+                    f"{', '.join(map(repr, signature.output_names))}"
+                )
+
+    async def predict(
+        self, served: Served, inputs: Any, info: dict[str, Any], gone: Gone | None = None,
+        use_cache: bool = True, timeout_s: float | None = None,
+    ) -> Outputs:  # fmt: skip
+        """Validate ``inputs``, then answer from the cache or the model's runner.
+
+        ``timeout_s`` shortens the server's request timeout (a gRPC client's deadline, say).
+        """
+        batch = validate_inputs(served.model.signature, inputs, served.model.limits)
+        if not self.config.limits.allow_non_finite:
+            check_finite(batch)
+        timeout = self.config.limits.request_timeout_s
+        if timeout_s is not None:
+            timeout = min(timeout, max(timeout_s, 0.0))
+        deadline = time.monotonic() + timeout
+        if self.cache is None or not use_cache or not served.cacheable:
+            return await self._infer_now(served, batch, deadline, gone)
+        measured = metrics.for_model(served.name, str(served.version))
+        key = cache_key(served.name, served.version, batch)
+        cached = await self.cache.get(key)
+        if cached is not None:
+            measured.cache_hit.inc()
+            info["cache"] = "hit"
+            return cached
+        measured.cache_miss.inc()
+        info["cache"] = "miss"
+        running = self._computing.get(key)
+        if running is not None:  # the same inputs are being computed now: share the answer
+            try:
+                return await asyncio.shield(running)
+            except ConnectionAbortedError:  # its client left, and took the work with it
+                return await self._infer_now(served, batch, deadline, gone)
+        future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
+        self._computing[key] = future
+        try:
+            outputs = await self._infer_now(served, batch, deadline, gone)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                # The caller was cancelled (a gRPC client that left): waiters compute anew.
+                exc = ConnectionAbortedError("the client that computed this left")
+            future.set_exception(exc)
+            future.exception()  # retrieved: the waiters get it, nobody else needs it
+            raise
+        finally:
+            del self._computing[key]
+        future.set_result(outputs)
+        evictions = self.cache.stats.evictions
+        await self.cache.set(key, outputs)
+        if self.cache.stats.evictions > evictions:
+            measured.cache_eviction.inc(self.cache.stats.evictions - evictions)
+        return outputs
+
+    async def _infer_now(
+        self, served: Served, batch: dict[str, np.ndarray], deadline: float, gone: Gone | None
+    ) -> Outputs:
+        measured = metrics.for_model(served.name, str(served.version))
+        self.in_flight += 1
+        metrics.IN_FLIGHT.inc()
+        measured.queue_depth.inc()
+        try:
+            outputs, timing = await served.runner.run(batch, deadline, gone)
+        except OverloadedError:
+            measured.queue_full.inc()
+            raise
+        except DeadlineExceededError:
+            measured.deadline.inc()
+            raise
+        finally:
+            self.in_flight -= 1
+            metrics.IN_FLIGHT.dec()
+            measured.queue_depth.dec()
+        measured.queue.observe(timing.queue_s)
+        measured.inference.observe(timing.inference_s)
+        return outputs
+
+    async def close(self) -> None:
+        """Close the cache and unload the models (at shutdown)."""
+        if self.cache is not None:
+            await self.cache.close()
+        if self.registry is not None:
+            await asyncio.to_thread(self.registry.close)
+            log.info("models unloaded")

@@ -1,0 +1,344 @@
+"""The Open Inference Protocol over gRPC, served beside REST by the same process.
+
+GRPCDoor(engine, config) listens on ``config.grpc_port`` with grpc.aio on the event loop that
+runs REST, so both doors share one Engine: the models, the queue and batching, the cache and
+the metrics. Besides ``inference.GRPCInferenceService`` it serves the standard
+``grpc.health.v1.Health`` service for Kubernetes gRPC probes. The access token, when set, is
+expected as the metadata ``authorization: Bearer <token>``; health and liveness stay open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import orjson
+from grpc_health.v1 import health_pb2
+
+from modelport import __version__
+from modelport.config import ServerConfig
+from modelport.errors import (
+    DeadlineExceededError,
+    InvalidInputError,
+    InvalidNameError,
+    ModelNotFoundError,
+    NotReadyError,
+    OverloadedError,
+    PredictionError,
+)
+from modelport.repository import check_name, check_version
+from modelport.runtimes import PLATFORMS
+from modelport.server import metrics
+from modelport.server.engine import Engine
+from modelport.server.grpc_protocol import encode_infer_response, parse_infer_request
+from modelport.server.proto import grpc_predict_v2_pb2 as pb
+
+access_log = logging.getLogger("modelport.access")
+log = logging.getLogger("modelport.server")
+
+Code = grpc.StatusCode
+SERVICE = "inference.GRPCInferenceService"
+HEALTH = "grpc.health.v1.Health"
+
+# Domain errors -> gRPC status: the only place that knows both. NotReadyError before its
+# parent: not ready (loading, draining) is UNAVAILABLE, a full queue RESOURCE_EXHAUSTED.
+STATUS: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
+    (InvalidInputError, Code.INVALID_ARGUMENT),
+    (InvalidNameError, Code.INVALID_ARGUMENT),
+    (ModelNotFoundError, Code.NOT_FOUND),
+    (NotReadyError, Code.UNAVAILABLE),
+    (OverloadedError, Code.RESOURCE_EXHAUSTED),
+    (DeadlineExceededError, Code.DEADLINE_EXCEEDED),
+    (PredictionError, Code.INTERNAL),
+)
+# The metrics' status label is the HTTP status REST answers in the same case, so that one
+# query counts both doors (for example status=~"5.." for server-side failures).
+HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    Code.OK: 200,
+    Code.INVALID_ARGUMENT: 400,
+    Code.UNAUTHENTICATED: 401,
+    Code.NOT_FOUND: 404,
+    Code.CANCELLED: 499,
+    Code.INTERNAL: 500,
+    Code.UNAVAILABLE: 503,
+    Code.RESOURCE_EXHAUSTED: 503,
+    Code.DEADLINE_EXCEEDED: 504,
+}
+_INLINE_PARSE_BYTES = 256 * 1024
+_INLINE_ENCODE_ELEMENTS = 64 * 1024
+
+
+class _Refused(Exception):
+    """A refusal that already knows its status (authentication)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any], dict[str, Any]], Awaitable[Any]]
+Call = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+
+
+class GRPCDoor:
+    """The gRPC server of one process; start() inside the running loop, stop() at shutdown."""
+
+    def __init__(self, engine: Engine, config: ServerConfig) -> None:
+        self.engine = engine
+        self.config = config
+        self._server: grpc.aio.Server | None = None
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
+        return f"{host}:{self.config.grpc_port}"
+
+    async def start(self, share_port: bool) -> None:
+        """Listen; with ``share_port`` (several workers) the port is shared with SO_REUSEPORT.
+
+        Without it a port already in use is an error rather than silently shared.
+        """
+        limit = self.config.limits.max_body_bytes
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", -1),
+                ("grpc.so_reuseport", 1 if share_port else 0),
+            ]
+        )
+        server.add_generic_rpc_handlers((self._inference_handler(), self._health_handler()))
+        try:
+            server.add_insecure_port(self.address)
+        except RuntimeError as exc:
+            raise OSError(
+                f"cannot listen for gRPC on {self.address}: {exc}; is the port in use?"
+            ) from None
+        await server.start()
+        self._server = server
+        log.info("gRPC listening on %s", self.address)
+
+    async def stop(self, grace_s: float) -> None:
+        """Refuse new calls, let calls in flight finish within ``grace_s``, cancel the rest."""
+        if self._server is not None:
+            await self._server.stop(grace_s)
+            log.info("gRPC stopped")
+
+    # -- plumbing: one wrapper gives every call auth, errors, metrics and the access log ------
+
+    def _inference_handler(self) -> grpc.GenericRpcHandler:
+        rpcs: dict[str, tuple[Handler, type[Any], type[Any], bool]] = {
+            "ServerLive": (self._server_live, pb.ServerLiveRequest, pb.ServerLiveResponse, True),
+            "ServerReady": (
+                self._server_ready, pb.ServerReadyRequest, pb.ServerReadyResponse, True
+            ),
+            "ModelReady": (self._model_ready, pb.ModelReadyRequest, pb.ModelReadyResponse, False),
+            "ServerMetadata": (
+                self._server_metadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse, False
+            ),
+            "ModelMetadata": (
+                self._model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse, False
+            ),
+            "ModelInfer": (self._model_infer, pb.ModelInferRequest, pb.ModelInferResponse, False),
+        }  # fmt: skip
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                method: grpc.unary_unary_rpc_method_handler(
+                    self._wrap(method, function, open_),
+                    request_deserializer=request.FromString,
+                    response_serializer=response.SerializeToString,
+                )
+                for method, (function, request, response, open_) in rpcs.items()
+            },
+        )
+
+    def _health_handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            HEALTH,
+            {
+                "Check": grpc.unary_unary_rpc_method_handler(
+                    self._wrap("Check", self._health_check, True),
+                    request_deserializer=health_pb2.HealthCheckRequest.FromString,
+                    response_serializer=health_pb2.HealthCheckResponse.SerializeToString,
+                )
+            },
+        )
+
+    def _wrap(self, method: str, function: Handler, open_: bool) -> Call:
+        async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            started = time.perf_counter()
+            metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+            request_id = metadata.get("x-request-id") or uuid.uuid4().hex
+            info: dict[str, Any] = {"metadata": metadata}
+            code = Code.CANCELLED  # unless set below: the client left or its deadline passed
+            try:
+                if not open_:
+                    self._authorize(metadata)
+                response = await function(request, context, info)
+                code = Code.OK
+                context.set_trailing_metadata((("x-request-id", request_id),))
+                return response
+            except Exception as exc:
+                code, message = self._status(exc, request_id)
+                if code is Code.INTERNAL:
+                    log.error("request %s failed: %s", request_id, exc, exc_info=exc)
+                await context.abort(code, message, (("x-request-id", request_id),))
+            finally:
+                remaining = context.time_remaining()
+                if code is Code.CANCELLED and remaining is not None and remaining <= 0:
+                    code = Code.DEADLINE_EXCEEDED
+                self._record(method, request_id, code, started, info)
+
+        return call
+
+    def _authorize(self, metadata: dict[str, str]) -> None:
+        token = self.config.token
+        if token is None:
+            return
+        scheme, _, credentials = metadata.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            credentials.encode(), token.encode()
+        ):
+            raise _Refused(
+                Code.UNAUTHENTICATED,
+                "missing or wrong access token: send the metadata 'authorization: Bearer <token>'",
+            )
+
+    @staticmethod
+    def _status(exc: Exception, request_id: str) -> tuple[grpc.StatusCode, str]:
+        if isinstance(exc, _Refused):
+            return exc.code, str(exc)
+        for kind, code in STATUS:
+            if isinstance(exc, kind):
+                if code is Code.INTERNAL:  # the model's own words may hold paths or secrets
+                    break
+                return code, str(exc)
+        return Code.INTERNAL, (
+            "the model failed on this request; the server log has the details "
+            f"(request id {request_id})"
+            if isinstance(exc, PredictionError)
+            else f"internal server error; the server log has the details (request id {request_id})"
+        )
+
+    def _record(
+        self, method: str, request_id: str, code: grpc.StatusCode, started: float,
+        info: dict[str, Any],
+    ) -> None:  # fmt: skip
+        elapsed = time.perf_counter() - started
+        status = HTTP_STATUS.get(code, 500)
+        info.pop("metadata", None)
+        if "model" in info:
+            metrics.for_model(info["model"], info["version"]).finished(status, elapsed)
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(
+                orjson.dumps(
+                    {
+                        "ts": time.time(),
+                        "request_id": request_id,
+                        "method": "gRPC",
+                        "path": f"/{SERVICE}/{method}",
+                        "status": status,
+                        "grpc_status": code.name,
+                        "duration_ms": round(elapsed * 1000, 3),
+                        "pid": os.getpid(),
+                        **info,
+                    }
+                ).decode()
+            )
+
+    # -- the RPCs ------------------------------------------------------------------------------
+
+    async def _server_live(self, *_: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def _server_ready(self, *_: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.engine.ready)
+
+    async def _health_check(self, request: Any, *_: Any) -> health_pb2.HealthCheckResponse:
+        if request.service not in ("", SERVICE):
+            raise _Refused(Code.NOT_FOUND, f"unknown service {request.service!r}; ask for ''")
+        status = health_pb2.HealthCheckResponse.SERVING
+        if not self.engine.ready:
+            status = health_pb2.HealthCheckResponse.NOT_SERVING
+        return health_pb2.HealthCheckResponse(status=status)
+
+    async def _model_ready(self, request: pb.ModelReadyRequest, *_: Any) -> pb.ModelReadyResponse:
+        name, version = _model_ref(request.name, request.version)
+        if self.engine.registry is None:  # still loading: nothing is ready yet
+            return pb.ModelReadyResponse(ready=False)
+        self.engine.registry.get(name, version)
+        return pb.ModelReadyResponse(ready=self.engine.ready)
+
+    async def _server_metadata(self, *_: Any) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name="modelport", version=__version__, extensions=[])
+
+    async def _model_metadata(
+        self, request: pb.ModelMetadataRequest, *_: Any
+    ) -> pb.ModelMetadataResponse:
+        name, version = _model_ref(request.name, request.version)
+        registry = self.engine.models()
+        served = registry.get(name, version)
+        versions = [version] if version is not None else registry.versions(name)
+        signature = served.model.signature
+
+        def tensors(specs: Any) -> list[pb.ModelMetadataResponse.TensorMetadata]:
+            return [
+                pb.ModelMetadataResponse.TensorMetadata(
+                    name=t.name, datatype=t.datatype, shape=t.shape
+                )
+                for t in specs
+            ]
+
+        return pb.ModelMetadataResponse(
+            name=name,
+            versions=[str(v) for v in versions],
+            platform=PLATFORMS[str(served.model.metadata.get("runtime", "onnx"))],
+            inputs=tensors(signature.inputs),
+            outputs=tensors(signature.outputs),
+        )
+
+    async def _model_infer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any],
+        info: dict[str, Any],
+    ) -> pb.ModelInferResponse:  # fmt: skip
+        name, version = _model_ref(request.model_name, request.model_version)
+        served = self.engine.admit(name, version, info)
+        size = request.ByteSize()
+        metrics.for_model(name, str(served.version)).body.observe(size)
+        limits = self.config.limits
+        if size > _INLINE_PARSE_BYTES and not request.raw_input_contents:
+            parsed = await asyncio.to_thread(parse_infer_request, request, limits)
+        else:  # raw contents are a copy per input, cheap enough for the loop
+            parsed = parse_infer_request(request, limits)
+        requested = [o.name for o in parsed.outputs] if parsed.outputs else None
+        self.engine.check_request(served, parsed.datatypes, requested)
+        outputs = await self.engine.predict(
+            served, parsed.inputs, info, None, _cache_wanted(info["metadata"]),
+            context.time_remaining(),
+        )  # fmt: skip
+        if not parsed.binary_output and sum(a.size for a in outputs.values()) > (
+            _INLINE_ENCODE_ELEMENTS
+        ):
+            return await asyncio.to_thread(
+                encode_infer_response, name, served.version, parsed, outputs
+            )
+        return encode_infer_response(name, served.version, parsed, outputs)
+
+
+def _model_ref(name: str, version: str) -> tuple[str, int | None]:
+    return check_name(name), check_version(version) if version else None
+
+
+def _cache_wanted(metadata: dict[str, str]) -> bool:
+    """Metadata ``cache-control: no-cache`` (or ``no-store``) asks for a fresh computation."""
+    control = metadata.get("cache-control")
+    return control is None or not (
+        {"no-cache", "no-store"} & set(control.replace(",", " ").split())
+    )
