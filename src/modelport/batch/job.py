@@ -91,7 +91,7 @@ class Scorer:
         if failed:
             reasons.update({int(offsets[i]): reason for i, reason in failed.items()})
             ok = np.array([i not in failed for i in range(len(offsets))], dtype=bool)
-            offsets, outputs = offsets[ok], _take(outputs, ok)
+            offsets = offsets[ok]  # outputs hold only the rows that succeeded
             hashes = [h for h, o in zip(hashes, ok, strict=True) if o]
         blobs = self.layout.encode(outputs) if len(offsets) else []
         rows = list(zip([keys[i] for i in offsets], blobs, hashes, strict=True))

@@ -235,7 +235,7 @@ class SqlSource:
 
         if self.query is not None:
             return sa.text(self.query)
-        return sa.select(sa.table(self.table or "")).with_only_columns(sa.text("*"))
+        return sa.select(sa.text("*")).select_from(sa.table(self.table or ""))
 
     def _engine(self) -> Any:
         import sqlalchemy as sa

@@ -1,0 +1,230 @@
+"""Offline scoring into a prediction store, through the library API, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pytest
+import sqlalchemy as sa
+
+import modelport
+from batch_support import features, repo, store_url, write_parquet
+from modelport.batch import Store, open_source, score_table
+from modelport.batch.store import store_url as url_of
+from modelport.config import BatchConfig
+from modelport.errors import BatchError
+
+__all__ = ["repo", "store_url"]  # fixtures
+
+
+def stored(store: Store, model: str, keys: list[str]) -> np.ndarray:
+    found = store.lookup(model, keys)
+    return np.array([found[k].outputs["logits"] for k in keys], dtype=np.float32)
+
+
+def test_parquet_into_each_store_matches_the_model(
+    repo: modelport.Repository, store_url: str, tmp_path: Path
+) -> None:
+    x = features(2500)
+    source = open_source(str(write_parquet(tmp_path / "x.parquet", x)))
+    with repo.load("tiny") as model, Store(store_url) as store:
+        summary = score_table(model, source, store, BatchConfig(key="id", chunk_rows=1000))
+        expected = model.predict(x)["logits"]
+        assert (summary.status, summary.rows, summary.scored, summary.rejected) == (
+            "succeeded", 2500, 2500, 0,
+        )  # fmt: skip
+        assert store.count("tiny") == 2500
+        keys = [f"row{i}" for i in range(2500)]
+        np.testing.assert_allclose(stored(store, "tiny", keys), expected, rtol=1e-6)
+        one = store.lookup("tiny", ["row7"])["row7"]
+        assert one.version == 2
+        assert one.run_id == summary.run_id
+        (run,) = store.runs("tiny")
+        assert (run.status, run.rows_scored, run.version) == ("succeeded", 2500, 2)
+        assert (run.finished_at or 0) >= run.started_at
+
+
+def test_every_file_format_and_sql_give_the_same_predictions(
+    repo: modelport.Repository, store_url: str, tmp_path: Path
+) -> None:
+    x = features(300, seed=1)
+    ids = [f"k{i}" for i in range(len(x))]
+    columns = {"id": ids, **{f"f{j}": x[:, j] for j in range(4)}}
+    pacsv.write_csv(pa.table(columns), tmp_path / "x.csv")
+    with open(tmp_path / "x.jsonl", "w") as f:
+        for i, row in enumerate(x):
+            f.write(json.dumps({"id": ids[i], "input": row.tolist()}) + "\n")
+    write_parquet(tmp_path / "x.parquet", x)
+    database = f"sqlite:///{tmp_path / 'features.db'}"
+    engine = sa.create_engine(database)
+    with engine.begin() as conn:
+        pa_rows = [
+            dict(zip(columns, values, strict=True))
+            for values in zip(*columns.values(), strict=True)
+        ]
+        conn.execute(sa.text("CREATE TABLE feats (id TEXT, f0 REAL, f1 REAL, f2 REAL, f3 REAL)"))
+        conn.execute(
+            sa.text("INSERT INTO feats VALUES (:id, :f0, :f1, :f2, :f3)"),
+            [{k: v if k == "id" else float(v) for k, v in r.items()} for r in pa_rows],
+        )
+    engine.dispose()
+    every = list(range(len(x)))
+    positive = [i for i in every if x[i, 0] > 0]
+    sources = [
+        (open_source(str(tmp_path / "x.csv")), every),
+        (open_source(str(tmp_path / "x.jsonl")), every),
+        (open_source(str(tmp_path / "x.parquet")), every),
+        (open_source(database, table="feats"), every),
+        (
+            open_source(database, query="SELECT id, f0, f1, f2, f3 FROM feats WHERE f0 > 0"),
+            positive,
+        ),
+    ]
+    with repo.load("tiny:1") as model, Store(store_url) as store:
+        expected = model.predict(x)["logits"]
+        for source, scored in sources:
+            summary = score_table(
+                model, source, store, BatchConfig(key="id", chunk_rows=128, force=True)
+            )
+            assert summary.rejected == 0, source.description
+            assert summary.scored == len(scored), source.description
+            np.testing.assert_allclose(
+                stored(store, "tiny", [ids[i] for i in scored]), expected[scored], rtol=1e-6
+            )
+
+
+def test_a_rerun_skips_what_this_version_scored_and_a_new_version_rescores(
+    repo: modelport.Repository, store_url: str, tmp_path: Path
+) -> None:
+    x = features(1000)
+    path = str(write_parquet(tmp_path / "x.parquet", x))
+    config = BatchConfig(key="id", chunk_rows=300)
+    with Store(store_url) as store:
+        with repo.load("tiny:1") as v1:
+            first = score_table(v1, open_source(path), store, config)
+            again = score_table(v1, open_source(path), store, config)
+            forced = score_table(v1, open_source(path), store, BatchConfig(key="id", force=True))
+        assert (first.scored, again.scored, again.skipped, forced.scored) == (1000, 0, 1000, 1000)
+        # Changed features are rescored even by the same version.
+        x[5] += 1
+        write_parquet(tmp_path / "x.parquet", x)
+        with repo.load("tiny:1") as v1:
+            changed = score_table(v1, open_source(path), store, config)
+        assert (changed.scored, changed.skipped) == (1, 999)
+        with repo.load("tiny:2") as v2:
+            newer = score_table(v2, open_source(path), store, config)
+            expected = v2.predict(x)["logits"]
+        assert newer.scored == 1000
+        assert store.count("tiny") == 1000  # one current prediction per key
+        assert {s.version for s in store.lookup("tiny", ["row0", "row999"]).values()} == {2}
+        np.testing.assert_allclose(stored(store, "tiny", ["row5"]), expected[5:6], rtol=1e-6)
+
+
+def test_bad_rows_go_to_rejects_and_the_run_goes_on(
+    repo: modelport.Repository, store_url: str, tmp_path: Path
+) -> None:
+    lines = [
+        {"id": "ok1", "f0": 1, "f1": 2, "f2": 3, "f3": 4},
+        {"id": "missing", "f0": 1, "f1": 2, "f2": 3},
+        {"id": "text", "f0": "abc", "f1": 2, "f2": 3, "f3": 4},
+        {"id": "nan", "f0": float("nan"), "f1": 2, "f2": 3, "f3": 4},  # NaN is not JSON
+        {"id": "ok2", "f0": 5, "f1": 6, "f2": 7, "f3": 8},
+        {"id": "ok1", "f0": 1, "f1": 1, "f2": 1, "f3": 1},
+        {"f0": 1, "f1": 1, "f2": 1, "f3": 1},
+    ]
+    path = tmp_path / "x.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n{not json\n")
+    with repo.load("tiny") as model, Store(store_url) as store:
+        summary = score_table(
+            model, open_source(str(path)), store, BatchConfig(key="id", max_reject_ratio=1.0)
+        )
+        assert (summary.rows, summary.scored, summary.rejected) == (8, 2, 6)
+        reasons = {r.row: (r.key, r.reason) for r in store.rejects(summary.run_id)}
+        assert reasons[1] == ("missing", "missing feature 'f3'")
+        assert reasons[2] == ("text", "feature 'f0': expected a number, got 'abc'")
+        assert reasons[3][0] is None
+        assert reasons[3][1].startswith("not valid JSON")
+        assert reasons[5] == ("ok1", "duplicate key 'ok1' in the same chunk")
+        assert reasons[6] == (None, "missing key 'id'")
+        assert reasons[7][1].startswith("not valid JSON")
+        assert sorted(store.lookup("tiny", ["ok1", "ok2", "nan"])) == ["ok1", "ok2"]
+
+
+def test_too_many_rejects_fail_the_run_but_keep_what_was_scored(
+    repo: modelport.Repository, store_url: str, tmp_path: Path
+) -> None:
+    x = features(100)
+    x[:20, 1] = np.nan
+    path = str(write_parquet(tmp_path / "x.parquet", x))
+    with repo.load("tiny") as model, Store(store_url) as store:
+        with pytest.raises(BatchError, match="20 of 100 rows were rejected, over the limit of 10%"):
+            score_table(model, open_source(path), store, BatchConfig(key="id"))
+        (run,) = store.runs("tiny")
+        assert (run.status, run.rows_scored, run.rows_rejected) == ("failed", 80, 20)
+        assert "--max-reject-ratio" in (run.error or "")
+        assert store.rejects(run.run_id)[0].reason == "feature 'input' is nan"
+
+
+def test_a_row_the_model_fails_on_fails_alone(
+    repo: modelport.Repository, store_url: str, tmp_path: Path
+) -> None:
+    x = np.arange(40, dtype=np.float32).reshape(10, 4)  # row 3 holds 13
+    path = str(write_parquet(tmp_path / "x.parquet", x))
+    with repo.load("slow") as model, Store(store_url) as store:
+        summary = score_table(
+            model,
+            open_source(path),
+            store,
+            BatchConfig(key="id", batch_size=8, max_reject_ratio=0.5),
+        )
+        assert (summary.scored, summary.rejected) == (9, 1)
+        (reject,) = store.rejects(summary.run_id)
+        assert (reject.row, reject.key) == (3, "row3")
+        assert "13 is unlucky" in reject.reason
+        assert store.lookup("slow", ["row4"])["row4"].outputs == {"double": (x[4] * 2).tolist()}
+
+
+def test_mapping_columns_to_inputs(repo: modelport.Repository, tmp_path: Path) -> None:
+    x = features(50)
+    columns = {"id": list(range(50)), **{f"px_{j}": x[:, j] for j in range(4)}, "note": ["n"] * 50}
+    pacsv.write_csv(pa.table(columns), tmp_path / "x.csv")
+    source = open_source(str(tmp_path / "x.csv"))
+    with repo.load("tiny") as model, Store(tmp_path / "p.db") as store:
+        with pytest.raises(BatchError, match="cannot tell which columns feed input 'input'"):
+            score_table(model, source, store, BatchConfig(key="id"))
+        with pytest.raises(BatchError, match=r"--map names column 'px_9', which the source lacks"):
+            score_table(model, source, store, BatchConfig(key="id", mapping=("input=px_0,px_9",)))
+        with pytest.raises(BatchError, match="takes 4 features per row"):
+            score_table(model, source, store, BatchConfig(key="id", mapping=("input=px_0,px_1",)))
+        summary = score_table(model, source, store, BatchConfig(key="id", mapping=("input=px_*",)))
+        assert summary.scored == 50
+        np.testing.assert_allclose(
+            stored(store, "tiny", ["0", "49"]), model.predict(x[[0, 49]])["logits"], rtol=1e-6
+        )
+
+
+def test_rows_without_a_key_are_keyed_by_their_number(
+    repo: modelport.Repository, tmp_path: Path
+) -> None:
+    x = features(30)
+    path = tmp_path / "x.csv"
+    pacsv.write_csv(pa.table({f"f{j}": x[:, j] for j in range(4)}), path)
+    with repo.load("tiny") as model, Store(tmp_path / "p.db") as store:
+        score_table(model, open_source(str(path)), store, BatchConfig(chunk_rows=7))
+        assert sorted(store.lookup("tiny", ["0", "29", "30"])) == ["0", "29"]
+
+
+def test_sources_and_stores_refuse_clearly(tmp_path: Path) -> None:
+    with pytest.raises(BatchError, match="no such file"):
+        open_source(str(tmp_path / "missing.csv"))
+    (tmp_path / "x.xlsx").write_bytes(b"")
+    with pytest.raises(BatchError, match=r"unknown format '\.xlsx'"):
+        open_source(str(tmp_path / "x.xlsx"))
+    with pytest.raises(BatchError, match="exactly one of --table or --query"):
+        open_source("sqlite:///x.db")
+    assert url_of("postgresql://u:secret@h/db") == "postgresql+psycopg://u:secret@h/db"
+    assert url_of("p.db").startswith("sqlite:///")
