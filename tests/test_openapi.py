@@ -56,6 +56,18 @@ def test_spec_is_valid_openapi_3_1(models: dict[str, dict[str, Any]]) -> None:
     assert spec["info"]["version"] == "1.2.3"
 
 
+def test_lookup_endpoints_appear_with_a_store() -> None:
+    spec = openapi_spec("1.2.3", {"digits": DIGITS}, lookups=True)
+    validate(spec)
+    assert set(spec["paths"]) - set(ENDPOINTS) == {
+        MODEL + "/predictions/{key}",
+        MODEL + "/predictions",
+    }
+    lookup = spec["paths"][MODEL + "/predictions"]["post"]["requestBody"]["content"]
+    example = lookup["application/json"]["examples"]["digits"]["value"]
+    assert example["inputs"]["customer-2"] == {"x": [[0.0] * 3] * 2}
+
+
 def test_every_endpoint_with_its_methods(spec: dict[str, Any]) -> None:
     assert {path: set(item) for path, item in spec["paths"].items()} == ENDPOINTS
     ids = [op["operationId"] for item in spec["paths"].values() for op in item.values()]

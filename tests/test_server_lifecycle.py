@@ -18,7 +18,7 @@ import pytest
 
 import server_models
 from modelport.cli import serve
-from modelport.config import ServerConfig, ServerLimits
+from modelport.config import LookupConfig, ServerConfig, ServerLimits
 from modelport.testing import RunningServer, free_port, run_server
 
 
@@ -214,7 +214,8 @@ def test_every_limit_and_setting_has_its_cli_option() -> None:
     limits = {f.name for f in dataclasses.fields(ServerLimits)}
     assert limits <= options
     settings = {f.name for f in dataclasses.fields(ServerConfig)} - {"limits", "runtime"}
-    assert settings <= options | {"trust_pickle", "batching"}
+    assert settings <= options | {"trust_pickle", "batching", "lookups"}
+    assert {f.name for f in dataclasses.fields(LookupConfig)} <= options
     assert {"max_batch_size", "max_delay_ms", "latency_budget_ms", "cache"} <= options
 
 

@@ -9,9 +9,19 @@ when first used.
 """
 
 from modelport.client import AsyncClient, Client
-from modelport.config import InputLimits, LoadOptions, RuntimeConfig, ServerConfig, ServerLimits
+from modelport.config import (
+    BatchConfig,
+    InputLimits,
+    LoadOptions,
+    LookupConfig,
+    RetryPolicy,
+    RuntimeConfig,
+    ServerConfig,
+    ServerLimits,
+)
 from modelport.convert.parity import Tolerance
 from modelport.errors import (
+    BatchError,
     ConversionError,
     DeadlineExceededError,
     IntegrityError,
@@ -22,9 +32,11 @@ from modelport.errors import (
     ModelLoadError,
     ModelNotFoundError,
     ModelportError,
+    NotStoredError,
     OverloadedError,
     PredictionError,
     RequirementsError,
+    StoreError,
     UntrustedArtifactError,
 )
 from modelport.importing import add_model
@@ -37,6 +49,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncClient",
+    "BatchConfig",
+    "BatchError",
     "Client",
     "ConversionError",
     "DeadlineExceededError",
@@ -45,6 +59,7 @@ __all__ = [
     "InvalidInputError",
     "InvalidNameError",
     "LoadOptions",
+    "LookupConfig",
     "Manifest",
     "ManifestError",
     "MissingDependencyError",
@@ -52,14 +67,17 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFoundError",
     "ModelportError",
+    "NotStoredError",
     "OverloadedError",
     "PredictionError",
     "Repository",
     "RequirementsError",
+    "RetryPolicy",
     "RuntimeConfig",
     "ServerConfig",
     "ServerLimits",
     "Signature",
+    "StoreError",
     "TensorSpec",
     "Tolerance",
     "UntrustedArtifactError",

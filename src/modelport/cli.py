@@ -15,6 +15,7 @@ from modelport.config import (
     BatchConfig,
     BatchingConfig,
     LoadOptions,
+    LookupConfig,
     RuntimeConfig,
     ServerConfig,
     ServerLimits,
@@ -266,6 +267,21 @@ def _limit_options(function: Any) -> Any:
     type=float,
     help="Seconds a cached prediction stays valid.",
 )
+@click.option(
+    "--store",
+    default=None,
+    help="Also serve stored batch predictions from this store (SQLite file or postgresql:// "
+    "URL) at /v2/models/NAME/predictions.",
+)
+@click.option(
+    "--max-age", "max_age", multiple=True, metavar="[MODEL=]AGE",
+    help="With --store: stored predictions older than this are stale (24h; fraud=1h).",
+)  # fmt: skip
+@click.option(
+    "--write-back",
+    is_flag=True,
+    help="With --store: store predictions computed live for stale or missing keys.",
+)
 @_limit_options
 @TRUST_OPTION
 def serve(
@@ -273,7 +289,7 @@ def serve(
     token_file: Path | None, no_auth: bool, grace_s: float, version_policy: str,
     intra_op_threads: int, access_log: bool, trust_pickle: bool, max_batch_size: int | None,
     max_delay_ms: float, latency_budget_ms: float | None, cache: str, cache_ttl_s: float,
-    **limits: Any,
+    store: str | None, max_age: tuple[str, ...], write_back: bool, **limits: Any,
 ) -> None:  # fmt: skip
     """Serve a model repository (or one model) over the Open Inference Protocol."""
     from modelport.server.lifecycle import serve as run_server
@@ -282,6 +298,12 @@ def serve(
         token = token_file.read_text().strip()
     try:
         VersionPolicy.parse(version_policy)  # fail now, not in every worker
+        if (max_age or write_back) and store is None:
+            raise ValueError("--max-age and --write-back need --store")
+        if max_age:
+            from modelport.batch.freshness import MaxAge
+
+            MaxAge.parse(max_age)
         if cache not in ("memory", "off") and not cache.startswith(("redis://", "rediss://")):
             raise ValueError(f"unknown cache {cache!r}: use memory, off or a redis:// URL")
         config = ServerConfig(
@@ -290,6 +312,7 @@ def serve(
             grace_s=grace_s, version_policy=version_policy, limits=ServerLimits(**limits),
             runtime=RuntimeConfig(intra_op_threads=intra_op_threads), trust_pickle=trust_pickle,
             cache=cache, cache_ttl_s=cache_ttl_s,
+            lookups=None if store is None else LookupConfig(store, max_age, write_back),
             batching=None if max_batch_size is None else BatchingConfig(
                 max_batch_size=max_batch_size, max_delay_s=max_delay_ms / 1000,
                 latency_budget_s=None if latency_budget_ms is None else latency_budget_ms / 1000,

@@ -121,6 +121,20 @@ class BatchingConfig:
 
 
 @dataclass(frozen=True)
+class LookupConfig:
+    """Serving stored batch predictions (``serve --store``).
+
+    ``max_age`` holds ``AGE`` or ``MODEL=AGE`` items (``24h``, ``fraud=1h``): older predictions
+    are answered marked stale, or computed live when the request carries the features.
+    ``write_back`` stores those live answers.
+    """
+
+    store: str
+    max_age: tuple[str, ...] = ()
+    write_back: bool = False
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """How ``modelport serve`` runs: where it listens, who may call it, how it stops.
 
@@ -132,6 +146,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     grpc_port: int | None = None
+    lookups: LookupConfig | None = None
     workers: int = 1
     token: str | None = None
     no_auth: bool = False

@@ -43,7 +43,8 @@ RUNS = sa.Table(
     sa.Column("model", sa.String(128), nullable=False, index=True),
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("source", sa.Text, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),  # running succeeded failed interrupted
+    # running, succeeded, failed, interrupted; live: answers a server computed and stored
+    sa.Column("status", sa.String(16), nullable=False),
     sa.Column("started_at", sa.Float, nullable=False),
     sa.Column("finished_at", sa.Float),
     sa.Column("heartbeat_at", sa.Float, nullable=False),
@@ -149,10 +150,21 @@ class Store:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         self._layouts: dict[str, Layout] = {}
         self._lock = threading.Lock()
-        self._attempt(lambda: _meta.create_all(self.engine), "create the tables")
+        self._attempt(self._create_tables, "create the tables")
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def _create_tables(self) -> None:
+        new = not sa.inspect(self.engine).has_table(PREDICTIONS.name)
+        _meta.create_all(self.engine)
+        if new and self.engine.dialect.name == "postgresql":
+            # Outputs are packed numbers that do not compress: spare PostgreSQL the attempt
+            # (TOAST would try on every row over 2 KB).
+            with self.engine.begin() as conn:
+                conn.execute(sa.text(
+                    "ALTER TABLE modelport_predictions ALTER COLUMN outputs SET STORAGE EXTERNAL"
+                ))  # fmt: skip
 
     def __enter__(self) -> Store:
         return self
@@ -162,12 +174,15 @@ class Store:
 
     # -- runs ---------------------------------------------------------------------------------
 
-    def start_run(self, model: str, version: int, source: str, layout: Layout) -> str:
+    def start_run(
+        self, model: str, version: int, source: str, layout: Layout, status: str = "running"
+    ) -> str:
+        """A new run; ``status="live"`` records a server's live answers (never a good run)."""
         run_id = uuid.uuid4().hex
         now = time.time()
         row = {
             "run_id": run_id, "model": model, "version": version, "source": source,
-            "status": "running", "started_at": now, "heartbeat_at": now, "rows_scored": 0,
+            "status": status, "started_at": now, "heartbeat_at": now, "rows_scored": 0,
             "rows_skipped": 0, "rows_rejected": 0, "layout": layout.to_json(),
             "host": socket.gethostname(), "pid": os.getpid(),
         }  # fmt: skip

@@ -41,6 +41,7 @@ from modelport.server.http import (
     read_body,
     send_response,
 )
+from modelport.server.lookups import Lookups, parse_lookup
 from modelport.server.protocol import encode_infer_response, parse_infer_request, parse_json
 from modelport.server.registry import Registry, Served, load_registry
 from modelport.signature import Signature
@@ -62,6 +63,8 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("GET", re.compile(r"/openapi\.json"), "openapi"),
     ("GET", re.compile(r"/docs/?"), "docs"),
     ("POST", re.compile(r"/graphql"), "graphql"),
+    ("GET", re.compile(r"/v2/models/(?P<name>[^/]+)/predictions/(?P<key>[^/]+)"), "prediction"),
+    ("POST", re.compile(r"/v2/models/(?P<name>[^/]+)/predictions"), "predictions"),
 ]  # fmt: skip
 _OPEN = {"live", "ready"}  # probes need no token
 _SELF_AUTHORIZED = {"graphql"}  # answers a refusal in its own error shape
@@ -87,6 +90,7 @@ class ModelService:
         self.load_error: Exception | None = None
         self._loading: asyncio.Task[None] | None = None  # held: the loop keeps only weak refs
         self._grpc: Any = None  # a GRPCDoor when config.grpc_port is set
+        self._lookups: Lookups | None = None  # with config.lookups (serve --store)
         self._openapi_spec: dict[str, Any] | None = None
         self._docs_page: bytes | None = None
         self._handlers: dict[str, Callable[..., Awaitable[Response]]] = {
@@ -129,6 +133,8 @@ class ModelService:
                         # only once loaded, so no request meets a worker still loading.
                         await self._load(self.source)
                 try:
+                    if self.config.lookups is not None:
+                        self._lookups = Lookups(self.config.lookups, self.engine)
                     await self._start_grpc()
                 except Exception as exc:
                     log.error("%s", exc)
@@ -140,6 +146,8 @@ class ModelService:
                 if self._grpc is not None:  # REST has drained; gRPC gets what is left of grace
                     await self._grpc.stop(self.engine.grace_left_s())
                 await self.engine.close()
+                if self._lookups is not None:
+                    self._lookups.close()
                 metrics.forget_process()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -278,6 +286,8 @@ class ModelService:
         return json_response({"name": name, "ready": self.ready}, 200 if self.ready else 503)
 
     async def _metrics(self, *_: Any) -> Response:
+        if self._lookups is not None:
+            await asyncio.to_thread(self._lookups.refresh_ages)
         body, content_type = metrics.render()
         return Response(200, body, content_type)
 
@@ -295,7 +305,9 @@ class ModelService:
         from modelport.server.openapi import openapi_spec
 
         if self._openapi_spec is None:  # the models are fixed once loaded: build it once
-            self._openapi_spec = openapi_spec(__version__, self._catalog(self._registry()))
+            self._openapi_spec = openapi_spec(
+                __version__, self._catalog(self._registry()), lookups=self._lookups is not None
+            )
         return self._openapi_spec
 
     @staticmethod
@@ -402,6 +414,28 @@ class ModelService:
     ) -> dict[str, np.ndarray]:  # fmt: skip
         # Once the body is read, the next ASGI message can only say the client went away.
         return await self.engine.predict(served, inputs, info, receive, use_cache)
+
+    # -- stored predictions -------------------------------------------------------------------
+
+    def _store(self) -> Lookups:
+        if self._lookups is None:
+            raise HTTPError(404, "this server has no prediction store; start it with --store URL")
+        return self._lookups
+
+    async def _prediction(
+        self, scope: Scope, receive: Receive, info: dict[str, Any], name: str, key: str
+    ) -> Response:
+        return json_response({"model_name": name, **await self._store().get(name, key, info)})
+
+    async def _predictions(
+        self, scope: Scope, receive: Receive, info: dict[str, Any], name: str
+    ) -> Response:
+        lookups = self._store()
+        keys, features = parse_lookup(
+            parse_json(await self._body(scope, receive), self.config.limits)
+        )
+        answers = await lookups.lookup(name, keys, features, info)
+        return json_response({"model_name": name, "predictions": answers})
 
     async def _graphql(self, scope: Scope, receive: Receive, *_: Any) -> Response:
         try:

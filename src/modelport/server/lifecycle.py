@@ -27,7 +27,13 @@ from typing import Any
 
 import uvicorn
 
-from modelport.config import BatchingConfig, RuntimeConfig, ServerConfig, ServerLimits
+from modelport.config import (
+    BatchingConfig,
+    LookupConfig,
+    RuntimeConfig,
+    ServerConfig,
+    ServerLimits,
+)
 from modelport.errors import ModelportError
 
 log = logging.getLogger("modelport.server")
@@ -140,6 +146,9 @@ def config_from_json(text: str) -> tuple[Path, ServerConfig]:
             "limits": ServerLimits(**raw["limits"]),
             "runtime": RuntimeConfig(**runtime),
             "batching": batching,
+            "lookups": None
+            if raw["lookups"] is None
+            else LookupConfig(**{**raw["lookups"], "max_age": tuple(raw["lookups"]["max_age"])}),
         }
     )
     return Path(data["source"]), config

@@ -71,6 +71,17 @@ REQUEST_BYTES = Histogram(
     ["model"],
     buckets=_SIZE_BUCKETS,
 )
+LOOKUPS = Counter(
+    "modelport_prediction_lookups_total",
+    "Stored-prediction lookups by result: hit, stale, miss, live (computed on the spot).",
+    ["model", "result"],
+)
+PREDICTION_AGE = Gauge(
+    "modelport_predictions_age_seconds",
+    "Seconds since the model's last successful batch run ended.",
+    ["model"],
+    multiprocess_mode="mostrecent",
+)
 
 
 class ModelMetrics:

@@ -40,6 +40,7 @@ _BASIC: dict[str, dict[str, Any]] = {
     "str": {"type": "string"},
     "int": {"type": "integer"},
     "bool": {"type": "boolean"},
+    "num": {"type": "number"},
     "any": {},
     "data": {"type": "array", "description": "Row-major elements, nested or flat."},
 }
@@ -92,6 +93,16 @@ _SCHEMAS: dict[str, Any] = {
     ),
     "PredictRequest": _schema("instances!:[]any"),
     "PredictResponse": _schema("predictions!:[]any"),
+    "StoredPrediction": _schema(
+        "model_name key! found!:bool source stale:bool model_version scored_at age_s:num "
+        "outputs:any",
+        description="source: store (a batch run) or live (computed now from given inputs).",
+    ),
+    "LookupRequest": _schema(
+        "keys!:[]str inputs:any",
+        description="inputs: key -> {input name: one row}; used for stale or missing keys.",
+    ),
+    "LookupResponse": _schema("model_name! predictions!:[]StoredPrediction"),
 }
 # method, path, request, response (schema or media type), errors, tag, summary. A "*" marks a
 # model path that also exists for one version: "*" -> "" and "*" -> "/versions/{model_version}".
@@ -106,6 +117,10 @@ post /v1/models/{model_name}:predict PredictRequest PredictResponse all inferenc
 get /metrics - text/plain 401 ops Prometheus metrics (text exposition format)
 get /openapi.json - application/json 401 ops This OpenAPI document
 get /docs - text/html 401 ops Human-readable API documentation
+"""
+_LOOKUP_ENDPOINTS = """
+get /v2/models/{model_name}/predictions/{key} - StoredPrediction 401,404 predictions A prediction
+post /v2/models/{model_name}/predictions LookupRequest LookupResponse all predictions Many keys
 """
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 
@@ -151,6 +166,9 @@ def _operation(line: str, path: str, metadata: dict[str, Any]) -> dict[str, Any]
     if "{model_name}" in path:
         names = {name: name for name in metadata}
         params.append({"name": "model_name", "in": "path", "required": True, **_json("str", names)})
+    if "{key}" in path:
+        key = {"type": "string", "maxLength": 512}
+        params.append({"name": "key", "in": "path", "required": True, "schema": key})
     if "{model_version}" in path:
         version = {"type": "string", "pattern": "^[0-9]+$"}
         params.append({"name": "model_version", "in": "path", "required": True, "schema": version})
@@ -174,7 +192,12 @@ def _operation(line: str, path: str, metadata: dict[str, Any]) -> dict[str, Any]
         op["description"] = _BINARY_NOTE
         op["responses"]["200"]["headers"] = {"Inference-Header-Content-Length": {"schema": header}}
         ok["application/octet-stream"] = _BINARY
-    if request != "-":
+    if request == "LookupRequest":
+        op["requestBody"] = {"required": True, "content": {"application/json": _json(request, {
+            n: {"keys": ["customer-1", "customer-2"], "inputs": {"customer-2": _row(m)}}
+            for n, m in metadata.items()
+        })}}  # fmt: skip
+    elif request != "-":
         make = _infer_example if request == "InferRequest" else _predict_example
         body = {"application/json": _json(request, {n: make(m) for n, m in metadata.items()})}
         if request == "InferRequest":
@@ -193,7 +216,13 @@ def _operation(line: str, path: str, metadata: dict[str, Any]) -> dict[str, Any]
     return op
 
 
-def openapi_spec(server_version: str, models: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _row(meta: dict[str, Any]) -> dict[str, Any]:
+    return {t["name"]: _instance(t) for t in meta["inputs"]}
+
+
+def openapi_spec(
+    server_version: str, models: dict[str, dict[str, Any]], lookups: bool = False
+) -> dict[str, Any]:
     """The OpenAPI 3.1 document of the modelport server, with examples for every model.
 
     openapi_spec("0.1.0", {"digits": {"versions": [1], "platform": "onnx_onnxv1",
@@ -210,7 +239,10 @@ def openapi_spec(server_version: str, models: dict[str, dict[str, Any]]) -> dict
         for name, m in copy.deepcopy(models).items()
     }
     paths: dict[str, dict[str, Any]] = {}
-    for line in _ENDPOINTS.strip().splitlines():
+    lines = _ENDPOINTS.strip().splitlines()
+    if lookups:  # serve --store
+        lines += _LOOKUP_ENDPOINTS.strip().splitlines()
+    for line in lines:
         template = line.split()[1]
         for version in ("", "/versions/{model_version}") if "*" in template else ("",):
             path = template.replace("*", version)
@@ -230,7 +262,11 @@ def openapi_spec(server_version: str, models: dict[str, dict[str, Any]]) -> dict
             "extension, the V1 `:predict` form, health probes and Prometheus metrics. "
             'Every error is JSON: `{"error": message}`.',
         },
-        "tags": [{"name": t} for t in ("health", "server", "models", "inference", "ops")],
+        "tags": [
+            {"name": t}
+            for t in ("health", "server", "models", "inference", "predictions", "ops")
+            if lookups or t != "predictions"
+        ],
         "security": [{"bearer": []}],
         "paths": paths,
         "components": {"schemas": copy.deepcopy(_SCHEMAS), "securitySchemes": {"bearer": bearer}},

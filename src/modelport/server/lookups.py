@@ -1,0 +1,175 @@
+"""Stored batch predictions as fast lookups that know their age (``serve --store``).
+
+    GET  /v2/models/{name}/predictions/{key}
+    POST /v2/models/{name}/predictions   {"keys": [...], "inputs": {key: {input: row}}}
+
+A stored prediction comes back with its version, ``scored_at`` and age, marked ``stale`` when
+older than the model's ``--max-age``. A missing or stale one, when the request carries that
+key's features and the model is served here, is computed live (and stored with
+``--write-back``); otherwise a missing key is 404 (GET) or ``"found": false`` (POST).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from modelport.config import LookupConfig
+from modelport.errors import (
+    InvalidInputError,
+    ModelNotFoundError,
+    NotReadyError,
+    NotStoredError,
+    require,
+)
+from modelport.server import metrics
+from modelport.server.engine import Engine, Outputs
+
+_MAX_KEYS = 1000
+_MAX_KEY_CHARS = 512  # the store's key column
+_AGE_REFRESH_S = 5.0  # how often /metrics re-reads the runs table
+
+
+@dataclass
+class _LiveRun:
+    run_id: str
+    layout: Any
+
+
+class Lookups:
+    """The prediction store behind the lookup endpoints; one per process."""
+
+    def __init__(self, config: LookupConfig, engine: Engine) -> None:
+        require("sqlalchemy", "batch")
+        from modelport.batch.freshness import MaxAge
+        from modelport.batch.store import Store
+
+        self.store = Store(config.store)
+        self.max_age = MaxAge.parse(config.max_age)
+        self.write_back = config.write_back
+        self.engine = engine
+        self._live_runs: dict[tuple[str, int], _LiveRun] = {}
+        self._ages_read = 0.0
+
+    def close(self) -> None:
+        self.store.close()
+
+    async def get(self, name: str, key: str, info: dict[str, Any]) -> dict[str, Any]:
+        if len(key) > _MAX_KEY_CHARS:
+            raise InvalidInputError(f"a key has at most {_MAX_KEY_CHARS} characters")
+        (answer,) = await self.lookup(name, [key], {}, info)
+        if not answer["found"]:
+            raise NotStoredError(
+                f"no stored prediction of model {name!r} for key {key!r}; POST its features "
+                f"to /v2/models/{name}/predictions to compute one"
+            )
+        return answer
+
+    async def lookup(
+        self, name: str, keys: list[str], features: dict[str, Any], info: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        if self.engine.draining:
+            raise NotReadyError("the server is shutting down", retry_after_s=1.0)
+        info["model"], info["version"] = name, "store"
+        found = await asyncio.to_thread(self.store.lookup, name, keys)
+        now = time.time()
+        max_age = self.max_age.of(name)
+        answers = []
+        for key in keys:
+            stored = found.get(key)
+            stale = stored is not None and max_age is not None and now - stored.scored_at > max_age
+            if (stored is None or stale) and key in features:
+                answers.append(await self._live(name, key, features[key], info))
+                continue
+            result = "miss" if stored is None else "stale" if stale else "hit"
+            metrics.LOOKUPS.labels(name, result).inc()
+            if stored is None:
+                answers.append({"key": key, "found": False})
+                continue
+            answers.append({
+                "key": key, "found": True, "source": "store", "stale": stale,
+                "model_version": str(stored.version), "scored_at": _iso(stored.scored_at),
+                "age_s": round(now - stored.scored_at, 3), "outputs": stored.outputs,
+            })  # fmt: skip
+        return answers
+
+    async def _live(self, name: str, key: str, row: Any, info: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(row, dict):
+            raise InvalidInputError(
+                f"inputs[{key!r}] must be an object of input name -> one row of features"
+            )
+        try:
+            served = self.engine.admit(name, None, info)
+        except ModelNotFoundError:
+            raise ModelNotFoundError(
+                f"model {name!r} is not served here, so key {key!r} cannot be computed live; "
+                "serve the model's repository along with --store"
+            ) from None
+        batch = {n: [v] for n, v in row.items()}  # one row -> a batch of one
+        outputs = await self.engine.predict(served, batch, info)
+        metrics.LOOKUPS.labels(name, "live").inc()
+        if self.write_back:
+            await asyncio.to_thread(self._store, name, served.version, key, batch, outputs)
+        return {
+            "key": key, "found": True, "source": "live", "stale": False,
+            "model_version": str(served.version), "scored_at": _iso(time.time()), "age_s": 0.0,
+            "outputs": {n: v[0].tolist() for n, v in outputs.items()},
+        }  # fmt: skip
+
+    def _store(
+        self, name: str, version: int, key: str, batch: dict[str, Any], outputs: Outputs
+    ) -> None:
+        from modelport.batch.codec import Layout
+        from modelport.batch.features import input_hashes
+        from modelport.signature import validate_inputs
+
+        served = self.engine.models().get(name, version)
+        inputs = validate_inputs(served.model.signature, batch, served.model.limits)
+        run = self._live_runs.get((name, version))
+        if run is None:
+            layout = Layout.of(outputs)
+            source = f"live answers of {socket.gethostname()} pid {os.getpid()}"
+            run = _LiveRun(self.store.start_run(name, version, source, layout, "live"), layout)
+            self._live_runs[(name, version)] = run
+        (blob,) = run.layout.encode(outputs)
+        (digest,) = input_hashes(inputs)
+        self.store.write_chunk(run.run_id, name, version, [(key, blob, digest)], [], 0)
+
+    def refresh_ages(self) -> None:
+        """Set the age gauges from the runs table (at most every few seconds)."""
+        now = time.monotonic()
+        if now - self._ages_read < _AGE_REFRESH_S:
+            return
+        self._ages_read = now
+        from modelport.batch.freshness import freshness
+
+        for entry in freshness(self.store, self.max_age):
+            if entry.age_s is not None:
+                metrics.PREDICTION_AGE.labels(entry.model).set(entry.age_s)
+
+
+def parse_lookup(message: Any) -> tuple[list[str], dict[str, Any]]:
+    """``{"keys": [...], "inputs": {...}}`` -> (keys, features by key), checked."""
+    if not isinstance(message, dict) or not isinstance(message.get("keys"), list):
+        raise InvalidInputError('the body must be {"keys": [...]}, with optional "inputs"')
+    keys = message["keys"]
+    if not keys or len(keys) > _MAX_KEYS:
+        raise InvalidInputError(f"keys must hold 1 to {_MAX_KEYS} keys, got {len(keys)}")
+    if not all(isinstance(k, str) and 0 < len(k) <= _MAX_KEY_CHARS for k in keys):
+        raise InvalidInputError(f"each key must be a string of 1 to {_MAX_KEY_CHARS} characters")
+    features = message.get("inputs", {})
+    if not isinstance(features, dict):
+        raise InvalidInputError('"inputs" must be an object: key -> {input name: row}')
+    unknown = set(features) - set(keys)
+    if unknown:
+        raise InvalidInputError(f"inputs given for keys not asked for: {sorted(unknown)[:5]}")
+    return keys, features
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="milliseconds")
