@@ -54,8 +54,10 @@ def write_inputs(path: Path, rows: int, seed: int = 0) -> None:
 
 def score(repo: Path, source: Path, store: str) -> tuple[float, float, int]:
     """Run the CLI; (seconds, peak RSS in MiB, batch size it chose)."""
-    command = [sys.executable, "-m", "modelport", "batch", "mlp-large", "--repo", str(repo),
-               "--input", str(source), "--key", "id", "--store", store, "--no-progress"]  # fmt: skip
+    command = [
+        sys.executable, "-m", "modelport", "batch", "mlp-large", "--repo", str(repo),
+        "--input", str(source), "--key", "id", "--store", store, "--no-progress",
+    ]  # fmt: skip
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     started = time.perf_counter()
     process = subprocess.Popen(

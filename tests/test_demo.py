@@ -93,3 +93,28 @@ def test_demo_requests_work_against_the_served_demo(demo: tuple[Path, str]) -> N
             response = httpx.post(f"{server.url}/v2/models/{name}/infer", content=request)
             assert response.status_code == 200, response.text
             assert all(o["shape"][0] == 2 for o in response.json()["outputs"])
+
+
+def test_the_demo_scores_the_digits_in_batch_and_serves_them_as_lookups(
+    demo: tuple[Path, str], digits: Any
+) -> None:
+    import httpx
+
+    from modelport.testing import run_server
+
+    path, out = demo
+    assert "Batch prediction: 1,797 rows of digits-table.csv scored by digits:1" in out
+    assert "1,797 unchanged" in run_demo(path)  # the second run skips what it scored
+    status = subprocess.run(
+        [sys.executable, "-m", "modelport", "batch", "status", "--store",
+         str(path / "_predictions.db"), "--max-age", "24h"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "digits" in status.stdout
+    _, y = digits
+    store = str(path / "_predictions.db")
+    with run_server(path, "--store", store) as server:
+        answer = httpx.get(f"{server.url}/v2/models/digits/predictions/d42").json()
+    assert answer["outputs"]["label"] == int(y[42])
+    assert answer["stale"] is False

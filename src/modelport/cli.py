@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import sys
@@ -361,17 +362,53 @@ def demo(path: Path, rebuild: bool, with_torch: bool | None, then_serve: bool) -
         "\nTry one yourself:\n"
         f"  modelport predict {first} --repo {path} --input {path / SAMPLES / first}.json"
     )
+    lookups = _demo_batch(repository) if _has_modules("pyarrow", "sqlalchemy") else None
     if then_serve:
         from modelport.server.lifecycle import serve as run_server
 
-        config = ServerConfig()
+        config = ServerConfig(lookups=lookups)
         base = f"http://{config.host}:{config.port}"
         click.echo(
             f"\nServing {path} on {base} (docs: {base}/docs). Example requests:\n"
             f"  curl -s {base}/v2/models/{first}/infer -d @{path / SAMPLES / first}.v2.json\n"
             f"  curl -s {base}/v2/models/{first}\n"
+            + (f"  curl -s {base}/v2/models/digits/predictions/d42\n" if lookups else "")
         )
         run_server(path, config)
+
+
+def _demo_batch(repository: Repository) -> LookupConfig:
+    """Score the digits table into the demo's SQLite store: batch prediction, then lookups."""
+    from modelport.batch import Store, open_source, score_table
+    from modelport.demo import STORE, write_batch_table
+
+    table = write_batch_table(repository.root)
+    store_path = repository.root / STORE
+    with Store(store_path) as store, repository.load("digits") as model:
+        summary = score_table(model, open_source(str(table)), store, BatchConfig(key="id"))
+    click.echo(
+        f"\nBatch prediction: {summary.rows:,} rows of {table.name} scored by "
+        f"digits:{summary.version} into {store_path} ({summary.scored:,} new, "
+        f"{summary.skipped:,} unchanged). Freshness:\n"
+        f"  modelport batch status --store {store_path} --max-age 24h"
+    )
+    return LookupConfig(str(store_path), ("24h",))
+
+
+def _has_modules(*names: str) -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(n) is not None for n in names)
+
+
+def _log_to_stderr(name: str) -> None:
+    """What a long command does (its plan, retries) as plain lines on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 class _RunByDefault(click.Group):
@@ -413,10 +450,9 @@ def batch() -> None:
 @click.option("--outputs", multiple=True, help="Outputs to store (repeatable; default: all).")
 @click.option(
     "--chunk-rows",
-    default=BatchConfig.chunk_rows,
-    show_default=True,
     type=int,
-    help="Rows per chunk: read, scored and written (one transaction) together.",
+    help="Rows per chunk: read, scored and written (one transaction) together "
+    "(default: about 32 MiB of features and outputs, at most 10,000).",
 )
 @click.option("--batch-size", type=int, help="Rows per inference call (default: measured).")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True)
@@ -435,14 +471,16 @@ def batch() -> None:
 @TRUST_OPTION
 def batch_run(
     ref: str, source: str, table: str | None, query: str | None, store: str, key: str | None,
-    mapping: tuple[str, ...], outputs: tuple[str, ...], chunk_rows: int, batch_size: int | None,
-    engine: str, ray_address: str | None, force: bool, max_reject_ratio: float,
-    allow_non_finite: bool, progress: bool, repo_path: Path, trust_pickle: bool,
+    mapping: tuple[str, ...], outputs: tuple[str, ...], chunk_rows: int | None,
+    batch_size: int | None, engine: str, ray_address: str | None, force: bool,
+    max_reject_ratio: float, allow_non_finite: bool, progress: bool, repo_path: Path,
+    trust_pickle: bool,
 ) -> None:  # fmt: skip
     """Score every row of a table with a model and store the predictions."""
     from modelport.batch import Store, open_source
     from modelport.batch.progress import Progress, duration
 
+    _log_to_stderr("modelport.batch")
     try:
         config = BatchConfig(
             chunk_rows=chunk_rows, batch_size=batch_size, key=key, mapping=mapping,

@@ -198,7 +198,7 @@ class BatchConfig:
     ``max_reject_ratio`` fails the run when more than this share of its rows were rejected.
     """
 
-    chunk_rows: int = 10_000
+    chunk_rows: int | None = None  # None: about 32 MiB of features and outputs, <= 10,000 rows
     batch_size: int | None = None
     key: str | None = None
     mapping: tuple[str, ...] = ()
@@ -209,7 +209,7 @@ class BatchConfig:
     retry: RetryPolicy = RetryPolicy()
 
     def __post_init__(self) -> None:
-        if self.chunk_rows < 1:
+        if self.chunk_rows is not None and self.chunk_rows < 1:
             raise ValueError("chunk_rows must be >= 1")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")

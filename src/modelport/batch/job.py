@@ -9,6 +9,7 @@ memory stays flat. Both engines (local, Ray) score a chunk with ``score_chunk``.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -32,6 +33,8 @@ log = logging.getLogger("modelport.batch")
 T = TypeVar("T")
 _QUEUED_CHUNKS = 2
 _LARGEST_BATCH = 1024
+_CHUNK_BYTES = 32 * 2**20
+_MAX_CHUNK_ROWS = 10_000
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class Scorer:
     plan: Plan
     layout: Layout
     batch_size: int
+    chunk_rows: int
     config: BatchConfig
     skip_scored: bool  # False when the store holds nothing for this version: no lookups
 
@@ -173,9 +177,21 @@ def make_scorer(
             f"the model failed on a row of zeros, so its output layout is unknown: {exc}"
         ) from exc
     layout = Layout.of({n: probe[n] for n in outputs})
-    batch_size = config.batch_size or best_batch_size(model, config.chunk_rows)
+    batch_size = config.batch_size or best_batch_size(model, config.chunk_rows or _LARGEST_BATCH)
+    chunk_rows = config.chunk_rows or auto_chunk_rows(model, layout, batch_size)
     skip = not config.force and store.has_predictions(name, version)
-    return Scorer(model, name, version, plan, layout, batch_size, config, skip)
+    return Scorer(model, name, version, plan, layout, batch_size, chunk_rows, config, skip)
+
+
+def auto_chunk_rows(model: Model, layout: Layout, batch_size: int) -> int:
+    """Rows per chunk for about 32 MiB of features and outputs (a few chunks are in flight at
+    once), a whole number of batches, at most 10,000 rows."""
+    row_bytes = sum(f.nbytes for f in layout.fields)
+    for spec in model.signature.inputs:
+        itemsize = 64 if spec.dtype == "string" else np.dtype(spec.dtype).itemsize
+        row_bytes += itemsize * math.prod(max(d, 1) for d in spec.shape[1:])
+    rows = min(_CHUNK_BYTES // max(row_bytes, 1), _MAX_CHUNK_ROWS)
+    return max(batch_size, rows // batch_size * batch_size)
 
 
 def best_batch_size(model: Model, limit: int) -> int:
@@ -198,8 +214,9 @@ def score_table(
     store.reap(name)
     scorer = make_scorer(model, name, version, source.columns(), config, store)
     log.info(
-        "scoring %s with %s:%s, batch size %d, columns %s",
-        source.description, name, version, scorer.batch_size, scorer.plan.describe(),
+        "scoring %s with %s:%s: %d rows a chunk, batch size %d, columns %s",
+        source.description, name, version, scorer.chunk_rows, scorer.batch_size,
+        scorer.plan.describe(),
     )  # fmt: skip
     run_id = store.start_run(name, version, source.description, scorer.layout)
     started = time.monotonic()
@@ -224,7 +241,7 @@ def score_table(
     writer = ThreadPoolExecutor(1, thread_name_prefix="modelport-store")
     pending: deque[tuple[Future[None], int, int, int, int]] = deque()
     try:
-        for chunk in prefetch(source.read(config.chunk_rows), _QUEUED_CHUNKS):
+        for chunk in prefetch(source.read(scorer.chunk_rows), _QUEUED_CHUNKS):
             rows, rejects, skipped = scorer.score(chunk, store)
             future = writer.submit(store.write_chunk, run_id, name, version, rows, rejects, skipped)
             pending.append((future, chunk.batch.num_rows, len(rows), skipped, len(rejects)))

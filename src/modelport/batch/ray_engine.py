@@ -108,7 +108,7 @@ def score_on_ray(
                 "run_id": run_id, "recipe": recipe,
                 "trust_pickle": trust_pickle, "json_columns": json_columns,
             },
-            batch_size=config.chunk_rows,
+            batch_size=scorer.chunk_rows,
             batch_format="pyarrow",
             compute=ActorPoolStrategy(size=actors),
             num_cpus=1,

@@ -113,7 +113,9 @@ class ParquetSource:
 
     def _file(self) -> pq.ParquetFile:
         try:
-            return pq.ParquetFile(self.path)
+            # pre_buffer=False: with read-ahead buffering on, pyarrow keeps every row group
+            # it has read until the file is closed (memory grew with the file, measured).
+            return pq.ParquetFile(self.path, pre_buffer=False)
         except (pa.ArrowInvalid, OSError) as exc:
             raise BatchError(f"{self.path} is not a readable Parquet file: {exc}") from exc
 

@@ -12,6 +12,7 @@ Sample inputs for each model are written to ``<repo>/_samples/<model>.json`` (fo
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import itertools
 import json
@@ -176,6 +177,22 @@ def _write_sample(repo: Repository, name: str, inputs: dict[str, np.ndarray]) ->
         ]
     }
     (folder / f"{name}.v2.json").write_text(json.dumps(request) + "\n")
+
+
+BATCH_TABLE = "digits-table.csv"  # in _samples: the digits to score in batch
+STORE = "_predictions.db"  # in the demo repository: where the demo's batch run stores them
+
+
+def write_batch_table(root: str | Path) -> Path:
+    """The digits as a table to score in batch: ``id`` (d0, d1...) and the pixels px0..px63."""
+    x, _ = _digits()
+    path = Path(root) / SAMPLES / BATCH_TABLE
+    path.parent.mkdir(exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", *(f"px{i}" for i in range(x.shape[1]))])
+        writer.writerows([f"d{i}", *(int(v) for v in row)] for i, row in enumerate(x))
+    return path
 
 
 def build_demo(
