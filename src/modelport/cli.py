@@ -541,7 +541,7 @@ def batch_status(ctx: click.Context, store: str, max_age: tuple[str, ...], as_js
         policy = MaxAge.parse(max_age)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
-    with Store(store) as sink:
+    with Store(store, create=False) as sink:
         report = freshness(sink, policy)
     if as_json:
         _echo_json([

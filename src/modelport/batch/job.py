@@ -26,7 +26,7 @@ from modelport.batch.features import Plan, input_hashes, parse_mapping, plan_col
 from modelport.batch.sources import Chunk, Source
 from modelport.batch.store import Reject, Store
 from modelport.config import BatchConfig
-from modelport.errors import BatchError, ModelportError
+from modelport.errors import BatchError, InvalidInputError, ModelportError, PredictionError
 from modelport.model import Model, measure_costs
 
 log = logging.getLogger("modelport.batch")
@@ -56,6 +56,31 @@ class RunSummary:
 
 
 @dataclass
+class Scored:
+    """One scored chunk, ready to write. Hashing the features and packing the outputs wait for
+    ``rows()``, which the writer thread calls: the model's thread goes on to the next chunk."""
+
+    keys: list[str]
+    inputs: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
+    hashes: list[str] | None
+    layout: Layout
+    rejects: list[Reject]
+    skipped: int
+    read: int  # rows of the chunk
+
+    def rows(self) -> list[tuple[str, bytes, str]]:
+        """(key, outputs, input hash) per scored row."""
+        if not self.keys:
+            return []
+        hashes = self.hashes if self.hashes is not None else input_hashes(self.inputs)
+        return list(zip(self.keys, self.layout.encode(self.outputs), hashes, strict=True))
+
+    def write(self, store: Store, run_id: str, model: str, version: int) -> None:
+        store.write_chunk(run_id, model, version, self.rows(), self.rejects, self.skipped)
+
+
+@dataclass
 class Scorer:
     """What scoring a chunk needs; built once per run (and once per Ray actor)."""
 
@@ -69,10 +94,8 @@ class Scorer:
     config: BatchConfig
     skip_scored: bool  # False when the store holds nothing for this version: no lookups
 
-    def score(
-        self, chunk: Chunk, store: Store
-    ) -> tuple[list[tuple[str, bytes, str]], list[Reject], int]:
-        """(key, outputs, input hash) rows, rejects and the number skipped, for one chunk."""
+    def score(self, chunk: Chunk, store: Store) -> Scored:
+        """Predictions for the rows of ``chunk`` that need them; rejects for the others."""
         prepared = prepare(
             chunk.batch, self.plan, self.model.signature, chunk.first_row,
             self.config.allow_non_finite,
@@ -81,9 +104,10 @@ class Scorer:
         reasons = {**prepared.rejects, **chunk.rejects}
         keep = np.array([i not in chunk.rejects for i in prepared.rows], dtype=bool)
         offsets, inputs = prepared.rows[keep], _take(prepared.inputs, keep)
-        hashes = input_hashes(inputs) if len(offsets) else []
+        hashes: list[str] | None = None  # computed by the writer unless needed now
         skipped = 0
         if len(offsets) and self.skip_scored and not self.config.force:
+            hashes = input_hashes(inputs)
             known = store.scored(self.name, self.version, [keys[i] for i in offsets])
             fresh = np.array(
                 [known.get(keys[i]) != h for i, h in zip(offsets, hashes, strict=True)], bool
@@ -95,17 +119,18 @@ class Scorer:
         if failed:
             reasons.update({int(offsets[i]): reason for i, reason in failed.items()})
             ok = np.array([i not in failed for i in range(len(offsets))], dtype=bool)
-            offsets = offsets[ok]  # outputs hold only the rows that succeeded
-            hashes = [h for h, o in zip(hashes, ok, strict=True) if o]
-        blobs = self.layout.encode(outputs) if len(offsets) else []
-        rows = list(zip([keys[i] for i in offsets], blobs, hashes, strict=True))
+            offsets, inputs = offsets[ok], _take(inputs, ok)  # outputs hold only these rows
+            hashes = None if hashes is None else [h for h, o in zip(hashes, ok, strict=True) if o]
         rejects = [
             Reject(
                 None if chunk.first_row is None else chunk.first_row + i, keys[i] or None, reason
             )
             for i, reason in sorted(reasons.items())
         ]
-        return rows, rejects, skipped
+        return Scored(
+            [keys[i] for i in offsets], inputs, outputs, hashes, self.layout, rejects, skipped,
+            chunk.batch.num_rows,
+        )  # fmt: skip
 
     def _predict(
         self, inputs: dict[str, np.ndarray], rows: int
@@ -121,7 +146,7 @@ class Scorer:
             try:
                 parts.append(self._outputs(self.model.predict(batch)))
                 continue
-            except ModelportError:
+            except (PredictionError, InvalidInputError):
                 pass
             for i in range(len(next(iter(batch.values())))):
                 try:
@@ -130,7 +155,7 @@ class Scorer:
                             self.model.predict({n: v[i : i + 1] for n, v in batch.items()})
                         )
                     )
-                except ModelportError as exc:
+                except (PredictionError, InvalidInputError) as exc:
                     failed[start + i] = f"the model failed: {exc}"
         if not parts:
             return {f.name: np.empty((0, *f.shape), f.dtype) for f in self.layout.fields}, failed
@@ -242,9 +267,11 @@ def score_table(
     pending: deque[tuple[Future[None], int, int, int, int]] = deque()
     try:
         for chunk in prefetch(source.read(scorer.chunk_rows), _QUEUED_CHUNKS):
-            rows, rejects, skipped = scorer.score(chunk, store)
-            future = writer.submit(store.write_chunk, run_id, name, version, rows, rejects, skipped)
-            pending.append((future, chunk.batch.num_rows, len(rows), skipped, len(rejects)))
+            scored = scorer.score(chunk, store)
+            future = writer.submit(scored.write, store, run_id, name, version)
+            pending.append(
+                (future, scored.read, len(scored.keys), scored.skipped, len(scored.rejects))
+            )
             while len(pending) > _QUEUED_CHUNKS:
                 landed(*pending.popleft())
         while pending:

@@ -58,12 +58,11 @@ class _ScoreBlocks:
         else:
             chunk = Chunk(table.combine_chunks().to_batches()[0] if table.num_rows else
                           pa.RecordBatch.from_pylist([], schema=table.schema), None)  # fmt: skip
-        scorer = self.scorer
-        rows, rejects, skipped = scorer.score(chunk, self.store)
-        self.store.write_chunk(self.run_id, scorer.name, scorer.version, rows, rejects, skipped)
+        scored = self.scorer.score(chunk, self.store)
+        scored.write(self.store, self.run_id, self.scorer.name, self.scorer.version)
         return pa.table({
-            "rows": [chunk.batch.num_rows], "scored": [len(rows)], "skipped": [skipped],
-            "rejected": [len(rejects)],
+            "rows": [scored.read], "scored": [len(scored.keys)], "skipped": [scored.skipped],
+            "rejected": [len(scored.rejects)],
         })  # fmt: skip
 
 

@@ -140,9 +140,20 @@ def redact(url: str) -> str:
 class Store:
     """Predictions, runs and rejects in one database. Thread-safe (one engine, pooled)."""
 
-    def __init__(self, url: str | os.PathLike[str], retry: RetryPolicy = RetryPolicy()) -> None:
+    def __init__(
+        self, url: str | os.PathLike[str], retry: RetryPolicy = RetryPolicy(), create: bool = True
+    ) -> None:
+        """Open (and with ``create``, set up) the store at ``url``; without ``create`` a store
+        that does not exist yet is an error rather than a new empty one."""
         self.url = store_url(url)
         self.retry = retry
+        database = sa.make_url(self.url).database if self.url.startswith("sqlite") else None
+        if database and database != ":memory:":
+            path = Path(database)
+            if not path.parent.is_dir():
+                raise StoreError(f"cannot create the store {path}: {path.parent} is not a folder")
+            if not create and not path.is_file():
+                raise StoreError(f"no prediction store at {path}; 'modelport batch' creates one")
         try:
             self.engine: Engine = sa.create_engine(self.url, pool_pre_ping=True)
         except (sa.exc.ArgumentError, ImportError) as exc:
@@ -151,13 +162,17 @@ class Store:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         self._layouts: dict[str, Layout] = {}
         self._lock = threading.Lock()
-        self._attempt(self._create_tables, "create the tables")
+        self._attempt(lambda: self._create_tables(create), "open the tables")
 
     def close(self) -> None:
         self.engine.dispose()
 
-    def _create_tables(self) -> None:
-        new = not sa.inspect(self.engine).has_table(PREDICTIONS.name)
+    def _create_tables(self, create: bool) -> None:
+        new = not sa.inspect(self.engine).has_table(RUNS.name)
+        if new and not create:
+            raise StoreError(
+                f"{redact(self.url)} holds no prediction store; 'modelport batch' creates one"
+            )
         _meta.create_all(self.engine)
         if new and self.engine.dialect.name == "postgresql":
             # Outputs are packed numbers that do not compress: spare PostgreSQL the attempt

@@ -49,7 +49,7 @@ class Lookups:
         from modelport.batch.freshness import MaxAge
         from modelport.batch.store import Store
 
-        self.store = Store(config.store)
+        self.store = Store(config.store, create=False)
         self.max_age = MaxAge.parse(config.max_age)
         self.write_back = config.write_back
         self.engine = engine
