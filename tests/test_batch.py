@@ -228,3 +228,17 @@ def test_sources_and_stores_refuse_clearly(tmp_path: Path) -> None:
         open_source("sqlite:///x.db")
     assert url_of("postgresql://u:secret@h/db") == "postgresql+psycopg://u:secret@h/db"
     assert url_of("p.db").startswith("sqlite:///")
+
+
+def test_reading_a_store_that_does_not_exist_is_an_error_not_a_new_empty_one(
+    tmp_path: Path,
+) -> None:
+    from modelport.errors import StoreError
+
+    with pytest.raises(StoreError, match=r"no prediction store at .*missing\.db"):
+        Store(tmp_path / "missing.db", create=False)
+    assert not (tmp_path / "missing.db").exists()
+    with pytest.raises(StoreError, match="is not a folder"):
+        Store(tmp_path / "no" / "such" / "p.db")
+    Store(tmp_path / "p.db").close()
+    Store(tmp_path / "p.db", create=False).close()

@@ -211,6 +211,9 @@ def test_batch_status_exits_non_zero_when_a_model_is_stale(
     ok = cli("batch", "status", "--store", db, "--max-age", "1h")
     assert ok.returncode == 0, ok.stdout
     assert cli("batch", "status", "--store", db, "--max-age", "tiny=0s").returncode == 1
+    missing = cli("batch", "status", "--store", tmp_path / "typo.db")
+    assert missing.returncode == 1
+    assert "no prediction store at" in missing.stderr
     bad = cli("batch", "status", "--store", db, "--max-age", "soon")
     assert bad.returncode == 2
     assert "'soon' is not an age" in bad.stderr
