@@ -534,8 +534,7 @@ def batch_run(
 def batch_status(ctx: click.Context, store: str, max_age: tuple[str, ...], as_json: bool) -> None:
     """Per model: the last good run, its rows, version and age. Exits 1 if any is stale."""
     from modelport.batch import Store
-    from modelport.batch.freshness import MaxAge, freshness
-    from modelport.batch.progress import duration
+    from modelport.batch.freshness import MaxAge, freshness, freshness_table
 
     try:
         policy = MaxAge.parse(max_age)
@@ -544,34 +543,9 @@ def batch_status(ctx: click.Context, store: str, max_age: tuple[str, ...], as_js
     with Store(store, create=False) as sink:
         report = freshness(sink, policy)
     if as_json:
-        _echo_json([
-            {
-                "model": f.model, "stale": f.stale, "age_s": f.age_s, "max_age_s": f.max_age_s,
-                "version": f.last_good.version if f.last_good else None,
-                "rows": f.last_good.rows_scored + f.last_good.rows_skipped if f.last_good else None,
-                "last_good_run": f.last_good.run_id if f.last_good else None,
-                "latest_run": f.latest.run_id, "latest_status": f.latest.status,
-            }
-            for f in report
-        ])  # fmt: skip
+        _echo_json([f.to_dict() for f in report])
     else:
-        rows = [("MODEL", "VERSION", "ROWS", "AGE", "MAX AGE", "STATE", "LATEST RUN")]
-        for f in report:
-            good = f.last_good
-            rows.append((
-                f.model,
-                str(good.version) if good else "-",
-                f"{good.rows_scored + good.rows_skipped:,}" if good else "-",
-                duration(f.age_s) if f.age_s is not None else "-",
-                duration(f.max_age_s) if f.max_age_s is not None else "-",
-                ("STALE" if f.stale else "fresh") if good else "NEVER SCORED",
-                f"{f.latest.status} {f.latest.run_id[:8]}",
-            ))  # fmt: skip
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        for r in rows:
-            click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
-        if not report:
-            click.echo("(no runs in this store yet)")
+        click.echo(freshness_table(report))
     if any(f.stale for f in report):
         ctx.exit(1)
 

@@ -7,6 +7,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from modelport.batch.store import Run, Store
 
@@ -58,6 +59,21 @@ class Freshness:
             return True
         return self.max_age_s is not None and (self.age_s or 0.0) > self.max_age_s
 
+    @property
+    def rows(self) -> int | None:
+        """Rows the last good run covered (scored now or unchanged since)."""
+        good = self.last_good
+        return None if good is None else good.rows_scored + good.rows_skipped
+
+    def to_dict(self) -> dict[str, Any]:
+        good = self.last_good
+        return {
+            "model": self.model, "stale": self.stale, "age_s": self.age_s,
+            "max_age_s": self.max_age_s, "version": good.version if good else None,
+            "rows": self.rows, "last_good_run": good.run_id if good else None,
+            "latest_run": self.latest.run_id, "latest_status": self.latest.status,
+        }  # fmt: skip
+
 
 def freshness(store: Store, policy: MaxAge, now: float | None = None) -> list[Freshness]:
     """Per model in the store: its last good run and whether that is too old."""
@@ -74,3 +90,27 @@ def freshness(store: Store, policy: MaxAge, now: float | None = None) -> list[Fr
         age = now - (last.finished_at or last.started_at) if last else None
         report.append(Freshness(model, last, latest[model], policy.of(model), age))
     return report
+
+
+def freshness_table(report: list[Freshness]) -> str:
+    """The report as aligned text columns, one model a line."""
+    if not report:
+        return "(no runs in this store yet)"
+    from modelport.batch.progress import duration
+
+    rows = [("MODEL", "VERSION", "ROWS", "AGE", "MAX AGE", "STATE", "LATEST RUN")]
+    for f in report:
+        good = f.last_good
+        rows.append((
+            f.model,
+            str(good.version) if good else "-",
+            f"{f.rows:,}" if f.rows is not None else "-",
+            duration(f.age_s) if f.age_s is not None else "-",
+            duration(f.max_age_s) if f.max_age_s is not None else "-",
+            ("STALE" if f.stale else "fresh") if good else "NEVER SCORED",
+            f"{f.latest.status} {f.latest.run_id[:8]}",
+        ))  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )

@@ -240,14 +240,6 @@ class Store:
         with self.engine.connect() as conn:
             return [_run(r) for r in conn.execute(query).mappings()]
 
-    def last_good_runs(self) -> dict[str, Run]:
-        """Per model, its newest succeeded run."""
-        latest: dict[str, Run] = {}
-        for run in self.runs():
-            if run.status == "succeeded" and run.model not in latest:
-                latest[run.model] = run
-        return latest
-
     def rejects(self, run_id: str) -> list[Reject]:
         query = sa.select(REJECTS.c.row, REJECTS.c.key, REJECTS.c.reason).where(
             REJECTS.c.run_id == run_id
