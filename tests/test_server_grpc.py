@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -147,6 +149,45 @@ def test_infer_raw_per_version(client: triton.InferenceServerClient, repo: Path)
         np.testing.assert_allclose(
             result.as_numpy("logits"), reference(repo, int(version), X), rtol=1e-6
         )
+
+
+KSERVE_CLIENT = """
+import asyncio, sys
+import numpy as np
+from kserve import InferenceGRPCClient, InferInput, InferRequest
+
+async def ask():
+    client = InferenceGRPCClient(sys.argv[1])
+    try:
+        assert await client.is_server_ready()
+        x = np.load(sys.argv[2])
+        for raw in (True, False):  # raw_input_contents, then typed contents
+            given = InferInput("input", list(x.shape), "FP32")
+            given.set_data_from_numpy(x, binary_data=raw)
+            request = InferRequest(model_name="tiny", infer_inputs=[given], model_version="1")
+            answer = await client.infer(request)
+            np.save(sys.argv[3 if raw else 4], answer.outputs[0].as_numpy())
+    finally:
+        await client.close()
+
+asyncio.run(ask())
+"""
+
+
+def test_the_kserve_sdk_grpc_client_works_too(
+    server: RunningServer, grpc_port: int, repo: Path, tmp_path: Path
+) -> None:
+    # A process of its own: the KServe SDK and tritonclient each register the same protobuf
+    # message names globally, so one process cannot import both.
+    np.save(tmp_path / "x.npy", X)
+    outputs = [tmp_path / "raw.npy", tmp_path / "typed.npy"]
+    done = subprocess.run(
+        [sys.executable, "-c", KSERVE_CLIENT, f"127.0.0.1:{grpc_port}", tmp_path / "x.npy",
+         *outputs], capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for path in outputs:
+        np.testing.assert_allclose(np.load(path), reference(repo, 1, X), rtol=1e-6)
 
 
 def test_infer_typed_contents(stub: Any, repo: Path) -> None:
