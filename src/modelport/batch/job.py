@@ -222,7 +222,8 @@ def auto_chunk_rows(model: Model, layout: Layout, batch_size: int) -> int:
 def best_batch_size(model: Model, limit: int) -> int:
     """The smallest batch within 5% of the best measured per-row cost (larger batches only
     cost memory once the per-row cost stops falling)."""
-    costs = measure_costs(model, max(1, min(limit, _LARGEST_BATCH)))
+    # Five calls a size: with three, a noisy machine picked 64 one run and 256 the next.
+    costs = measure_costs(model, max(1, min(limit, _LARGEST_BATCH)), repeats=5)
     if not costs:
         return min(limit, 256)
     per_row = {size: cost / size for size, cost in costs.items()}
