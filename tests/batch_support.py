@@ -27,7 +27,10 @@ class Model:
 
     signature = {
         "inputs": [{"name": "input", "dtype": "float32", "shape": [-1, 4]}],
-        "outputs": [{"name": "double", "dtype": "float32", "shape": [-1, 4]}],
+        "outputs": [
+            {"name": "double", "dtype": "float32", "shape": [-1, 4]},
+            {"name": "negative", "dtype": "float32", "shape": [-1, 4]},
+        ],
     }
 
     def load(self):
@@ -38,7 +41,7 @@ class Model:
         x = batch["input"]
         if (x == 13).any():
             raise ValueError("13 is unlucky")
-        return {"double": x * 2}
+        return {"double": x * 2, "negative": -x}
 '''
 
 
@@ -67,7 +70,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 def repo(tmp_path: Path) -> modelport.Repository:
-    """tiny:1 (4 -> 3 MLP), tiny:2 (other weights) and slow:1 (a code model, x -> 2x)."""
+    """tiny:1 (4 -> 3 MLP), tiny:2 (other weights) and slow:1 (a code model, x -> 2x, -x)."""
     repository = modelport.Repository.init(tmp_path / "models")
     modelport.add_model(repository, "tiny", mlp_onnx((4, 8, 3), seed=3))
     modelport.add_model(repository, "tiny", mlp_onnx((4, 8, 3), seed=4))

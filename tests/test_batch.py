@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
@@ -185,7 +186,10 @@ def test_a_row_the_model_fails_on_fails_alone(
         (reject,) = store.rejects(summary.run_id)
         assert (reject.row, reject.key) == (3, "row3")
         assert "13 is unlucky" in reject.reason
-        assert store.lookup("slow", ["row4"])["row4"].outputs == {"double": (x[4] * 2).tolist()}
+        assert store.lookup("slow", ["row4"])["row4"].outputs == {
+            "double": (x[4] * 2).tolist(),
+            "negative": (-x[4]).tolist(),
+        }
 
 
 def test_mapping_columns_to_inputs(repo: modelport.Repository, tmp_path: Path) -> None:
@@ -202,6 +206,15 @@ def test_mapping_columns_to_inputs(repo: modelport.Repository, tmp_path: Path) -
             score_table(model, source, store, BatchConfig(key="id", mapping=("input=px_0,px_1",)))
         summary = score_table(model, source, store, BatchConfig(key="id", mapping=("input=px_*",)))
         assert summary.scored == 50
+        # A pattern takes its columns in natural order, whatever the file's order.
+        shuffled = {"id": columns["id"], **{f"px_{j}": x[:, j] for j in (3, 1, 0, 2)}}
+        pacsv.write_csv(pa.table(shuffled), tmp_path / "shuffled.csv")
+        mapped = BatchConfig(key="id", mapping=("input=px_*",), force=True)
+        again = score_table(model, open_source(str(tmp_path / "shuffled.csv")), store, mapped)
+        assert again.scored == 50
+        np.testing.assert_allclose(
+            stored(store, "tiny", ["0", "49"]), model.predict(x[[0, 49]])["logits"], rtol=1e-6
+        )
         np.testing.assert_allclose(
             stored(store, "tiny", ["0", "49"]), model.predict(x[[0, 49]])["logits"], rtol=1e-6
         )
@@ -242,3 +255,41 @@ def test_reading_a_store_that_does_not_exist_is_an_error_not_a_new_empty_one(
         Store(tmp_path / "no" / "such" / "p.db")
     Store(tmp_path / "p.db").close()
     Store(tmp_path / "p.db", create=False).close()
+
+
+def test_a_key_repeated_in_a_later_chunk_keeps_its_first_prediction(
+    repo: modelport.Repository, store_url: str, tmp_path: Path
+) -> None:
+    x = features(20)
+    ids = [f"k{i}" for i in range(20)]
+    ids[15] = "k2"  # the same key again, three chunks later
+    path = tmp_path / "x.parquet"
+    pq.write_table(pa.table({"id": ids, "input": list(x)}), path)
+    with repo.load("tiny") as model, Store(store_url) as store:
+        summary = score_table(
+            model, open_source(str(path)), store,
+            BatchConfig(key="id", chunk_rows=5, max_reject_ratio=0.5),
+        )  # fmt: skip
+        assert (summary.rows, summary.scored, summary.rejected) == (20, 19, 1)
+        (reject,) = store.rejects(summary.run_id)
+        assert (reject.row, reject.key) == (15, "k2")
+        assert "duplicate key 'k2'" in reject.reason
+        np.testing.assert_allclose(
+            stored(store, "tiny", ["k2"]), model.predict(x[2:3])["logits"], rtol=1e-6
+        )
+        (run,) = store.runs("tiny")
+        assert (run.rows_scored, run.rows_rejected) == (19, 1)
+
+
+def test_storing_other_outputs_rescores_rows_already_scored(
+    repo: modelport.Repository, tmp_path: Path
+) -> None:
+    x = np.arange(40, dtype=np.float32).reshape(10, 4) + 100
+    path = str(write_parquet(tmp_path / "x.parquet", x))
+    with repo.load("slow") as model, Store(tmp_path / "p.db") as store:
+        only_double = BatchConfig(key="id", outputs=("double",))
+        first = score_table(model, open_source(path), store, only_double)
+        again = score_table(model, open_source(path), store, only_double)
+        both = score_table(model, open_source(path), store, BatchConfig(key="id"))
+        assert (first.scored, again.skipped, both.scored) == (10, 10, 10)
+        assert set(store.lookup("slow", ["row1"])["row1"].outputs) == {"double", "negative"}

@@ -162,6 +162,25 @@ def test_a_database_that_goes_away_is_retried_then_fails_cleanly_and_resumes(
     assert f"{left:,} already scored" in resumed.stdout
 
 
+def test_a_sql_query_source_with_the_progress_line(
+    repo: modelport.Repository, tmp_path: Path
+) -> None:
+    database = tmp_path / "features.db"
+    with sqlite3.connect(database) as conn:
+        conn.execute("CREATE TABLE feats (id TEXT, f0 REAL, f1 REAL, f2 REAL, f3 REAL)")
+        conn.executemany("INSERT INTO feats VALUES (?, ?, ?, ?, ?)",
+                         [(f"k{i}", i, 1.0, 2.0, 3.0) for i in range(30)])  # fmt: skip
+    query = "SELECT * FROM feats WHERE f0 < 10"
+    done = cli("batch", "tiny", "--repo", repo.root, "--store", tmp_path / "p.db", "--key", "id",
+               "--input", f"sqlite:///{database}", "--query", query)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "10 scored" in done.stdout
+    missing = cli("batch", "tiny", "--repo", repo.root, "--store", tmp_path / "p.db",
+                  "--input", f"sqlite:///{database}", "--table", "nope")  # fmt: skip
+    assert missing.returncode == 1
+    assert "there is no table 'nope'" in missing.stderr
+
+
 def test_batch_status_exits_non_zero_when_a_model_is_stale(
     repo: modelport.Repository, tmp_path: Path
 ) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -303,7 +304,8 @@ def _expand(patterns: Sequence[str], columns: Sequence[str]) -> tuple[str, ...]:
     chosen: list[str] = []
     for pattern in patterns:
         if any(ch in pattern for ch in "*?["):
-            matched = [c for c in columns if fnmatch.fnmatchcase(c, pattern)]
+            # Natural order: pixel_2 before pixel_10, whatever order the file has them in.
+            matched = sorted((c for c in columns if fnmatch.fnmatchcase(c, pattern)), key=_natural)
             if not matched:
                 raise BatchError(
                     f"--map pattern {pattern!r} matches no column of {_short(columns)}"
@@ -316,6 +318,10 @@ def _expand(patterns: Sequence[str], columns: Sequence[str]) -> tuple[str, ...]:
                 f"--map names column {pattern!r}, which the source lacks; it has {_short(columns)}"
             )
     return tuple(chosen)
+
+
+def _natural(name: str) -> list[tuple[int, str]]:
+    return [(int(part), "") if part.isdigit() else (-1, part) for part in re.split(r"(\d+)", name)]
 
 
 def _short(columns: Sequence[str], limit: int = 8) -> str:

@@ -24,7 +24,7 @@ import numpy as np
 from modelport.batch.codec import Layout
 from modelport.batch.features import Plan, input_hashes, parse_mapping, plan_columns, prepare
 from modelport.batch.sources import Chunk, Source
-from modelport.batch.store import Reject, Store
+from modelport.batch.store import Reject, Row, Store
 from modelport.config import BatchConfig
 from modelport.errors import BatchError, InvalidInputError, ModelportError, PredictionError
 from modelport.model import Model, measure_costs
@@ -61,6 +61,7 @@ class Scored:
     ``rows()``, which the writer thread calls: the model's thread goes on to the next chunk."""
 
     keys: list[str]
+    numbers: list[int | None]  # each scored row's number in the source
     inputs: dict[str, np.ndarray]
     outputs: dict[str, np.ndarray]
     hashes: list[str] | None
@@ -69,15 +70,16 @@ class Scored:
     skipped: int
     read: int  # rows of the chunk
 
-    def rows(self) -> list[tuple[str, bytes, str]]:
-        """(key, outputs, input hash) per scored row."""
+    def rows(self) -> list[Row]:
         if not self.keys:
             return []
         hashes = self.hashes if self.hashes is not None else input_hashes(self.inputs)
-        return list(zip(self.keys, self.layout.encode(self.outputs), hashes, strict=True))
+        blobs = self.layout.encode(self.outputs)
+        return list(map(Row, self.keys, blobs, hashes, self.numbers))
 
-    def write(self, store: Store, run_id: str, model: str, version: int) -> None:
-        store.write_chunk(run_id, model, version, self.rows(), self.rejects, self.skipped)
+    def write(self, store: Store, run_id: str, model: str, version: int) -> int:
+        """Store the chunk; returns how many rows turned out to repeat an earlier key."""
+        return store.write_chunk(run_id, model, version, self.rows(), self.rejects, self.skipped)
 
 
 @dataclass
@@ -110,7 +112,11 @@ class Scorer:
             hashes = input_hashes(inputs)
             known = store.scored(self.name, self.version, [keys[i] for i in offsets])
             fresh = np.array(
-                [known.get(keys[i]) != h for i, h in zip(offsets, hashes, strict=True)], bool
+                [
+                    self._changed(known.get(keys[i]), h, store)
+                    for i, h in zip(offsets, hashes, strict=True)
+                ],
+                bool,
             )
             skipped = len(fresh) - int(fresh.sum())
             offsets, inputs = offsets[fresh], _take(inputs, fresh)
@@ -127,10 +133,19 @@ class Scorer:
             )
             for i, reason in sorted(reasons.items())
         ]
+        first = chunk.first_row
+        numbers = [None if first is None else first + int(i) for i in offsets]
         return Scored(
-            [keys[i] for i in offsets], inputs, outputs, hashes, self.layout, rejects, skipped,
-            chunk.batch.num_rows,
+            [keys[i] for i in offsets], numbers, inputs, outputs, hashes, self.layout, rejects,
+            skipped, chunk.batch.num_rows,
         )  # fmt: skip
+
+    def _changed(self, stored: tuple[str, str] | None, digest: str, store: Store) -> bool:
+        """Does a row need scoring: never scored, other features, or other outputs stored?"""
+        if stored is None:
+            return True
+        stored_digest, run_id = stored
+        return stored_digest != digest or store.layout(run_id) != self.layout
 
     def _predict(
         self, inputs: dict[str, np.ndarray], rows: int
@@ -254,18 +269,18 @@ def score_table(
             counts["rejected"], time.monotonic() - started, status, error,
         )  # fmt: skip
 
-    def landed(done: Future[None], rows: int, scored: int, skipped: int, rejected: int) -> None:
-        done.result()
+    def landed(done: Future[int], rows: int, scored: int, skipped: int, rejected: int) -> None:
+        duplicates = done.result()
         counts["rows"] += rows
-        counts["scored"] += scored
+        counts["scored"] += scored - duplicates
         counts["skipped"] += skipped
-        counts["rejected"] += rejected
+        counts["rejected"] += rejected + duplicates
         if progress is not None:
             progress(summary("running"))
 
     status, error = "failed", None
     writer = ThreadPoolExecutor(1, thread_name_prefix="modelport-store")
-    pending: deque[tuple[Future[None], int, int, int, int]] = deque()
+    pending: deque[tuple[Future[int], int, int, int, int]] = deque()
     try:
         for chunk in prefetch(source.read(scorer.chunk_rows), _QUEUED_CHUNKS):
             scored = scorer.score(chunk, store)

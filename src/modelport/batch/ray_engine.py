@@ -59,10 +59,10 @@ class _ScoreBlocks:
             chunk = Chunk(table.combine_chunks().to_batches()[0] if table.num_rows else
                           pa.RecordBatch.from_pylist([], schema=table.schema), None)  # fmt: skip
         scored = self.scorer.score(chunk, self.store)
-        scored.write(self.store, self.run_id, self.scorer.name, self.scorer.version)
+        duplicates = scored.write(self.store, self.run_id, self.scorer.name, self.scorer.version)
         return pa.table({
-            "rows": [scored.read], "scored": [len(scored.keys)], "skipped": [scored.skipped],
-            "rejected": [len(scored.rejects)],
+            "rows": [scored.read], "scored": [len(scored.keys) - duplicates],
+            "skipped": [scored.skipped], "rejected": [len(scored.rejects) + duplicates],
         })  # fmt: skip
 
 

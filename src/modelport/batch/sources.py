@@ -236,8 +236,13 @@ class SqlSource:
         import sqlalchemy as sa
 
         if self.query is not None:
-            return sa.text(self.query)
-        return sa.select(sa.text("*")).select_from(sa.table(self.table or ""))
+            return sa.text(self.query).columns().subquery("q")
+        return sa.table(self.table or "")
+
+    def _rows(self) -> Any:
+        import sqlalchemy as sa
+
+        return sa.select(sa.text("*")).select_from(self._select())
 
     def _engine(self) -> Any:
         import sqlalchemy as sa
@@ -253,8 +258,10 @@ class SqlSource:
         try:
             with engine.connect() as conn:
                 if self.table is not None:
+                    if not sa.inspect(conn).has_table(self.table):
+                        raise BatchError(f"{self.description}: there is no table {self.table!r}")
                     return [c["name"] for c in sa.inspect(conn).get_columns(self.table)]
-                return list(conn.execute(self._select()).keys())
+                return list(conn.execute(self._rows().limit(0)).keys())
         except sa.exc.SQLAlchemyError as exc:
             raise BatchError(f"cannot read {self.description}: {first_line(exc)}") from exc
         finally:
@@ -266,7 +273,7 @@ class SqlSource:
         engine = self._engine()
         try:
             with engine.connect() as conn:
-                counted = sa.select(sa.func.count()).select_from(self._select().subquery())
+                counted = sa.select(sa.func.count()).select_from(self._select())
                 return int(conn.execute(counted).scalar_one())
         except sa.exc.SQLAlchemyError:
             return None  # only the ETA needs it
@@ -284,7 +291,7 @@ class SqlSource:
             with engine.connect() as conn:
                 result = conn.execution_options(
                     stream_results=True, max_row_buffer=chunk_rows
-                ).execute(self._select())
+                ).execute(self._rows())
                 names = list(result.keys())
                 for rows in result.partitions(chunk_rows):
                     columns = {n: [row[i] for row in rows] for i, n in enumerate(names)}

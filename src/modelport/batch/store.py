@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -106,6 +106,16 @@ class Stored:
     outputs: dict[str, Any]
     scored_at: float
     run_id: str
+
+
+@dataclass(frozen=True)
+class Row:
+    """One scored row, ready to store."""
+
+    key: str
+    outputs: bytes
+    input_hash: str
+    row: int | None  # in the source, from 0; None when read in parallel
 
 
 @dataclass(frozen=True)
@@ -256,71 +266,86 @@ class Store:
         with self.engine.connect() as conn:
             return conn.execute(query.limit(1)).first() is not None
 
-    def scored(self, model: str, version: int, keys: Sequence[str]) -> dict[str, str]:
-        """key -> input hash, for the keys ``version`` of ``model`` has already scored."""
+    def scored(self, model: str, version: int, keys: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """key -> (input hash, run id), for the keys ``version`` of ``model`` has scored."""
 
-        def read(conn: Connection) -> dict[str, str]:
-            found: dict[str, str] = {}
+        def read(conn: Connection) -> dict[str, tuple[str, str]]:
+            found: dict[str, tuple[str, str]] = {}
             for start in range(0, len(keys), _IN_CHUNK):
-                query = sa.select(PREDICTIONS.c.key, PREDICTIONS.c.input_hash).where(
+                query = sa.select(
+                    PREDICTIONS.c.key, PREDICTIONS.c.input_hash, PREDICTIONS.c.run_id
+                ).where(
                     PREDICTIONS.c.model == model,
                     PREDICTIONS.c.version == version,
                     PREDICTIONS.c.key.in_(keys[start : start + _IN_CHUNK]),
                 )
-                found.update((key, digest) for key, digest in conn.execute(query))
+                found.update((key, (digest, run)) for key, digest, run in conn.execute(query))
             return found
 
         return self._attempt(lambda: _connected(self.engine, read), "read scored keys")
 
     def write_chunk(
-        self, run_id: str, model: str, version: int, rows: Iterable[tuple[str, bytes, str]],
-        rejects: Sequence[Reject], skipped: int,
-    ) -> None:  # fmt: skip
-        """One transaction: a chunk's predictions (key, outputs, input hash), its rejects and
-        the run's counters. All of it lands, or none of it."""
-        now = time.time()
-        values = [
-            (model, key, version, outputs, digest, now, run_id) for key, outputs, digest in rows
-        ]
-        bad = [
-            {"run_id": run_id, "model": model, "row": r.row, "key": r.key, "reason": r.reason}
-            for r in rejects
-        ]
-        counters = (
-            RUNS.update()
-            .where(RUNS.c.run_id == run_id)
-            .values(
-                rows_scored=RUNS.c.rows_scored + len(values),
-                rows_skipped=RUNS.c.rows_skipped + skipped,
-                rows_rejected=RUNS.c.rows_rejected + len(bad),
-                heartbeat_at=now,
-            )
-        )
+        self, run_id: str, model: str, version: int, rows: Sequence[Row],
+        rejects: Sequence[Reject], skipped: int, first_wins: bool = True,
+    ) -> int:  # fmt: skip
+        """One transaction: a chunk's predictions, its rejects and the run's counters. All of
+        it lands, or none of it.
 
-        def write(conn: Connection) -> None:
+        With ``first_wins``, a key that an earlier chunk of the same run already wrote (a
+        duplicate further down the table) keeps its first prediction and the later row becomes
+        a reject; returns how many. Without it (a server's live answers, which may refresh a
+        key again later), the newest row replaces the stored one.
+        """
+        now = time.time()
+        values = [(model, r.key, version, r.outputs, r.input_hash, now, run_id) for r in rows]
+
+        def write(conn: Connection) -> int:
+            duplicates: list[Reject] = []
             if values:
                 # Straight to the driver: SQLAlchemy's per-row parameter handling cost as much
                 # as the database's own work on wide outputs (measured).
-                conn.exec_driver_sql(self._upsert, values)
+                done = conn.exec_driver_sql(self._upsert(first_wins), values)
+                if first_wins and 0 <= done.rowcount < len(
+                    values
+                ):  # some rows kept an earlier chunk's answer
+                    duplicates = self._duplicates(conn, run_id, model, rows, now)
+            bad = [
+                {"run_id": run_id, "model": model, "row": r.row, "key": r.key, "reason": r.reason}
+                for r in [*rejects, *duplicates]
+            ]
             if bad:
                 conn.execute(REJECTS.insert(), bad)
-            conn.execute(counters)
+            conn.execute(
+                RUNS.update().where(RUNS.c.run_id == run_id).values(
+                    rows_scored=RUNS.c.rows_scored + len(values) - len(duplicates),
+                    rows_skipped=RUNS.c.rows_skipped + skipped,
+                    rows_rejected=RUNS.c.rows_rejected + len(bad),
+                    heartbeat_at=now,
+                )
+            )  # fmt: skip
+            return len(duplicates)
 
-        self._write(write, f"write {len(values)} predictions")
+        return self._write(write, f"write {len(values)} predictions")
 
-    @functools.cached_property
-    def _upsert(self) -> str:
-        dialect = self.engine.dialect
-        if dialect.name not in ("postgresql", "sqlite"):
-            raise StoreError(f"{dialect.name} stores are not supported; use SQLite or PostgreSQL")
-        columns = [c.name for c in PREDICTIONS.columns]
-        mark = "?" if dialect.paramstyle == "qmark" else "%s"
-        changed = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in ("model", "key"))
-        return (
-            f"INSERT INTO {PREDICTIONS.name} ({', '.join(columns)}) "
-            f"VALUES ({', '.join([mark] * len(columns))}) "
-            f"ON CONFLICT (model, key) DO UPDATE SET {changed}"
-        )
+    @staticmethod
+    def _duplicates(
+        conn: Connection, run_id: str, model: str, rows: Sequence[Row], now: float
+    ) -> list[Reject]:
+        """Rows whose key this run had written before this chunk (its rows carry ``now``)."""
+        earlier: set[str] = set()
+        for start in range(0, len(rows), _IN_CHUNK):
+            query = sa.select(PREDICTIONS.c.key).where(
+                PREDICTIONS.c.model == model,
+                PREDICTIONS.c.run_id == run_id,
+                PREDICTIONS.c.scored_at != now,
+                PREDICTIONS.c.key.in_([r.key for r in rows[start : start + _IN_CHUNK]]),
+            )
+            earlier.update(conn.execute(query).scalars())
+        reason = "duplicate key {!r}: an earlier row of this run has it (the first one is kept)"
+        return [Reject(r.row, r.key, reason.format(r.key)) for r in rows if r.key in earlier]
+
+    def _upsert(self, first_wins: bool) -> str:
+        return _upsert_sql(self.engine.dialect.name, self.engine.dialect.paramstyle, first_wins)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -373,12 +398,12 @@ class Store:
 
     # -- retries ------------------------------------------------------------------------------
 
-    def _write(self, work: Callable[[Connection], object], what: str) -> None:
-        def transaction() -> None:
+    def _write(self, work: Callable[[Connection], T], what: str) -> T:
+        def transaction() -> T:
             with self.engine.begin() as conn:
-                work(conn)
+                return work(conn)
 
-        self._attempt(transaction, what)
+        return self._attempt(transaction, what)
 
     def _attempt(self, work: Callable[[], T], what: str) -> T:
         """Run ``work``, retrying with exponential backoff while the database is unreachable.
@@ -406,6 +431,22 @@ class Store:
             except sa.exc.SQLAlchemyError as exc:
                 raise StoreError(f"could not {what} in {redact(self.url)}: {exc}") from exc
         raise AssertionError("unreachable")
+
+
+@functools.cache
+def _upsert_sql(dialect: str, paramstyle: str, first_wins: bool) -> str:
+    if dialect not in ("postgresql", "sqlite"):
+        raise StoreError(f"{dialect} stores are not supported; use SQLite or PostgreSQL")
+    columns = [c.name for c in PREDICTIONS.columns]
+    mark = "?" if paramstyle == "qmark" else "%s"
+    changed = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in ("model", "key"))
+    return (
+        f"INSERT INTO {PREDICTIONS.name} ({', '.join(columns)}) "
+        f"VALUES ({', '.join([mark] * len(columns))}) "
+        f"ON CONFLICT (model, key) DO UPDATE SET {changed}"
+        # Within one run the first row of a key wins; write_chunk reports the others.
+        + (f" WHERE {PREDICTIONS.name}.run_id <> excluded.run_id" if first_wins else "")
+    )
 
 
 def _connected(engine: Engine, read: Callable[[Connection], T]) -> T:

@@ -126,6 +126,7 @@ class Lookups:
     ) -> None:
         from modelport.batch.codec import Layout
         from modelport.batch.features import input_hashes
+        from modelport.batch.store import Row
         from modelport.signature import validate_inputs
 
         served = self.engine.models().get(name, version)
@@ -138,7 +139,8 @@ class Lookups:
             self._live_runs[(name, version)] = run
         (blob,) = run.layout.encode(outputs)
         (digest,) = input_hashes(inputs)
-        self.store.write_chunk(run.run_id, name, version, [(key, blob, digest)], [], 0)
+        row = Row(key, blob, digest, None)
+        self.store.write_chunk(run.run_id, name, version, [row], [], 0, first_wins=False)
 
     def refresh_ages(self) -> None:
         """Set the age gauges from the runs table (at most every few seconds)."""
