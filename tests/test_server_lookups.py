@@ -40,6 +40,9 @@ def served(
             conn.execute(sa.text(
                 "UPDATE modelport_predictions SET scored_at = scored_at - 7200 WHERE key = 'row5'"
             ))  # fmt: skip
+            conn.execute(sa.text(  # as if tiny:1 had scored it: older than the served version
+                "UPDATE modelport_predictions SET version = 1 WHERE key = 'row9'"
+            ))  # fmt: skip
     try:
         with repo.load("tiny") as model, run_server(
             repo.root, "--store", url, "--max-age", "1h", "--write-back", "--no-access-log"
@@ -70,8 +73,10 @@ def test_an_old_prediction_is_marked_stale_and_a_missing_one_is_404(
 ) -> None:
     server, _, _ = served
     stale = httpx.get(f"{server.url}/v2/models/tiny/predictions/row5").json()
-    assert stale["stale"] is True
+    assert (stale["stale"], stale["stale_reason"]) == (True, "age")
     assert stale["age_s"] > 7000
+    older = httpx.get(f"{server.url}/v2/models/tiny/predictions/row9").json()
+    assert (older["stale"], older["stale_reason"], older["model_version"]) == (True, "version", "1")
     missing = httpx.get(f"{server.url}/v2/models/tiny/predictions/nobody")
     assert missing.status_code == 404
     assert "no stored prediction of model 'tiny' for key 'nobody'" in missing.json()["error"]
@@ -112,6 +117,18 @@ def test_many_keys_at_once_and_live_answers_for_stale_or_missing_keys(
     assert httpx.get(f"{url}/row5").json()["stale"] is False
 
 
+def test_one_bad_key_fails_the_request_before_anything_is_computed(
+    served: tuple[RunningServer, modelport.Model, str],
+) -> None:
+    server, _, _ = served
+    url = f"{server.url}/v2/models/tiny/predictions"
+    body = {"keys": ["n1", "n2"], "inputs": {"n1": {"input": [1, 2, 3, 4]}, "n2": {"input": [1]}}}
+    response = httpx.post(url, json=body)
+    assert response.status_code == 400
+    assert response.json()["error"].startswith("inputs['n2']: input 'input'")
+    assert httpx.get(f"{url}/n1").status_code == 404  # n1 was not computed nor stored
+
+
 def test_lookup_metrics_and_prediction_age(
     served: tuple[RunningServer, modelport.Model, str],
 ) -> None:
@@ -137,8 +154,8 @@ def test_lookup_metrics_and_prediction_age(
         ({"keys": [1]}, 400, "each key must be a string"),
         ({"keys": ["a"], "inputs": {"b": {}}}, 400, "inputs given for keys not asked for: ['b']"),
         ({"keys": ["a"], "inputs": {"a": [1, 2]}}, 400, "inputs['a'] must be an object"),
-        ({"keys": ["a"], "inputs": {"a": {"input": [1, 2]}}}, 400, "input 'input'"),
-        ({"keys": ["a"], "inputs": {"a": {"wrong": [1, 2, 3, 4]}}}, 400, "wrong"),
+        ({"keys": ["a"], "inputs": {"a": {"input": [1, 2]}}}, 400, "inputs['a']: input 'input'"),
+        ({"keys": ["a"], "inputs": {"a": {"wrong": [1, 2, 3, 4]}}}, 400, "inputs['a']: "),
     ],
 )
 def test_bad_lookups_are_refused_clearly(
@@ -158,8 +175,12 @@ def test_live_answers_need_the_model_served_here(
     body = {"keys": ["k"], "inputs": {"k": {"input": [1, 2, 3, 4]}}}
     response = httpx.post(f"{server.url}/v2/models/other/predictions", json=body)
     assert response.status_code == 404
-    assert "model 'other' is not served here" in response.json()["error"]
+    assert (
+        "no model 'other' here: it is neither served nor in the prediction store"
+        in (response.json()["error"])
+    )
     assert httpx.get(f"{server.url}/v2/models/other/predictions/k").status_code == 404
+    assert 'model="other"' not in httpx.get(f"{server.url}/metrics").text
     assert httpx.get(f"{server.url}/v2/models/..%2F..%2Fetc/predictions/k").status_code == 400
 
 

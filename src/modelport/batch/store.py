@@ -391,6 +391,11 @@ class Store:
             self._layouts[run_id] = layout
         return layout
 
+    def models(self) -> set[str]:
+        """Every model with a run in the store."""
+        with self.engine.connect() as conn:
+            return set(conn.execute(sa.select(RUNS.c.model).distinct()).scalars())
+
     def count(self, model: str) -> int:
         query = sa.select(sa.func.count()).select_from(PREDICTIONS)
         with self.engine.connect() as conn:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
+
 from modelport.config import LookupConfig
 from modelport.errors import (
     InvalidInputError,
@@ -29,10 +31,12 @@ from modelport.errors import (
 )
 from modelport.server import metrics
 from modelport.server.engine import Engine, Outputs
+from modelport.server.registry import Served
+from modelport.signature import validate_inputs
 
 _MAX_KEYS = 1000
 _MAX_KEY_CHARS = 512  # the store's key column
-_AGE_REFRESH_S = 5.0  # how often /metrics re-reads the runs table
+_REFRESH_S = 5.0  # how often the runs table is re-read (ages for /metrics, model names)
 
 
 @dataclass
@@ -55,6 +59,8 @@ class Lookups:
         self.engine = engine
         self._live_runs: dict[tuple[str, int], _LiveRun] = {}
         self._ages_read = 0.0
+        self._models: set[str] = set()
+        self._models_read = -_REFRESH_S
 
     def close(self) -> None:
         self.store.close()
@@ -75,46 +81,76 @@ class Lookups:
     ) -> list[dict[str, Any]]:
         if self.engine.draining:
             raise NotReadyError("the server is shutting down", retry_after_s=1.0)
+        served = self._served(name)
+        if served is None and name not in await asyncio.to_thread(self._store_models):
+            raise ModelNotFoundError(
+                f"no model {name!r} here: it is neither served nor in the prediction store"
+            )
         info["model"], info["version"] = name, "store"
+        # Every key's features are checked before anything is computed or written back.
+        batches = {key: self._features(served, name, key, row) for key, row in features.items()}
         found = await asyncio.to_thread(self.store.lookup, name, keys)
         now = time.time()
         max_age = self.max_age.of(name)
         answers = []
         for key in keys:
             stored = found.get(key)
-            stale = stored is not None and max_age is not None and now - stored.scored_at > max_age
-            if (stored is None or stale) and key in features:
-                answers.append(await self._live(name, key, features[key], info))
+            why = None if stored is None else _stale(stored, now, max_age, served)
+            if (stored is None or why) and served is not None and key in batches:
+                answers.append(await self._live(served, key, batches[key], info))
                 continue
-            result = "miss" if stored is None else "stale" if stale else "hit"
+            result = "miss" if stored is None else "stale" if why else "hit"
             metrics.LOOKUPS.labels(name, result).inc()
             if stored is None:
                 answers.append({"key": key, "found": False})
                 continue
             answers.append({
-                "key": key, "found": True, "source": "store", "stale": stale,
+                "key": key, "found": True, "source": "store", "stale": why is not None,
+                **({"stale_reason": why} if why else {}),
                 "model_version": str(stored.version), "scored_at": _iso(stored.scored_at),
                 "age_s": round(now - stored.scored_at, 3), "outputs": stored.outputs,
             })  # fmt: skip
         return answers
 
-    async def _live(self, name: str, key: str, row: Any, info: dict[str, Any]) -> dict[str, Any]:
+    def _served(self, name: str) -> Served | None:
+        registry = self.engine.registry
+        if registry is None or name not in registry.names():
+            return None
+        return registry.get(name)
+
+    def _store_models(self) -> set[str]:
+        """Models with runs in the store (re-read at most every few seconds)."""
+        now = time.monotonic()
+        if now - self._models_read > _REFRESH_S:
+            self._models = self.store.models()
+            self._models_read = now
+        return self._models
+
+    @staticmethod
+    def _features(served: Served | None, name: str, key: str, row: Any) -> dict[str, np.ndarray]:
+        if served is None:
+            raise ModelNotFoundError(
+                f"model {name!r} is not served here, so key {key!r} cannot be computed live; "
+                "serve the model's repository along with --store"
+            )
         if not isinstance(row, dict):
             raise InvalidInputError(
                 f"inputs[{key!r}] must be an object of input name -> one row of features"
             )
-        try:
-            served = self.engine.admit(name, None, info)
-        except ModelNotFoundError:
-            raise ModelNotFoundError(
-                f"model {name!r} is not served here, so key {key!r} cannot be computed live; "
-                "serve the model's repository along with --store"
-            ) from None
         batch = {n: [v] for n, v in row.items()}  # one row -> a batch of one
+        try:
+            return validate_inputs(served.model.signature, batch, served.model.limits)
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"inputs[{key!r}]: {exc}", exc.input_name) from None
+
+    async def _live(
+        self, served: Served, key: str, batch: dict[str, np.ndarray], info: dict[str, Any]
+    ) -> dict[str, Any]:
+        served = self.engine.admit(served.name, served.version, info)
         outputs = await self.engine.predict(served, batch, info)
-        metrics.LOOKUPS.labels(name, "live").inc()
+        metrics.LOOKUPS.labels(served.name, "live").inc()
         if self.write_back:
-            await asyncio.to_thread(self._store, name, served.version, key, batch, outputs)
+            await asyncio.to_thread(self._store, served.name, served.version, key, batch, outputs)
         return {
             "key": key, "found": True, "source": "live", "stale": False,
             "model_version": str(served.version), "scored_at": _iso(time.time()), "age_s": 0.0,
@@ -127,10 +163,7 @@ class Lookups:
         from modelport.batch.codec import Layout
         from modelport.batch.features import input_hashes
         from modelport.batch.store import Row
-        from modelport.signature import validate_inputs
 
-        served = self.engine.models().get(name, version)
-        inputs = validate_inputs(served.model.signature, batch, served.model.limits)
         run = self._live_runs.get((name, version))
         if run is None:
             layout = Layout.of(outputs)
@@ -138,14 +171,14 @@ class Lookups:
             run = _LiveRun(self.store.start_run(name, version, source, layout, "live"), layout)
             self._live_runs[(name, version)] = run
         (blob,) = run.layout.encode(outputs)
-        (digest,) = input_hashes(inputs)
+        (digest,) = input_hashes(batch)
         row = Row(key, blob, digest, None)
         self.store.write_chunk(run.run_id, name, version, [row], [], 0, first_wins=False)
 
     def refresh_ages(self) -> None:
         """Set the age gauges from the runs table (at most every few seconds)."""
         now = time.monotonic()
-        if now - self._ages_read < _AGE_REFRESH_S:
+        if now - self._ages_read < _REFRESH_S:
             return
         self._ages_read = now
         from modelport.batch.freshness import freshness
@@ -171,6 +204,16 @@ def parse_lookup(message: Any) -> tuple[list[str], dict[str, Any]]:
     if unknown:
         raise InvalidInputError(f"inputs given for keys not asked for: {sorted(unknown)[:5]}")
     return keys, features
+
+
+def _stale(stored: Any, now: float, max_age_s: float | None, served: Served | None) -> str | None:
+    """Why a stored prediction is stale: "age" (older than --max-age) or "version" (made by an
+    older version than the one served here); None when it is fresh."""
+    if max_age_s is not None and now - stored.scored_at > max_age_s:
+        return "age"
+    if served is not None and stored.version < served.version:
+        return "version"
+    return None
 
 
 def _iso(seconds: float) -> str:
