@@ -293,3 +293,20 @@ def test_storing_other_outputs_rescores_rows_already_scored(
         both = score_table(model, open_source(path), store, BatchConfig(key="id"))
         assert (first.scored, again.skipped, both.scored) == (10, 10, 10)
         assert set(store.lookup("slow", ["row1"])["row1"].outputs) == {"double", "negative"}
+
+
+def test_a_wrong_database_fails_at_once_and_an_outage_is_retried(tmp_path: Path) -> None:
+    import time
+
+    from modelport.config import RetryPolicy
+    from modelport.errors import StoreError
+
+    with pytest.raises(StoreError, match="mysql stores are not supported"):
+        Store("mysql://localhost/x")
+    started = time.monotonic()
+    with pytest.raises(StoreError, match='database "no_such_database" does not exist'):
+        Store("postgresql://postgres@127.0.0.1:5432/no_such_database")
+    assert time.monotonic() - started < 2  # not retried: waiting would not help
+    closed_port = RetryPolicy(attempts=2, first_delay_s=0.1)
+    with pytest.raises(StoreError, match="after 2 attempts"):
+        Store("postgresql://postgres@127.0.0.1:1/x", closed_port)

@@ -153,7 +153,7 @@ def test_a_database_that_goes_away_is_retried_then_fails_cleanly_and_resumes(
     _, err = process.communicate(timeout=120)
     assert process.returncode == 1
     assert "after 5 attempts" in err
-    assert "run the same command again: it resumes where this run stopped" in err
+    assert "run the same command again (a batch run resumes where it stopped)" in err
     assert "Traceback" not in err
     pg("start", data)
     resumed = cli(*args)

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from modelport.errors import BatchError
+from modelport.errors import BatchError, MissingDependencyError
 
 FORMATS = {
     ".csv": "csv",
@@ -247,7 +247,13 @@ class SqlSource:
     def _engine(self) -> Any:
         import sqlalchemy as sa
 
-        return sa.create_engine(self.url)
+        try:
+            return sa.create_engine(self.url)
+        except ImportError as exc:
+            raise MissingDependencyError(
+                f"the database driver for {self.description} is not installed ({exc}); for "
+                "PostgreSQL: pip install 'modelport[postgres]'"
+            ) from exc
 
     def columns(self) -> list[str]:
         import sqlalchemy as sa

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -31,7 +32,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from modelport.batch.codec import Layout
 from modelport.config import RetryPolicy
-from modelport.errors import StoreError
+from modelport.errors import MissingDependencyError, StoreError
 
 log = logging.getLogger("modelport.batch")
 T = TypeVar("T")
@@ -165,9 +166,20 @@ class Store:
             if not create and not path.is_file():
                 raise StoreError(f"no prediction store at {path}; 'modelport batch' creates one")
         try:
+            backend = sa.make_url(self.url).get_backend_name()
+        except sa.exc.ArgumentError as exc:
+            raise StoreError(f"{redact(self.url)} is not a database URL: {exc}") from exc
+        if backend not in ("sqlite", "postgresql"):
+            raise StoreError(
+                f"{backend} stores are not supported: use a SQLite file or a postgresql:// URL"
+            )
+        try:
             self.engine: Engine = sa.create_engine(self.url, pool_pre_ping=True)
-        except (sa.exc.ArgumentError, ImportError) as exc:
-            raise StoreError(f"cannot open the store {redact(self.url)}: {exc}") from exc
+        except ImportError as exc:
+            raise MissingDependencyError(
+                f"the PostgreSQL driver is not installed ({exc}); install it with: "
+                "pip install 'modelport[postgres]'"
+            ) from exc
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         self._layouts: dict[str, Layout] = {}
@@ -421,11 +433,15 @@ class Store:
             try:
                 return work()
             except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+                if not _transient(exc):
+                    raise StoreError(
+                        f"could not {what} in {redact(self.url)}: {first_line(exc)}"
+                    ) from exc
                 if attempt == self.retry.attempts:
                     raise StoreError(
                         f"could not {what} in {redact(self.url)} after {attempt} attempts: "
                         f"{first_line(exc)}. Once the database is back, run the same command "
-                        "again: it resumes where this run stopped"
+                        "again (a batch run resumes where it stopped)"
                     ) from exc
                 log.warning(
                     "warning: store %s: could not %s (%s); retrying in %.1f s",
@@ -436,6 +452,27 @@ class Store:
             except sa.exc.SQLAlchemyError as exc:
                 raise StoreError(f"could not {what} in {redact(self.url)}: {exc}") from exc
         raise AssertionError("unreachable")
+
+
+_REFUSED = re.compile(
+    r"does not exist|authentication failed|no pg_hba\.conf entry|permission denied", re.I
+)
+
+
+def _transient(exc: sa.exc.DBAPIError) -> bool:
+    """Worth retrying: the connection broke or the server is busy, not a wrong database name,
+    password or query."""
+    cause = exc.orig
+    state = getattr(cause, "sqlstate", None)  # PostgreSQL's error class
+    if state:
+        # 08 connection, 40 rolled back (serialization, deadlock), 53 resources, 57 shutdown
+        return str(state)[:2] in {"08", "40", "53", "57"}
+    name = getattr(cause, "sqlite_errorname", None)
+    if name is not None:
+        return str(name) in {"SQLITE_BUSY", "SQLITE_LOCKED"}
+    # No code: a connection that could not be made or was cut, unless the server refused it
+    # for a reason that waiting does not change (psycopg has no code for those at connect).
+    return _REFUSED.search(str(cause)) is None
 
 
 @functools.cache

@@ -158,6 +158,7 @@ class ModelService:
         from modelport.errors import require
 
         require("grpc", "grpc")
+        require("grpc_health", "grpc")
         from modelport.server.grpc import GRPCDoor
 
         self._grpc = GRPCDoor(self.engine, self.config)

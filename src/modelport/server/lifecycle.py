@@ -79,6 +79,7 @@ def check_grpc_port(config: ServerConfig) -> None:
     from modelport.errors import require
 
     require("grpc", "grpc")
+    require("grpc_health", "grpc")
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         # As gRPC itself does: connections of an earlier run in TIME_WAIT are no obstacle.
