@@ -264,3 +264,21 @@ def test_the_ray_engine_stores_exactly_what_the_local_engine_stores(
     with Store(tmp_path / "ray.db") as store:
         (reject,) = store.rejects(store.runs()[0].run_id)
         assert (reject.key, reject.reason) == ("row7", "feature 'input' is nan")
+
+
+def test_a_failed_run_says_why_and_outputs_may_be_listed_with_commas(
+    repo: modelport.Repository, tmp_path: Path
+) -> None:
+    x = features(10)
+    x[:4, 0] = np.nan
+    source = write_parquet(tmp_path / "x.parquet", x)
+    failed = cli("batch", "slow", "--repo", repo.root, "--input", source, "--key", "id",
+                 "--store", tmp_path / "p.db")  # fmt: skip
+    assert failed.returncode == 1
+    assert "First: row 0: feature 'input' is nan; row 1: feature 'input' is nan" in failed.stderr
+    done = cli("batch", "slow", "--repo", repo.root, "--input", source, "--key", "id",
+               "--store", tmp_path / "q.db", "--outputs", "negative,double",
+               "--max-reject-ratio", "0.5")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with Store(tmp_path / "q.db") as store:
+        assert set(store.lookup("slow", ["row9"])["row9"].outputs) == {"negative", "double"}

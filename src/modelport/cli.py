@@ -431,7 +431,10 @@ STORE_OPTION = click.option(
 
 @main.group(cls=_RunByDefault)
 def batch() -> None:
-    """Score tables offline into a prediction store; check how fresh the stored ones are."""
+    """Score tables offline into a prediction store; check how fresh the stored ones are.
+
+    'modelport batch NAME[:VERSION] --input ...' is short for 'modelport batch run ...'.
+    """
 
 
 @batch.command("run")
@@ -447,7 +450,7 @@ def batch() -> None:
     "--map", "mapping", multiple=True, metavar="INPUT=COLUMNS",
     help="Columns feeding an input: x=a,b,c or 'x=pixel_*' (repeatable).",
 )  # fmt: skip
-@click.option("--outputs", multiple=True, help="Outputs to store (repeatable; default: all).")
+@click.option("--outputs", multiple=True, help="Outputs to store: a,b or repeated (default: all).")
 @click.option(
     "--chunk-rows",
     type=int,
@@ -484,7 +487,8 @@ def batch_run(
     try:
         config = BatchConfig(
             chunk_rows=chunk_rows, batch_size=batch_size, key=key, mapping=mapping,
-            outputs=outputs or None, force=force, max_reject_ratio=max_reject_ratio,
+            outputs=tuple(o.strip() for item in outputs for o in item.split(",") if o.strip())
+            or None, force=force, max_reject_ratio=max_reject_ratio,
             allow_non_finite=allow_non_finite,
         )  # fmt: skip
     except ValueError as exc:

@@ -12,15 +12,16 @@ from typing import Any
 from modelport.batch.store import Run, Store
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_AGE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)")
+_AGE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
 
 
 def parse_age(text: str) -> float:
-    """``"90s"``, ``"30m"``, ``"24h"``, ``"7d"``, ``"1.5h"`` or plain seconds -> seconds."""
+    """``"90s"``, ``"30m"``, ``"24h"``, ``"7d"``, ``"1.5h"`` -> seconds. The unit is required:
+    a bare ``24`` could mean hours as easily as seconds."""
     match = _AGE.fullmatch(text.strip().lower())
     if match is None:
         raise ValueError(f"{text!r} is not an age; expected a number with s, m, h, d or w (24h)")
-    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    return float(match.group(1)) * _UNITS[match.group(2)]
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,8 @@ def freshness(store: Store, policy: MaxAge, now: float | None = None) -> list[Fr
     latest: dict[str, Run] = {}
     good: dict[str, Run] = {}
     for run in store.runs():  # newest first
+        if run.status == "live":  # a server's live answers, not a batch run
+            continue
         latest.setdefault(run.model, run)
         if run.status == "succeeded":
             good.setdefault(run.model, run)
@@ -107,7 +110,8 @@ def freshness_table(report: list[Freshness]) -> str:
             f"{f.rows:,}" if f.rows is not None else "-",
             duration(f.age_s) if f.age_s is not None else "-",
             duration(f.max_age_s) if f.max_age_s is not None else "-",
-            ("STALE" if f.stale else "fresh") if good else "NEVER SCORED",
+            "NEVER SCORED" if not good else "STALE" if f.stale
+            else "fresh" if f.max_age_s is not None else "scored",
             f"{f.latest.status} {f.latest.run_id[:8]}",
         ))  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -293,10 +293,14 @@ def score_table(
         while pending:
             landed(*pending.popleft())
         if counts["rows"] and counts["rejected"] / counts["rows"] > config.max_reject_ratio:
+            first = "; ".join(
+                f"{'row ' + str(r.row) if r.row is not None else 'key ' + repr(r.key)}: {r.reason}"
+                for r in store.rejects(run_id)[:3]
+            )
             raise BatchError(
                 f"{counts['rejected']} of {counts['rows']} rows were rejected, over the limit of "
-                f"{config.max_reject_ratio:.0%} (--max-reject-ratio); the reasons are in the "
-                f"rejects table under run {run_id}"
+                f"{config.max_reject_ratio:.0%} (--max-reject-ratio). First: {first}. All of "
+                f"them: modelport_rejects where run_id = '{run_id}'"
             )
         status = "succeeded"
     except KeyboardInterrupt:

@@ -12,6 +12,7 @@ key's features and the model is served here, is computed live (and stored with
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import time
@@ -34,6 +35,7 @@ from modelport.server.engine import Engine, Outputs
 from modelport.server.registry import Served
 from modelport.signature import validate_inputs
 
+log = logging.getLogger("modelport.server")
 _MAX_KEYS = 1000
 _MAX_KEY_CHARS = 512  # the store's key column
 _REFRESH_S = 5.0  # how often the runs table is re-read (ages for /metrics, model names)
@@ -51,9 +53,10 @@ class Lookups:
     def __init__(self, config: LookupConfig, engine: Engine) -> None:
         require("sqlalchemy", "batch")
         from modelport.batch.freshness import MaxAge
-        from modelport.batch.store import Store
+        from modelport.batch.store import Store, redact
 
         self.store = Store(config.store, create=False)
+        log.info("serving stored predictions from %s", redact(self.store.url))
         self.max_age = MaxAge.parse(config.max_age)
         self.write_back = config.write_back
         self.engine = engine
