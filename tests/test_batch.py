@@ -186,10 +186,9 @@ def test_a_row_the_model_fails_on_fails_alone(
         (reject,) = store.rejects(summary.run_id)
         assert (reject.row, reject.key) == (3, "row3")
         assert "13 is unlucky" in reject.reason
-        assert store.lookup("slow", ["row4"])["row4"].outputs == {
-            "double": (x[4] * 2).tolist(),
-            "negative": (-x[4]).tolist(),
-        }
+        outputs = store.lookup("slow", ["row4"])["row4"].outputs
+        np.testing.assert_array_equal(outputs["double"], x[4] * 2)
+        np.testing.assert_array_equal(outputs["negative"], -x[4])
 
 
 def test_mapping_columns_to_inputs(repo: modelport.Repository, tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ def test_signature_round_trips_through_dict() -> None:
         ({**good(), "x": np.ones(3)}, "input 'x': expected rank 2 with shape [?, 3], got rank 1"),
         ({**good(), "x": np.ones((2, 4))}, "input 'x': expected shape [?, 3], got [2, 4]"),
         ({**good(), "ids": [1.5, 2.0]}, "input 'ids': expected dtype int64, got float64"),
-        ({**good(), "x": [["a", "b", "c"]]}, "input 'x': expected dtype float32, got str"),
+        ({**good(), "x": [["a", "b", "c"]]}, "input 'x': expected dtype float32, got text"),
         ({**good(), "x": [[1, 2, 3], [4]]}, "input 'x'"),
     ],
 )

@@ -132,7 +132,7 @@ def _cast(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
     if spec.dtype == "string":
         if array.dtype.kind not in "USO":
             raise InvalidInputError(
-                f"input {spec.name!r}: expected strings, got {array.dtype.name}", spec.name
+                f"input {spec.name!r}: expected strings, got {_kind(array.dtype)}", spec.name
             )
         return array.astype(object, copy=False)
     target = np.dtype(spec.dtype)
@@ -152,7 +152,7 @@ def _cast(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
     # same_kind: int -> float and float64 -> float32 are fine; float -> int or text is not.
     if array.dtype.kind in "USO" or not np.can_cast(array.dtype, target, casting="same_kind"):
         raise InvalidInputError(
-            f"input {spec.name!r}: expected dtype {spec.dtype}, got {array.dtype.name}, "
+            f"input {spec.name!r}: expected dtype {spec.dtype}, got {_kind(array.dtype)}, "
             "which cannot be cast to it safely",
             spec.name,
         )
@@ -227,3 +227,9 @@ def _check_names(expected: list[str], given: Iterable[str]) -> None:
             f"missing input {missing[0]!r}; the model takes {', '.join(map(repr, expected))}",
             missing[0],
         )
+
+
+def _kind(dtype: np.dtype[Any]) -> str:
+    """A dtype as a person would name it: text rather than numpy's 'str672'."""
+    names = {"U": "text", "S": "bytes", "O": "mixed values"}
+    return names.get(dtype.kind, str(dtype.name))

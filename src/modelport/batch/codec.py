@@ -58,7 +58,8 @@ class Layout:
         return [row.tobytes() for row in table]
 
     def decode(self, blob: bytes) -> dict[str, Any]:
-        """One row's outputs as JSON-ready values (lists, numbers)."""
+        """One row's outputs: numpy values (JSON encoders that know numpy keep float32's own
+        precision: 1.5205988e-08, not 1.5205987580202418e-08)."""
         if self.format == "json":
             decoded: dict[str, Any] = orjson.loads(blob)
             return decoded
@@ -66,7 +67,7 @@ class Layout:
         offset = 0
         for f in self.fields:
             array = np.frombuffer(blob, f.dtype, math.prod(f.shape), offset).reshape(f.shape)
-            values[f.name] = array.tolist()
+            values[f.name] = array if f.shape else array[()]
             offset += f.nbytes
         return values
 

@@ -100,7 +100,7 @@ class Run:
 
 @dataclass(frozen=True)
 class Stored:
-    """One stored prediction, decoded."""
+    """One stored prediction, decoded: ``outputs`` maps each output to its numpy row."""
 
     key: str
     version: int
