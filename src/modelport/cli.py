@@ -21,7 +21,7 @@ from modelport.config import (
     ServerConfig,
     ServerLimits,
 )
-from modelport.errors import ModelportError
+from modelport.errors import ModelportError, installed
 from modelport.repository import Repository, VersionPolicy
 
 REPO_OPTION = click.option(
@@ -362,7 +362,8 @@ def demo(path: Path, rebuild: bool, with_torch: bool | None, then_serve: bool) -
         "\nTry one yourself:\n"
         f"  modelport predict {first} --repo {path} --input {path / SAMPLES / first}.json"
     )
-    lookups = _demo_batch(repository) if _has_modules("pyarrow", "sqlalchemy") else None
+    batch_installed = installed("pyarrow") and installed("sqlalchemy")
+    lookups = _demo_batch(repository) if batch_installed else None
     if then_serve:
         from modelport.server.lifecycle import serve as run_server
 
@@ -393,12 +394,6 @@ def _demo_batch(repository: Repository) -> LookupConfig:
         f"  modelport batch status --store {store_path} --max-age 24h"
     )
     return LookupConfig(str(store_path), ("24h",))
-
-
-def _has_modules(*names: str) -> bool:
-    import importlib.util
-
-    return all(importlib.util.find_spec(n) is not None for n in names)
 
 
 def _log_to_stderr(name: str) -> None:

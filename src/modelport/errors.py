@@ -116,11 +116,16 @@ class MissingDependencyError(ModelportError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
 
 
-def require(module: str, extra: str) -> None:
-    """Raise MissingDependencyError unless ``module`` can be imported."""
+def installed(module: str) -> bool:
+    """Can ``module`` be imported (without importing it)?"""
     import importlib.util
 
-    if importlib.util.find_spec(module) is None:
+    return importlib.util.find_spec(module) is not None
+
+
+def require(module: str, extra: str) -> None:
+    """Raise MissingDependencyError unless ``module`` can be imported."""
+    if not installed(module):
         raise MissingDependencyError(
             f"{module} is not installed; install it with: pip install 'modelport[{extra}]'"
         )

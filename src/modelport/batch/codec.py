@@ -49,12 +49,7 @@ class Layout:
                 orjson.dumps(dict(zip(names, row, strict=True)))
                 for row in zip(*columns, strict=False)
             ]
-        rows = len(next(iter(outputs.values())))
-        parts = [
-            np.ascontiguousarray(outputs[f.name], dtype=f.dtype).reshape(rows, -1).view(np.uint8)
-            for f in self.fields
-        ]
-        table = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+        table = pack_rows([np.asarray(outputs[f.name], dtype=f.dtype) for f in self.fields])
         return [row.tobytes() for row in table]
 
     def decode(self, blob: bytes) -> dict[str, Any]:
@@ -80,6 +75,13 @@ class Layout:
         data = orjson.loads(text)
         fields = tuple(Field(f["name"], f["dtype"], tuple(f["shape"])) for f in data["fields"])
         return cls(fields, data["format"])
+
+
+def pack_rows(arrays: list[np.ndarray]) -> np.ndarray:
+    """The arrays' rows side by side as one byte table: row i holds every array's row i."""
+    rows = len(arrays[0])
+    parts = [np.ascontiguousarray(a).reshape(rows, -1).view(np.uint8) for a in arrays]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
 
 def _little(dtype: np.dtype[Any]) -> np.dtype[Any]:

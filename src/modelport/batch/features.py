@@ -15,6 +15,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from modelport.batch.codec import pack_rows
 from modelport.errors import BatchError
 from modelport.signature import Signature, TensorSpec
 
@@ -134,12 +135,10 @@ def prepare(
 def input_hashes(inputs: Mapping[str, np.ndarray]) -> list[str]:
     """A digest of each row's features: a rerun skips rows whose features did not change."""
     arrays = list(inputs.values())
-    rows = len(arrays[0])
     if any(a.dtype == object for a in arrays):
         columns = [a.tolist() for a in arrays]
         return [_digest(orjson.dumps(row)) for row in zip(*columns, strict=True)]
-    parts = [np.ascontiguousarray(a).reshape(rows, -1).view(np.uint8) for a in arrays]
-    table = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+    table = pack_rows(arrays)
     return [_digest(row.tobytes()) for row in table]
 
 

@@ -48,11 +48,36 @@ class RunSummary:
     rejected: int
     seconds: float
     status: str  # succeeded, failed, interrupted
-    error: str | None = None
 
     @property
     def rows_per_s(self) -> float:
         return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+    @classmethod
+    def of(
+        cls, run_id: str, model: str, version: int, counts: dict[str, int], started: float,
+        status: str,
+    ) -> RunSummary:  # fmt: skip
+        """From an engine's running counts (rows, scored, skipped, rejected)."""
+        return cls(
+            run_id, model, version, counts["rows"], counts["scored"], counts["skipped"],
+            counts["rejected"], time.monotonic() - started, status,
+        )  # fmt: skip
+
+
+def check_rejects(counts: dict[str, int], config: BatchConfig, store: Store, run_id: str) -> None:
+    """Fail the run, quoting its first rejects, when too many rows were rejected."""
+    if not counts["rows"] or counts["rejected"] / counts["rows"] <= config.max_reject_ratio:
+        return
+    first = "; ".join(
+        f"{'row ' + str(r.row) if r.row is not None else 'key ' + repr(r.key)}: {r.reason}"
+        for r in store.rejects(run_id)[:3]
+    )
+    raise BatchError(
+        f"{counts['rejected']} of {counts['rows']} rows were rejected, over the limit of "
+        f"{config.max_reject_ratio:.0%} (--max-reject-ratio). First: {first}. All of "
+        f"them: modelport_rejects where run_id = '{run_id}'"
+    )
 
 
 @dataclass
@@ -263,11 +288,8 @@ def score_table(
     started = time.monotonic()
     counts = {"rows": 0, "scored": 0, "skipped": 0, "rejected": 0}
 
-    def summary(status: str, error: str | None = None) -> RunSummary:
-        return RunSummary(
-            run_id, name, version, counts["rows"], counts["scored"], counts["skipped"],
-            counts["rejected"], time.monotonic() - started, status, error,
-        )  # fmt: skip
+    def summary(status: str) -> RunSummary:
+        return RunSummary.of(run_id, name, version, counts, started, status)
 
     def landed(done: Future[int], rows: int, scored: int, skipped: int, rejected: int) -> None:
         duplicates = done.result()
@@ -292,16 +314,7 @@ def score_table(
                 landed(*pending.popleft())
         while pending:
             landed(*pending.popleft())
-        if counts["rows"] and counts["rejected"] / counts["rows"] > config.max_reject_ratio:
-            first = "; ".join(
-                f"{'row ' + str(r.row) if r.row is not None else 'key ' + repr(r.key)}: {r.reason}"
-                for r in store.rejects(run_id)[:3]
-            )
-            raise BatchError(
-                f"{counts['rejected']} of {counts['rows']} rows were rejected, over the limit of "
-                f"{config.max_reject_ratio:.0%} (--max-reject-ratio). First: {first}. All of "
-                f"them: modelport_rejects where run_id = '{run_id}'"
-            )
+        check_rejects(counts, config, store, run_id)
         status = "succeeded"
     except KeyboardInterrupt:
         status, error = "interrupted", "stopped by the user"

@@ -19,7 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from modelport.batch.job import RunSummary, Scorer, make_scorer, model_identity
+from modelport.batch.job import RunSummary, Scorer, check_rejects, make_scorer, model_identity
 from modelport.batch.sources import (
     Chunk,
     CsvSource,
@@ -116,12 +116,8 @@ def score_on_ray(
             for column in counts:
                 counts[column] += int(pa.compute.sum(stats.column(column)).as_py() or 0)
             if progress is not None:
-                progress(_summary(run_id, name, version, counts, started, "running"))
-        if counts["rows"] and counts["rejected"] / counts["rows"] > config.max_reject_ratio:
-            raise BatchError(
-                f"{counts['rejected']} of {counts['rows']} rows were rejected, over the limit "
-                f"of {config.max_reject_ratio:.0%} (--max-reject-ratio)"
-            )
+                progress(RunSummary.of(run_id, name, version, counts, started, "running"))
+        check_rejects(counts, config, store, run_id)
         status = "succeeded"
     except ModelportError as exc:
         error = str(exc)
@@ -133,16 +129,7 @@ def score_on_ray(
         raise BatchError(f"the Ray run failed: {error}") from exc
     finally:
         store.finish_run(run_id, status, error)
-    return _summary(run_id, name, version, counts, started, status)
-
-
-def _summary(
-    run_id: str, name: str, version: int, counts: dict[str, int], started: float, status: str
-) -> RunSummary:
-    return RunSummary(
-        run_id, name, version, counts["rows"], counts["scored"], counts["skipped"],
-        counts["rejected"], time.monotonic() - started, status,
-    )  # fmt: skip
+    return RunSummary.of(run_id, name, version, counts, started, status)
 
 
 def _pool_size(ray: Any, address: str | None) -> int:

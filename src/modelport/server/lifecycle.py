@@ -34,7 +34,7 @@ from modelport.config import (
     ServerConfig,
     ServerLimits,
 )
-from modelport.errors import ModelportError
+from modelport.errors import ModelportError, installed
 
 log = logging.getLogger("modelport.server")
 
@@ -209,7 +209,7 @@ def _run(source: Path, config: ServerConfig, access_log: bool) -> None:
         "access_log": False,
         "timeout_graceful_shutdown": config.grace_s,
         "http": "httptools",
-        "loop": "uvloop" if _has("uvloop") else "asyncio",
+        "loop": "uvloop" if installed("uvloop") else "asyncio",
         "server_header": False,
         "proxy_headers": False,  # X-Forwarded-* are trusted only behind a known proxy
     }
@@ -241,9 +241,3 @@ def _run(source: Path, config: ServerConfig, access_log: bool) -> None:
 
 def _exit_cleanly(sig: int, frame: FrameType | None) -> None:
     raise SystemExit(1 if any(s.load_error for s in _services) else 0)
-
-
-def _has(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
