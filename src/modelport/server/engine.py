@@ -9,7 +9,9 @@ once, so that a request costs and behaves the same whichever door it came throug
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
@@ -46,6 +48,13 @@ class Engine:
         self.in_flight = 0
         self.cache: Cache | None = open_cache(config.cache, config.cache_ttl_s)
         self._computing: dict[bytes, asyncio.Future[Outputs]] = {}
+        # Request ids: random per process, then counted (a uuid4 costs a system call).
+        self._id_prefix = secrets.token_hex(8)
+        self._ids = itertools.count(1)
+
+    def new_request_id(self) -> str:
+        """An id unique across processes and restarts, for logs and error messages."""
+        return f"{self._id_prefix}{next(self._ids):016x}"  # 32 hex digits, as a uuid
 
     @property
     def ready(self) -> bool:

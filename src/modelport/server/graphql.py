@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-import uuid
 from typing import Any
 
 import numpy as np
@@ -200,7 +199,7 @@ def _models(_: None, info: GraphQLResolveInfo[_Context]) -> list[dict[str, Any]]
     try:
         return [_describe(engine, name) for name in engine.models().names()]
     except Exception as exc:
-        raise _graphql_error(exc, uuid.uuid4().hex) from None
+        raise _graphql_error(exc, engine.new_request_id()) from None
 
 
 def _model(_: None, info: GraphQLResolveInfo[_Context], name: str) -> dict[str, Any] | None:
@@ -210,7 +209,7 @@ def _model(_: None, info: GraphQLResolveInfo[_Context], name: str) -> dict[str, 
             return None
         return _describe(engine, name)
     except Exception as exc:
-        raise _graphql_error(exc, uuid.uuid4().hex) from None
+        raise _graphql_error(exc, engine.new_request_id()) from None
 
 
 # -- predict ---------------------------------------------------------------------------------
@@ -223,7 +222,7 @@ async def _predict(
     context: _Context = info.context
     engine = context.engine
     started = time.perf_counter()
-    request_id = uuid.uuid4().hex
+    request_id = engine.new_request_id()
     measured: dict[str, Any] = {}
     status = 200
     try:

@@ -14,7 +14,6 @@ import hmac
 import logging
 import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -175,7 +174,7 @@ class GRPCDoor:
         async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             started = time.perf_counter()
             metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
-            request_id = metadata.get("x-request-id") or uuid.uuid4().hex
+            request_id = metadata.get("x-request-id") or self.engine.new_request_id()
             info: dict[str, Any] = {"metadata": metadata}
             code = Code.CANCELLED  # unless set below: the client left or its deadline passed
             try:
