@@ -24,6 +24,7 @@ from modelport.errors import DeadlineExceededError, ModelportError, OverloadedEr
 from modelport.model import Model, measure_costs
 
 INLINE_BELOW_S = 100e-6  # about the cost of one thread hand-off on a busy core
+WATCH_AFTER_S = 0.05  # work that waits longer looks out for its client leaving
 _WARMUP_CALLS = 8  # calls measured on threads before any runs inline
 
 Outputs = dict[str, np.ndarray]
@@ -102,7 +103,8 @@ class Runner:
         """Outputs for ``inputs`` (already validated), or Overloaded/DeadlineExceeded.
 
         ``gone`` resolves when the caller disconnects: queued work is then withdrawn and
-        ConnectionAbortedError raised. It is awaited only for work that waits.
+        ConnectionAbortedError raised. It is awaited only for work still waiting after
+        ``WATCH_AFTER_S``.
         """
         self.check_capacity()
         job = _Job(inputs, _rows(inputs), time.monotonic(), deadline)
@@ -117,13 +119,21 @@ class Runner:
         else:
             self._on_batch(job.rows)
             future = loop.run_in_executor(self._executor, self._predict, job)
-        # A timer rather than asyncio.wait_for, which costs a task per request. Cancelling a
-        # queued job also takes it out of the batcher's queue.
+        # Timers rather than asyncio.wait_for and a watcher task per request, which cost a
+        # task each: the deadline cancels the work; a client that left is looked for only
+        # once the work has waited WATCH_AFTER_S. Cancelling a queued job also takes it out
+        # of the batcher's queue.
         expired: list[bool] = []
         timer = loop.call_later(max(deadline - job.enqueued, 0), _expire, future, expired)
-        watcher = asyncio.ensure_future(gone()) if gone is not None else None
-        if watcher is not None:
+        watchers: list[asyncio.Future[object]] = []
+
+        def watch() -> None:
+            assert gone is not None
+            watcher = asyncio.ensure_future(gone())
             watcher.add_done_callback(lambda w: None if w.cancelled() else future.cancel())
+            watchers.append(watcher)
+
+        watching = loop.call_later(WATCH_AFTER_S, watch) if gone is not None else None
         try:
             result: tuple[Outputs, Timing] = await future
             return result
@@ -132,12 +142,14 @@ class Runner:
                 raise DeadlineExceededError(
                     f"no answer from model {self.model.name!r} within the request deadline"
                 ) from None
-            if watcher is not None and watcher.done() and not watcher.cancelled():
+            if watchers and watchers[0].done() and not watchers[0].cancelled():
                 raise ConnectionAbortedError("the client left; its work was withdrawn") from None
             raise
         finally:
             timer.cancel()
-            if watcher is not None:
+            if watching is not None:
+                watching.cancel()
+            for watcher in watchers:
                 watcher.cancel()
             self.pending -= 1
 
