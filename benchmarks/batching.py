@@ -2,11 +2,13 @@
 
     .venv/bin/python benchmarks/batching.py [--seconds 5] [--rounds 2]
 
-One server worker pinned to CPU 0, wrk on CPU 1, one sample per request (V2 JSON):
+One server worker pinned to CPU 0, wrk on CPU 1, one sample per request:
 - the large demo MLP at concurrency 64 and 1 with batching off, on with a fixed window, and in
-  latency-target mode, next to in-process onnxruntime at batch 32 (this core's limit);
-- the small model with every request a cache hit, next to every request a miss (each request
-  carries fresh random inputs, so the lookup misses, the model runs and the answer is stored).
+  latency-target mode, next to in-process onnxruntime at batch 32 (this core's limit); each as
+  V2 JSON and as binary tensors (what tritonclient sends by default);
+- the small model, and the large one, with every request a cache hit, next to every request a
+  miss (each request carries fresh random inputs, so the lookup misses, the model runs and the
+  answer is stored).
 Ratios are what to read: these machines drift up to 1.2x (more on a busy host).
 """
 
@@ -47,18 +49,40 @@ def build(root: Path) -> None:
 
 
 def fixed_lua(work: Path, name: str, body: dict[str, object]) -> Path:
-    (work / f"{name}.json").write_text(json.dumps(body))
+    return body_lua(work, name, json.dumps(body).encode())
+
+
+def body_lua(work: Path, name: str, body: bytes, json_length: int | None = None) -> Path:
+    """A wrk script POSTing ``body``; binary tensors follow a JSON header of ``json_length``."""
+    (work / f"{name}.body").write_bytes(body)
     lua = work / f"{name}.lua"
+    kind = "application/json" if json_length is None else "application/octet-stream"
     lua.write_text(
-        f'local f = assert(io.open("{work / name}.json", "rb"))\n'
+        f'local f = assert(io.open("{work / name}.body", "rb"))\n'
         'wrk.body = f:read("*a")\nf:close()\nwrk.method = "POST"\n'
-        'wrk.headers["Content-Type"] = "application/json"\n'
+        f'wrk.headers["Content-Type"] = "{kind}"\n'
+        + (
+            ""
+            if json_length is None
+            else f'wrk.headers["Inference-Header-Content-Length"] = "{json_length}"\n'
+        )
     )
     return lua
 
 
+def binary_lua(work: Path, x: np.ndarray) -> Path:
+    header = json.dumps(
+        {
+            "inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                        "parameters": {"binary_data_size": x.nbytes}}],
+            "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
+        }
+    ).encode()  # fmt: skip
+    return body_lua(work, "mlp-binary", header + x.tobytes(), len(header))
+
+
 def random_lua(work: Path, features: int) -> Path:
-    lua = work / "random.lua"
+    lua = work / f"random-{features}.lua"
     lua.write_text(
         'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
         "request = function()\n  local v = {}\n"
@@ -89,31 +113,27 @@ def main() -> None:
     print("building models ...", file=sys.stderr)
     build(repo)
     x = np.random.default_rng(0).standard_normal((1, 1024)).astype(np.float32)
-    mlp = fixed_lua(
-        work,
-        "mlp",
-        {
-            "inputs": [
-                {
-                    "name": "input",
-                    "shape": [1, 1024],
-                    "datatype": "FP32",
-                    "data": x.ravel().tolist(),
-                }
-            ]
-        },
-    )
-    results: dict[tuple[str, int], list[Result]] = {}
+    bodies = {
+        "json": fixed_lua(
+            work,
+            "mlp",
+            {"inputs": [{"name": "input", "shape": [1, 1024], "datatype": "FP32",
+                         "data": x.ravel().tolist()}]},
+        ),
+        "binary": binary_lua(work, x),
+    }  # fmt: skip
+    results: dict[tuple[str, str, int], list[Result]] = {}
     for _ in range(args.rounds):
         for mode, extra in MODES.items():
             server = serve(repo, [*extra, "--cache", "off"])
             try:
                 url = f"{server.base}/v2/models/mlp-large/infer"  # type: ignore[attr-defined]
-                run_wrk(url, mlp, 64, 1)  # warm up
-                for connections in (64, 1):
-                    results.setdefault((mode, connections), []).append(
-                        run_wrk(url, mlp, connections, args.seconds)
-                    )
+                for encoding, lua in bodies.items():
+                    run_wrk(url, lua, 64, 1)  # warm up
+                    for connections in (64, 1):
+                        results.setdefault((encoding, mode, connections), []).append(
+                            run_wrk(url, lua, connections, args.seconds)
+                        )
             finally:
                 stop(server)  # type: ignore[arg-type]
     sess = session(repo / "mlp-large" / "1" / "model.onnx")
@@ -125,39 +145,48 @@ def main() -> None:
         calls += 1
     limit = calls * 32 / (time.perf_counter() - begin)
 
-    cache: dict[str, list[Result]] = {"hit": [], "miss": []}
-    digits_x = [float(v) for v in range(64)]
-    hit_lua = fixed_lua(
+    cache: dict[tuple[str, str], list[Result]] = {}
+    digits = fixed_lua(
         work,
         "digits",
-        {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": digits_x}]},
-    )
+        {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
+                     "data": [float(v) for v in range(64)]}]},
+    )  # fmt: skip
+    cases = {"digits": (digits, random_lua(work, 64)), "mlp-large": (bodies["json"],
+             random_lua(work, 1024))}  # fmt: skip
     for _ in range(args.rounds):
         server = serve(repo, ["--cache", "memory"])
         try:
-            url = f"{server.base}/v2/models/digits/infer"  # type: ignore[attr-defined]
-            for kind, lua in (("hit", hit_lua), ("miss", random_lua(work, 64))):
-                run_wrk(url, lua, 64, 1)
-                cache[kind].append(run_wrk(url, lua, 64, args.seconds))
+            for model, (hit_lua, miss_lua) in cases.items():
+                url = f"{server.base}/v2/models/{model}/infer"  # type: ignore[attr-defined]
+                for kind, lua in (("hit", hit_lua), ("miss", miss_lua)):
+                    run_wrk(url, lua, 64, 1)
+                    cache.setdefault((model, kind), []).append(run_wrk(url, lua, 64, args.seconds))
         finally:
             stop(server)  # type: ignore[arg-type]
 
     print(f"\nmlp-large (1024-2048-2048-1000), one sample per request, medians of {args.rounds}")
-    print(f"{'mode':>14} {'conc':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs off':>7} "
-          f"{'of limit':>9}")  # fmt: skip
-    for (mode, connections), runs in sorted(results.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
+    print(f"{'body':>7} {'mode':>14} {'conc':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'vs off':>7} {'of limit':>9}")  # fmt: skip
+    order = sorted(results.items(), key=lambda kv: (kv[0][0] != "json", -kv[0][2], kv[0][1]))
+    for (encoding, mode, connections), runs in order:
         r = median(runs)
-        base = median(results[("off", connections)])
-        print(f"{mode:>14} {connections:>5} {r.rps:>9.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} "
-              f"{r.rps / base.rps:>6.2f}x {r.rps / limit:>8.0%}"
+        base = median(results[(encoding, "off", connections)])
+        print(f"{encoding:>7} {mode:>14} {connections:>5} {r.rps:>9.0f} {r.p50_ms:>8.2f} "
+              f"{r.p99_ms:>8.2f} {r.rps / base.rps:>6.2f}x {r.rps / limit:>8.0%}"
               + (f"  ERRORS: {r.errors}" if r.errors else ""))  # fmt: skip
-    print(f"{'onnxruntime':>14} {'b=32':>5} {limit:>9.0f}  (in process, samples/s: the limit)")
-    hit, miss = median(cache["hit"]), median(cache["miss"])
-    print("\ndigits (small model), c=64, cache hits vs misses")
-    for kind, r in (("hit", hit), ("miss", miss)):
-        print(f"{kind:>14} {r.rps:>9.0f} req/s  p50 {r.p50_ms:.2f} ms  p99 {r.p99_ms:.2f} ms"
-              + (f"  ERRORS: {r.errors}" if r.errors else ""))  # fmt: skip
-    print(f"{'hit/miss':>14} {hit.rps / miss.rps:>9.2f}x")
+    print(
+        f"{'':>7} {'onnxruntime':>14} {'b=32':>5} {limit:>9.0f}  (in process, samples/s: the limit)"
+    )
+    print("\nc=64, V2 JSON, cache hits vs misses")
+    for model in cases:
+        hit, miss = median(cache[(model, "hit")]), median(cache[(model, "miss")])
+        for kind, r in (("hit", hit), ("miss", miss)):
+            print(
+                f"{model:>10} {kind:>5} {r.rps:>9.0f} req/s  p50 {r.p50_ms:.2f} ms  "
+                f"p99 {r.p99_ms:.2f} ms" + (f"  ERRORS: {r.errors}" if r.errors else "")
+            )
+        print(f"{model:>10} {'hit/miss':>9} {hit.rps / miss.rps:>5.2f}x")
     shutil.rmtree(work, ignore_errors=True)
 
 
