@@ -17,6 +17,7 @@ from batch_support import features, repo, store_url, write_parquet
 from modelport.batch import Store, open_source, score_table
 from modelport.batch.store import store_url as url_of
 from modelport.config import BatchConfig
+from modelport.demo import mlp_onnx
 from modelport.errors import BatchError
 
 __all__ = ["repo", "store_url"]  # fixtures
@@ -309,3 +310,22 @@ def test_a_wrong_database_fails_at_once_and_an_outage_is_retried(tmp_path: Path)
     closed_port = RetryPolicy(attempts=2, first_delay_s=0.1)
     with pytest.raises(StoreError, match="after 2 attempts"):
         Store("postgresql://postgres@127.0.0.1:1/x", closed_port)
+
+
+def test_outputs_too_wide_for_a_page_are_stored_whole_beside_narrow_ones(
+    repo: modelport.Repository, store_url: str, tmp_path: Path
+) -> None:
+    # PostgreSQL keeps narrow rows in the table's pages; 12 KB of outputs a row cannot be.
+    modelport.add_model(repo, "wide", mlp_onnx((4, 8, 3000), seed=5))
+    x = features(30)
+    source = str(write_parquet(tmp_path / "x.parquet", x))
+    with Store(store_url) as store:
+        for name in ("tiny", "wide", "tiny"):
+            with repo.load(name) as model:
+                summary = score_table(model, open_source(source), store, BatchConfig(
+                    key="id", force=True))  # fmt: skip
+                assert summary.scored == 30
+                keys = [f"row{i}" for i in range(30)]
+                np.testing.assert_allclose(
+                    stored(store, name, keys), model.predict(x)["logits"], rtol=1e-6
+                )
