@@ -502,7 +502,9 @@ def batch_run(
             else:
                 from modelport.batch import score_table
 
-                options = LoadOptions(trust_pickle=trust_pickle)
+                # One onnxruntime thread per call, a call per core (see Runtime.parallel_calls)
+                single = RuntimeConfig(intra_op_threads=1)
+                options = LoadOptions(trust_pickle=trust_pickle, runtime=single)
                 with Repository.open(repo_path).load(ref, options=options) as model:
                     summary = score_table(model, table_source, sink, config, shown)
         finally:

@@ -1,9 +1,9 @@
 """One scoring run: read a table in chunks, score each at the model's best batch size, write
 each chunk's predictions in one transaction.
 
-Reading, scoring and writing overlap (a reader thread, the model on the calling thread with
-onnxruntime's own threads, a writer thread), with at most two chunks queued between stages so
-memory stays flat. Both engines (local, Ray) score a chunk with ``score_chunk``.
+Reading, scoring and writing overlap (a reader thread, the model's batches on as many threads
+as its runtime can use at once, a writer thread), with at most two chunks queued between
+stages so memory stays flat. Both engines (local, Ray) score a chunk with ``score_chunk``.
 """
 
 from __future__ import annotations
@@ -120,6 +120,7 @@ class Scorer:
     chunk_rows: int
     config: BatchConfig
     skip_scored: bool  # False when the store holds nothing for this version: no lookups
+    threads: int = 1  # batches scored at once (the model's runtime says how many pay)
 
     def score(self, chunk: Chunk, store: Store) -> Scored:
         """Predictions for the rows of ``chunk`` that need them; rejects for the others."""
@@ -179,29 +180,38 @@ class Scorer:
 
         A batch that fails is retried row by row, so one bad row fails only itself.
         """
-        parts: list[dict[str, np.ndarray]] = []
-        failed: dict[int, str] = {}
-        for start in range(0, rows, self.batch_size):
-            batch = {n: v[start : start + self.batch_size] for n, v in inputs.items()}
-            try:
-                parts.append(self._outputs(self.model.predict(batch)))
-                continue
-            except (PredictionError, InvalidInputError):
-                pass
-            for i in range(len(next(iter(batch.values())))):
-                try:
-                    parts.append(
-                        self._outputs(
-                            self.model.predict({n: v[i : i + 1] for n, v in batch.items()})
-                        )
-                    )
-                except (PredictionError, InvalidInputError) as exc:
-                    failed[start + i] = f"the model failed: {exc}"
+        starts = range(0, rows, self.batch_size)
+        if self.threads > 1 and len(starts) > 1:
+            with ThreadPoolExecutor(self.threads, thread_name_prefix="modelport-model") as pool:
+                done = list(pool.map(lambda start: self._predict_batch(inputs, start), starts))
+        else:
+            done = [self._predict_batch(inputs, start) for start in starts]
+        parts = [part for batch_parts, _ in done for part in batch_parts]
+        failed = {row: reason for _, batch_failed in done for row, reason in batch_failed.items()}
         if not parts:
             return {f.name: np.empty((0, *f.shape), f.dtype) for f in self.layout.fields}, failed
         return {
             f.name: np.concatenate([p[f.name] for p in parts]) for f in self.layout.fields
         }, failed
+
+    def _predict_batch(
+        self, inputs: dict[str, np.ndarray], start: int
+    ) -> tuple[list[dict[str, np.ndarray]], dict[int, str]]:
+        """The batch at ``start``: its outputs, or row by row when the whole batch fails."""
+        batch = {n: v[start : start + self.batch_size] for n, v in inputs.items()}
+        try:
+            return [self._outputs(self.model.predict(batch))], {}
+        except (PredictionError, InvalidInputError):
+            pass
+        parts, failed = [], {}
+        for i in range(len(next(iter(batch.values())))):
+            try:
+                parts.append(
+                    self._outputs(self.model.predict({n: v[i : i + 1] for n, v in batch.items()}))
+                )
+            except (PredictionError, InvalidInputError) as exc:
+                failed[start + i] = f"the model failed: {exc}"
+        return parts, failed
 
     def _outputs(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         for f in self.layout.fields:
@@ -245,7 +255,8 @@ def make_scorer(
     batch_size = config.batch_size or best_batch_size(model, config.chunk_rows or _LARGEST_BATCH)
     chunk_rows = config.chunk_rows or auto_chunk_rows(model, layout, batch_size)
     skip = not config.force and store.has_predictions(name, version)
-    return Scorer(model, name, version, plan, layout, batch_size, chunk_rows, config, skip)
+    threads = getattr(model.runtime, "parallel_calls", 1)
+    return Scorer(model, name, version, plan, layout, batch_size, chunk_rows, config, skip, threads)
 
 
 def auto_chunk_rows(model: Model, layout: Layout, batch_size: int) -> int:
@@ -275,7 +286,12 @@ def score_table(
     model: Model, source: Source, store: Store, config: BatchConfig = BatchConfig(),
     progress: Callable[[RunSummary], None] | None = None,
 ) -> RunSummary:  # fmt: skip
-    """Score every row of ``source`` into ``store`` with the local engine."""
+    """Score every row of ``source`` into ``store`` with the local engine.
+
+    An ONNX model loaded with ``RuntimeConfig(intra_op_threads=1)`` (as ``modelport batch``
+    loads it) scores a batch per core at once: the fastest way on a machine that also reads,
+    writes and perhaps hosts the database.
+    """
     name, version = model_identity(model)
     store.reap(name)
     scorer = make_scorer(model, name, version, source.columns(), config, store)

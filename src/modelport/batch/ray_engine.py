@@ -46,7 +46,7 @@ class _ScoreBlocks:
     ) -> None:  # fmt: skip
         options = LoadOptions(trust_pickle=trust_pickle, runtime=RuntimeConfig(intra_op_threads=1))
         model = Repository.open(Path(repo)).load(ref, options=options)
-        self.scorer = Scorer(model=model, **recipe)
+        self.scorer = Scorer(model=model, **{**recipe, "threads": 1})  # an actor a core
         self.store = Store(store_url, self.scorer.config.retry)
         self.run_id = run_id
         self.json_columns = json_columns

@@ -13,6 +13,9 @@ class Runtime(Protocol):
     """What a loaded backend offers: a signature and batch-in, batch-out prediction."""
 
     signature: Signature
+    # Calls worth making at once from separate threads (1: one after another). A batch job
+    # keeps this many batches in flight.
+    parallel_calls: int
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 

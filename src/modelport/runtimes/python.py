@@ -134,6 +134,8 @@ def _find_class(module: ModuleType, path: Path) -> type:
 class PythonRuntime:
     """A user's model class behind the Runtime protocol."""
 
+    parallel_calls = 1  # user code need not be thread-safe; under the GIL it rarely gains
+
     def __init__(self, folder: Path, signature: Signature | None = None) -> None:
         path = folder / ENTRY_FILE
         if not path.is_file():
