@@ -109,7 +109,10 @@ class Runner:
         self.check_capacity()
         job = _Job(inputs, _rows(inputs), time.monotonic(), deadline)
         warm = self._calls >= _WARMUP_CALLS
-        if warm and self._row_s * job.rows < self.inline_below_s:
+        # One inference thread: a fast model runs inline whatever the load. Several: only while
+        # they are idle, since busy they run requests in parallel on other cores.
+        inline_ok = self.threads == 1 or self.pending == 0
+        if warm and inline_ok and self._row_s * job.rows < self.inline_below_s:
             self._on_batch(job.rows)
             return self._predict(job)
         self.pending += 1
