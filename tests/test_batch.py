@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import modelport
 from batch_support import features, repo, store_url, write_parquet
 from modelport.batch import Store, open_source, score_table
 from modelport.batch.store import store_url as url_of
-from modelport.config import BatchConfig
+from modelport.config import BatchConfig, LoadOptions, RuntimeConfig
 from modelport.demo import mlp_onnx
 from modelport.errors import BatchError
 
@@ -329,3 +330,18 @@ def test_outputs_too_wide_for_a_page_are_stored_whole_beside_narrow_ones(
                 np.testing.assert_allclose(
                     stored(store, name, keys), model.predict(x)["logits"], rtol=1e-6
                 )
+
+
+def test_batches_scored_on_every_core_land_in_order(
+    repo: modelport.Repository, tmp_path: Path
+) -> None:
+    x = features(3000)
+    source = open_source(str(write_parquet(tmp_path / "x.parquet", x)))
+    one_thread = LoadOptions(runtime=RuntimeConfig(intra_op_threads=1))
+    with repo.load("tiny", options=one_thread) as model, Store(tmp_path / "p.db") as store:
+        assert model.runtime.parallel_calls == (os.cpu_count() or 1)
+        summary = score_table(model, source, store, BatchConfig(key="id", batch_size=7))
+        assert summary.scored == 3000
+        keys = [f"row{i}" for i in range(3000)]
+        np.testing.assert_allclose(stored(store, "tiny", keys), model.predict(x)["logits"],
+                                   rtol=1e-6)  # fmt: skip

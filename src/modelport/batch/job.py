@@ -255,7 +255,7 @@ def make_scorer(
     batch_size = config.batch_size or best_batch_size(model, config.chunk_rows or _LARGEST_BATCH)
     chunk_rows = config.chunk_rows or auto_chunk_rows(model, layout, batch_size)
     skip = not config.force and store.has_predictions(name, version)
-    threads = getattr(model.runtime, "parallel_calls", 1)
+    threads = model.runtime.parallel_calls
     return Scorer(model, name, version, plan, layout, batch_size, chunk_rows, config, skip, threads)
 
 
