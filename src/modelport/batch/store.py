@@ -230,11 +230,13 @@ class Store:
 
     def _set_storage(self, kind: str) -> None:
         """How PostgreSQL stores outputs: PLAIN (in the row) or EXTERNAL (TOAST, any size)."""
-        current = "SELECT attstorage FROM pg_attribute WHERE attname = 'outputs' AND attrelid = "
-        current += f"'{PREDICTIONS.name}'::regclass"
+        current = sa.text(
+            "SELECT attstorage FROM pg_attribute "
+            "WHERE attrelid = CAST(:table AS regclass) AND attname = 'outputs'"
+        ).bindparams(table=PREDICTIONS.name)
 
         def alter(conn: Connection) -> None:
-            if conn.execute(sa.text(current)).scalar() != kind[0].lower():
+            if conn.execute(current).scalar() != kind[0].lower():  # 'p' or 'e'
                 conn.execute(sa.text(
                     f"ALTER TABLE {PREDICTIONS.name} ALTER COLUMN outputs SET STORAGE {kind}"
                 ))  # fmt: skip
@@ -331,9 +333,8 @@ class Store:
                 # Straight to the driver: SQLAlchemy's per-row parameter handling cost as much
                 # as the database's own work on wide outputs (measured).
                 done = conn.exec_driver_sql(self._upsert(first_wins), values)
-                if first_wins and 0 <= done.rowcount < len(
-                    values
-                ):  # some rows kept an earlier chunk's answer
+                kept_earlier = 0 <= done.rowcount < len(values)  # rows not written
+                if first_wins and kept_earlier:
                     duplicates = self._duplicates(conn, run_id, model, rows, now)
             bad = [
                 {"run_id": run_id, "model": model, "row": r.row, "key": r.key, "reason": r.reason}

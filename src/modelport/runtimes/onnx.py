@@ -88,8 +88,8 @@ class OnnxRuntime:
         # core keeps every core busy without the waits of splitting one call across cores,
         # which stall whenever another thread (a writer, a database) takes a core: about 1.5x
         # the rows/s of one call on two threads beside such work, measured.
-        cpu = providers[0] == "CPUExecutionProvider" if providers else True
-        self.parallel_calls = (os.cpu_count() or 1) if cpu and config.intra_op_threads == 1 else 1
+        single = self.providers[0] == "CPUExecutionProvider" and config.intra_op_threads == 1
+        self.parallel_calls = (os.cpu_count() or 1) if single else 1
         self._output_names = self.signature.output_names
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
