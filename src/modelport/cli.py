@@ -283,6 +283,13 @@ def _limit_options(function: Any) -> Any:
     is_flag=True,
     help="With --store: store predictions computed live for stale or missing keys.",
 )
+@click.option(
+    "--http",
+    type=click.Choice(["modelport", "uvicorn"]),
+    default=ServerConfig.http,
+    show_default=True,
+    help="HTTP/1.1 implementation: modelport's own (faster per request) or uvicorn's.",
+)
 @_limit_options
 @TRUST_OPTION
 def serve(
@@ -290,7 +297,7 @@ def serve(
     token_file: Path | None, no_auth: bool, grace_s: float, version_policy: str,
     intra_op_threads: int, access_log: bool, trust_pickle: bool, max_batch_size: int | None,
     max_delay_ms: float, latency_budget_ms: float | None, cache: str, cache_ttl_s: float,
-    store: str | None, max_age: tuple[str, ...], write_back: bool, **limits: Any,
+    store: str | None, max_age: tuple[str, ...], write_back: bool, http: str, **limits: Any,
 ) -> None:  # fmt: skip
     """Serve a model repository (or one model) over the Open Inference Protocol."""
     from modelport.server.lifecycle import serve as run_server
@@ -312,7 +319,7 @@ def serve(
             no_auth=no_auth,
             grace_s=grace_s, version_policy=version_policy, limits=ServerLimits(**limits),
             runtime=RuntimeConfig(intra_op_threads=intra_op_threads), trust_pickle=trust_pickle,
-            cache=cache, cache_ttl_s=cache_ttl_s,
+            cache=cache, cache_ttl_s=cache_ttl_s, http=http,
             lookups=None if store is None else LookupConfig(store, max_age, write_back),
             batching=None if max_batch_size is None else BatchingConfig(
                 max_batch_size=max_batch_size, max_delay_s=max_delay_ms / 1000,

@@ -158,8 +158,11 @@ class ServerConfig:
     batching: BatchingConfig | None = None  # set: overrides every model's own batching
     cache: str = "memory"  # "memory", "off" or a redis:// URL shared by workers and replicas
     cache_ttl_s: float = 600.0
+    http: str = "modelport"  # the HTTP/1.1 protocol: ours, or "uvicorn" (its httptools one)
 
     def __post_init__(self) -> None:
+        if self.http not in ("modelport", "uvicorn"):
+            raise ValueError(f"unknown http protocol {self.http!r}: use modelport or uvicorn")
         if self.workers < 1:
             raise ValueError("workers must be >= 1")
         if not 0 <= self.port <= 65535:

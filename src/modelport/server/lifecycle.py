@@ -208,7 +208,7 @@ def _run(source: Path, config: ServerConfig, access_log: bool) -> None:
         "log_config": log_config(access_log),
         "access_log": False,
         "timeout_graceful_shutdown": config.grace_s,
-        "http": "httptools",
+        "http": "modelport.server.http1:H1Protocol" if config.http == "modelport" else "httptools",
         "loop": "uvloop" if installed("uvloop") else "asyncio",
         "server_header": False,
         "proxy_headers": False,  # X-Forwarded-* are trusted only behind a known proxy

@@ -1,0 +1,293 @@
+"""modelport's HTTP/1.1 protocol on real sockets: a tiny ASGI app under uvicorn with it, and the
+real ``modelport serve`` for what clients do to a model server (pipelining, curl's 100-continue).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import uvicorn
+
+import server_models
+from modelport.server.http1 import MAX_HEAD_BYTES, H1Protocol
+from modelport.testing import RunningServer, free_port, run_server
+
+
+async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers what it was asked; /fail raises, /stream answers without a length, /linger
+    waits for the client to leave and records that it noticed."""
+    if scope["type"] != "http":
+        return
+    body, more = b"", True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    path = scope["path"]
+    if path == "/fail":
+        raise RuntimeError("the app broke")
+    if path == "/linger":
+        LEFT.append((await receive())["type"])
+        return
+    answer = json.dumps(
+        {
+            "method": scope["method"],
+            "path": path,
+            "raw_path": scope["raw_path"].decode(),
+            "query": scope["query_string"].decode(),
+            "body": body.decode(),
+            "http_version": scope["http_version"],
+        }
+    ).encode()
+    headers = [(b"content-type", b"application/json")]
+    if path == "/stream":
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        for part in (answer[:10], answer[10:]):
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    headers.append((b"content-length", str(len(answer)).encode()))
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": answer})
+
+
+LEFT: list[str] = []
+
+
+@pytest.fixture(scope="module")
+def port() -> Iterator[int]:
+    port = free_port()
+    config = uvicorn.Config(
+        echo, port=port, http=H1Protocol, lifespan="off", log_level="warning",
+        timeout_keep_alive=1,
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "the test server did not start"
+        time.sleep(0.01)
+    yield port
+    server.should_exit = True
+    thread.join(10)
+
+
+class Conn:
+    """A raw client connection that reads responses one at a time (pipelining-safe)."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.file = self.sock.makefile("rb")
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def response(self, method: str = "GET") -> tuple[int, http.client.HTTPMessage, bytes]:
+        status = int(self.file.readline().split()[1])
+        headers = http.client.parse_headers(self.file)
+        if method == "HEAD":
+            return status, headers, b""
+        if headers["transfer-encoding"] == "chunked":
+            body = b""
+            while size := int(self.file.readline(), 16):
+                body += self.file.read(size)
+                self.file.readline()
+            self.file.readline()
+            return status, headers, body
+        return status, headers, self.file.read(int(headers["content-length"]))
+
+    def closed(self) -> bool:
+        return self.file.read(1) == b""
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+@contextmanager
+def connect(port: int) -> Iterator[Conn]:
+    conn = Conn(port)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def post(path: str, body: bytes, *extra: str) -> bytes:
+    head = [f"POST {path} HTTP/1.1", "Host: test", f"Content-Length: {len(body)}", *extra]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def test_pipelined_requests_are_answered_in_order(port: int) -> None:
+    with connect(port) as conn:
+        conn.send(b"".join(post(f"/n/{i}", str(i).encode()) for i in range(20)))
+        for i in range(20):
+            status, _, body = conn.response()
+            assert status == 200
+            assert json.loads(body)["body"] == str(i)
+
+
+def test_a_chunked_request_body_arrives_whole(port: int) -> None:
+    with connect(port) as conn:
+        conn.send(b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for part in (b"hello ", b"chunked ", b"world"):
+            conn.send(b"%x\r\n%s\r\n" % (len(part), part))
+            time.sleep(0.01)
+        conn.send(b"0\r\n\r\n")
+        status, _, body = conn.response()
+        assert (status, json.loads(body)["body"]) == (200, "hello chunked world")
+
+
+def test_expect_100_continue_is_answered_before_the_body_is_sent(port: int) -> None:
+    with connect(port) as conn:
+        conn.send(post("/e", b"", "Expect: 100-continue").replace(b"Length: 0", b"Length: 4"))
+        assert conn.file.readline() == b"HTTP/1.1 100 Continue\r\n"
+        assert conn.file.readline() == b"\r\n"
+        conn.send(b"data")
+        status, _, body = conn.response()
+        assert (status, json.loads(body)["body"]) == (200, "data")
+
+
+def test_http_1_0_gets_its_answer_then_the_connection_closes(port: int) -> None:
+    with connect(port) as conn:
+        conn.send(b"GET /old HTTP/1.0\r\n\r\n")
+        status, headers, body = conn.response()
+        assert (status, headers["connection"]) == (200, "close")
+        assert json.loads(body)["http_version"] == "1.0"
+        assert conn.closed()
+
+
+def test_keep_alive_by_default_and_closed_when_idle(port: int) -> None:
+    with connect(port) as conn:
+        for _ in range(3):
+            conn.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            status, headers, _ = conn.response()
+            assert status == 200
+            assert "date" in headers
+            assert "connection" not in headers
+        started = time.monotonic()
+        assert conn.closed()  # timeout_keep_alive=1
+        assert 0.5 < time.monotonic() - started < 4
+
+
+def test_path_query_and_percent_encoding(port: int) -> None:
+    with connect(port) as conn:
+        conn.send(b"GET /a%20b/c%2Fd?x=1&y=%20 HTTP/1.1\r\nHost: t\r\n\r\n")
+        answer = json.loads(conn.response()[2])
+    assert answer["path"] == "/a b/c/d"
+    assert answer["raw_path"] == "/a%20b/c%2Fd"
+    assert answer["query"] == "x=1&y=%20"
+
+
+def test_head_gets_headers_only(port: int) -> None:
+    with connect(port) as conn:
+        conn.send(b"HEAD /h HTTP/1.1\r\nHost: t\r\n\r\nGET /after HTTP/1.1\r\nHost: t\r\n\r\n")
+        status, headers, body = conn.response("HEAD")
+        assert (status, body) == (200, b"")
+        assert int(headers["content-length"]) > 0
+        assert json.loads(conn.response()[2])["path"] == "/after"  # the stream stayed in step
+
+
+def test_an_answer_without_a_length_is_sent_chunked(port: int) -> None:
+    with connect(port) as conn:
+        conn.send(b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n")
+        _, headers, body = conn.response()
+        assert headers["transfer-encoding"] == "chunked"
+        assert json.loads(body)["path"] == "/stream"
+
+
+def test_an_app_failure_is_a_500_and_the_server_goes_on(port: int) -> None:
+    with connect(port) as conn:
+        conn.send(b"GET /fail HTTP/1.1\r\nHost: t\r\n\r\n")
+        status, headers, body = conn.response()
+        assert (status, body, headers["connection"]) == (500, b"Internal Server Error", "close")
+    with connect(port) as conn:
+        conn.send(b"GET /fine HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert conn.response()[0] == 200
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"NOT HTTP AT ALL\r\n\r\n", b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
+     b"POST / HTTP/1.1\r\nContent-Length: nope\r\n\r\n"],
+)  # fmt: skip
+def test_a_malformed_request_is_a_400_and_the_connection_closes(port: int, garbage: bytes) -> None:
+    with connect(port) as conn:
+        conn.send(garbage)
+        status, headers, body = conn.response()
+        assert (status, headers["connection"]) == (400, "close")
+        assert b"malformed HTTP request" in body
+        assert conn.closed()
+
+
+def test_an_oversized_head_is_a_431(port: int) -> None:
+    with connect(port) as conn:
+        big = b"x" * (MAX_HEAD_BYTES + 1)
+        conn.send(b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + big + b"\r\n\r\n")
+        status, _, body = conn.response()
+        assert status == 431
+        assert str(MAX_HEAD_BYTES).encode() in body
+
+
+def test_the_app_hears_when_its_client_leaves(port: int) -> None:
+    LEFT.clear()
+    conn = Conn(port)
+    conn.send(b"GET /linger HTTP/1.1\r\nHost: t\r\n\r\n")
+    time.sleep(0.1)
+    conn.close()
+    deadline = time.monotonic() + 5
+    while not LEFT and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert LEFT == ["http.disconnect"]
+
+
+# -- the real model server ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    repo = server_models.build(tmp_path_factory.mktemp("http1") / "models")
+    with run_server(repo) as running:
+        yield running
+
+
+def infer(row: list[float]) -> bytes:
+    tensor = {"name": "input", "shape": [1, 4], "datatype": "FP32", "data": row}
+    return json.dumps({"inputs": [tensor]}).encode()
+
+
+def test_pipelined_inference_answers_each_request_with_its_own_rows(
+    model_server: RunningServer,
+) -> None:
+    rows = np.random.default_rng(0).normal(size=(50, 4)).round(3).tolist()
+    with connect(model_server.port) as conn:
+        conn.send(b"".join(post("/v2/models/tiny/infer", infer(row)) for row in rows))
+        answers = [json.loads(conn.response()[2]) for _ in rows]
+    with connect(model_server.port) as conn:  # one at a time, for the reference
+        for row, answer in zip(rows, answers, strict=True):
+            conn.send(post("/v2/models/tiny/infer", infer(row)))
+            assert json.loads(conn.response()[2])["outputs"] == answer["outputs"]
+
+
+def test_curl_sending_expect_100_continue(model_server: RunningServer, tmp_path: Path) -> None:
+    body = tmp_path / "body.json"
+    body.write_bytes(infer([1.0, 2.0, 3.0, 4.0]))
+    done = subprocess.run(
+        ["curl", "-sS", "--fail-with-body", "-H", "Expect: 100-continue", "--data-binary",
+         f"@{body}", f"{model_server.url}/v2/models/tiny/infer"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["model_name"] == "tiny"
