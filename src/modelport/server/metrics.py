@@ -1,14 +1,20 @@
-"""Prometheus metrics, correct across worker processes.
+"""Prometheus metrics, correct across worker processes, cheap on the request path.
 
-With several workers each process writes its samples to files under
+Per-request metrics are counted in plain Python (one lock, a bisect for a histogram's bucket)
+and handed to prometheus_client in bulk when ``/metrics`` is rendered: its own ``observe()`` and
+``inc()`` cost about 30 us of CPU per small request in all, measured under load, over a tenth
+of the request. With several workers each process writes its samples to files under
 ``PROMETHEUS_MULTIPROC_DIR`` (set by ``modelport serve`` before any worker starts) and
-``/metrics`` sums them; in a single process the default registry is used directly.
+``/metrics`` sums them: there every update is handed over at once, so that a worker that dies
+loses nothing it counted.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import threading
+from bisect import bisect_left
 from typing import Any
 
 from prometheus_client import (
@@ -84,29 +90,99 @@ PREDICTION_AGE = Gauge(
 )
 
 
+_LOCK = threading.Lock()  # the REST loop and the gRPC loop record from different threads
+_PENDING: list[BulkCounter | BulkHistogram] = []  # what flush() hands over
+
+
+def _write_through() -> bool:
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+class BulkCounter:
+    """A counter (or a gauge: ``dec``) child whose increments are summed before handing over."""
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self._delta = 0.0
+        self._through = _write_through()
+        _PENDING.append(self)
+
+    def inc(self, amount: float = 1.0) -> None:
+        with _LOCK:
+            self._delta += amount
+            if self._through:
+                self.flush()
+
+    def dec(self, amount: float = 1.0) -> None:
+        self.inc(-amount)
+
+    def flush(self) -> None:
+        if self._delta:
+            self._child.inc(self._delta)
+            self._delta = 0.0
+
+
+class BulkHistogram:
+    """A histogram child's observations as bucket counts and a sum, handed over together."""
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self._bounds = tuple(child._upper_bounds)  # ends with +Inf: every value has a bucket
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        self._through = _write_through()
+        _PENDING.append(self)
+
+    def observe(self, amount: float) -> None:
+        with _LOCK:
+            self._counts[bisect_left(self._bounds, amount)] += 1  # the first bound >= amount
+            self._sum += amount
+            if self._through:
+                self.flush()
+
+    def flush(self) -> None:
+        if any(self._counts):
+            for bucket, count in zip(self._child._buckets, self._counts, strict=True):
+                if count:
+                    bucket.inc(count)
+            self._child._sum.inc(self._sum)
+            self._counts = [0] * len(self._bounds)
+            self._sum = 0.0
+
+
+def flush() -> None:
+    """Hand every count kept in this process to prometheus_client (before rendering)."""
+    with _LOCK:
+        for metric in _PENDING:
+            metric.flush()
+
+
+IN_FLIGHT_NOW = BulkCounter(IN_FLIGHT)
+
+
 class ModelMetrics:
     """One model version's metric children, looked up once: labels() is costly per call."""
 
     def __init__(self, model: str, version: str) -> None:
-        self.queue = LATENCY.labels(model, version, "queue")
-        self.inference = LATENCY.labels(model, version, "inference")
-        self.total = LATENCY.labels(model, version, "total")
-        self.body = REQUEST_BYTES.labels(model)
-        self.batch_size = BATCH_SIZE.labels(model, version)
-        self.cache_hit = CACHE.labels(model, version, "hit")
-        self.cache_miss = CACHE.labels(model, version, "miss")
-        self.cache_eviction = CACHE.labels(model, version, "eviction")
-        self.queue_depth = QUEUE_DEPTH.labels(model, version)
-        self.queue_full = REJECTED.labels(model, version, "queue_full")
-        self.deadline = REJECTED.labels(model, version, "deadline")
+        self.queue = BulkHistogram(LATENCY.labels(model, version, "queue"))
+        self.inference = BulkHistogram(LATENCY.labels(model, version, "inference"))
+        self.total = BulkHistogram(LATENCY.labels(model, version, "total"))
+        self.body = BulkHistogram(REQUEST_BYTES.labels(model))
+        self.batch_size = BulkHistogram(BATCH_SIZE.labels(model, version))
+        self.cache_hit = BulkCounter(CACHE.labels(model, version, "hit"))
+        self.cache_miss = BulkCounter(CACHE.labels(model, version, "miss"))
+        self.cache_eviction = BulkCounter(CACHE.labels(model, version, "eviction"))
+        self.queue_depth = BulkCounter(QUEUE_DEPTH.labels(model, version))
+        self.queue_full = BulkCounter(REJECTED.labels(model, version, "queue_full"))
+        self.deadline = BulkCounter(REJECTED.labels(model, version, "deadline"))
         self._model, self._version = model, version
-        self._requests: dict[int, Any] = {}
+        self._requests: dict[int, BulkCounter] = {}
 
     def finished(self, status: int, total_s: float) -> None:
         counter = self._requests.get(status)
         if counter is None:
-            counter = self._requests[status] = REQUESTS.labels(
-                self._model, self._version, str(status)
+            counter = self._requests[status] = BulkCounter(
+                REQUESTS.labels(self._model, self._version, str(status))
             )
         counter.inc()
         self.total.observe(total_s)
@@ -125,6 +201,7 @@ def forget_process() -> None:
 
 def render() -> tuple[bytes, str]:
     """The metrics page and its content type."""
+    flush()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]

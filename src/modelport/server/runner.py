@@ -26,6 +26,7 @@ from modelport.model import Model, measure_costs
 INLINE_BELOW_S = 100e-6  # about the cost of one thread hand-off on a busy core
 WATCH_AFTER_S = 0.05  # work that waits longer looks out for its client leaving
 _WARMUP_CALLS = 8  # calls measured on threads before any runs inline
+_DRIFT = 1.05  # how fast the estimate of a model's cost may rise, a call
 
 Outputs = dict[str, np.ndarray]
 
@@ -72,7 +73,7 @@ class Runner:
         self.inline_below_s = inline_below_s if batching is None else 0.0
         self.pending = 0
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix=f"infer-{model.name}")
-        self._row_s = 0.0  # moving average of inference time per row
+        self._row_s = 0.0  # inference time per row: the least seen lately (see _call)
         self._calls = 0
         self._batcher: Batcher[_Job, tuple[Outputs, Timing]] | None = None
         if batching is not None:
@@ -198,7 +199,12 @@ class Runner:
         except Exception as exc:
             raise PredictionError(f"{type(exc).__name__}: {exc}") from exc
         per_row = (time.monotonic() - started) / max(_rows(inputs), 1)
-        self._row_s = per_row if self._calls == 0 else 0.9 * self._row_s + 0.1 * per_row
+        # The least time seen, let rise 5% a call: a call slowed by a preemption, or by waiting
+        # for the GIL on a busy event loop, says nothing of the model. An average would carry
+        # one such call over the inline threshold, and on a thread every call waits for the GIL
+        # and looks slow, so the model would stay there. A model really slower gets there in
+        # some 50 calls.
+        self._row_s = per_row if self._calls == 0 else min(per_row, self._row_s * _DRIFT)
         self._calls += 1
         return outputs
 
