@@ -5,7 +5,9 @@
 One server worker pinned to CPU 0, wrk on CPU 1, one sample per request:
 - the large demo MLP at concurrency 64 and 1 with batching off, on with a fixed window, and in
   latency-target mode, next to in-process onnxruntime at batch 32 (this core's limit); each as
-  V2 JSON and as binary tensors (what tritonclient sends by default);
+  V2 JSON and as binary tensors (what tritonclient sends by default); batching off once more
+  at concurrency 1 with a pause of the window's length before each request, the fair base for
+  "off plus the window" (a model runs slower on a core that has just idled);
 - the small model, and the large one, with every request a cache hit, next to every request a
   miss (each request carries fresh random inputs, so the lookup misses, the model runs and the
   answer is stored).
@@ -30,11 +32,16 @@ from modelport.demo import mlp_onnx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serving import BIN, Result, median, run_wrk, session, start, stop
 
+WINDOW_MS = 2
 MODES = {
     "off": [],
-    "window 2 ms": ["--max-batch-size", "32", "--max-delay-ms", "2"],
+    f"window {WINDOW_MS} ms": ["--max-batch-size", "32", "--max-delay-ms", str(WINDOW_MS)],
     "target 50 ms": ["--max-batch-size", "32", "--latency-budget-ms", "50"],
 }
+# Batching off, each request sent after the core idled as long as the window (wrk's delay()):
+# a model runs slower on a core that has just idled (measured here: about 0.5 ms more for the
+# large MLP after 2 ms), which a window's wait costs too.
+IDLE = f"off, {WINDOW_MS} ms idle"
 
 
 def build(root: Path) -> None:
@@ -68,6 +75,13 @@ def body_lua(work: Path, name: str, body: bytes, json_length: int | None = None)
         )
     )
     return lua
+
+
+def idle_lua(lua: Path) -> Path:
+    """``lua`` with a pause of the window's length before each request."""
+    idle = lua.with_name(f"{lua.stem}-idle.lua")
+    idle.write_text(lua.read_text() + f"function delay()\n  return {WINDOW_MS}\nend\n")
+    return idle
 
 
 def binary_lua(work: Path, x: np.ndarray) -> Path:
@@ -134,6 +148,10 @@ def main() -> None:
                         results.setdefault((encoding, mode, connections), []).append(
                             run_wrk(url, lua, connections, args.seconds)
                         )
+                    if mode == "off":
+                        results.setdefault((encoding, IDLE, 1), []).append(
+                            run_wrk(url, idle_lua(lua), 1, args.seconds)
+                        )
             finally:
                 stop(server)  # type: ignore[arg-type]
     sess = session(repo / "mlp-large" / "1" / "model.onnx")
@@ -178,6 +196,13 @@ def main() -> None:
     print(
         f"{'':>7} {'onnxruntime':>14} {'b=32':>5} {limit:>9.0f}  (in process, samples/s: the limit)"
     )
+    print(f"\nc=1 p50 with a {WINDOW_MS} ms window, next to batching off plus the window")
+    for encoding in bodies:
+        window = median(results[(encoding, f"window {WINDOW_MS} ms", 1)]).p50_ms
+        off = median(results[(encoding, "off", 1)]).p50_ms
+        idle = median(results[(encoding, IDLE, 1)]).p50_ms
+        print(f"{encoding:>7}  window {window:.2f} ms  off + window {off + WINDOW_MS:.2f} ms  "
+              f"off after idle + window {idle + WINDOW_MS:.2f} ms")  # fmt: skip
     print("\nc=64, V2 JSON, cache hits vs misses")
     for model in cases:
         hit, miss = median(cache[(model, "hit")]), median(cache[(model, "miss")])

@@ -165,7 +165,7 @@ class Engine:
     ) -> Outputs:
         measured = metrics.for_model(served.name, str(served.version))
         self.in_flight += 1
-        metrics.IN_FLIGHT_NOW.inc()
+        metrics.IN_FLIGHT.inc()
         measured.queue_depth.inc()
         try:
             outputs, timing = await served.runner.run(batch, deadline, gone)
@@ -177,7 +177,7 @@ class Engine:
             raise
         finally:
             self.in_flight -= 1
-            metrics.IN_FLIGHT_NOW.dec()
+            metrics.IN_FLIGHT.dec()
             measured.queue_depth.dec()
         measured.queue.observe(timing.queue_s)
         measured.inference.observe(timing.inference_s)

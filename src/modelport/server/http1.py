@@ -2,11 +2,11 @@
 
 uvicorn still binds the sockets, runs the workers, the lifespan, the signals and the graceful
 shutdown; it builds one of these protocols per connection (``uvicorn.Config(http=...)``).
-Why our own: on one core, a bare ASGI app behind uvicorn's httptools protocol costs about 43 us
-of CPU per request, behind this one about 20 us (``benchmarks/front_doors.py`` has the A/B), and
-small inference requests are mostly that overhead. It gets there by doing less per request: one
-write per response (head and body together), no event object per request, a keep-alive timer
-per connection rather than per request.
+Why our own: under load on one core, a bare ASGI app behind uvicorn's httptools protocol costs
+about 45 us of CPU per request, behind this one about 30 us (``benchmarks/http_protocol.py``),
+and for a small model the HTTP layer is a large part of a request. It does less per request:
+one write per response (head and body together), no event object per request, a keep-alive
+timer per connection rather than per request.
 
 What it speaks: keep-alive, pipelining (requests run one at a time, in order, reading paused
 while any wait), chunked request bodies, ``Expect: 100-continue``, HEAD, chunked responses when
