@@ -208,6 +208,16 @@ def test_an_answer_without_a_length_is_sent_chunked(port: int) -> None:
         assert json.loads(body)["path"] == "/stream"
 
 
+def test_an_upgrade_request_is_answered_as_plain_http_1_1(port: int) -> None:
+    with connect(port) as conn:
+        conn.send(b"GET /up HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                  b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n")  # fmt: skip
+        status, headers, body = conn.response()
+        assert (status, headers["connection"]) == (200, "close")
+        assert json.loads(body)["path"] == "/up"
+        assert conn.closed()
+
+
 def test_an_app_failure_is_a_500_and_the_server_goes_on(port: int) -> None:
     with connect(port) as conn:
         conn.send(b"GET /fail HTTP/1.1\r\nHost: t\r\n\r\n")

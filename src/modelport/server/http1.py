@@ -102,7 +102,8 @@ class Exchange:
             return _DISCONNECT
         if self.expect_continue:
             self.expect_continue = False
-            self.conn.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            if not (self.chunks or self.complete):  # a client that did not wait needs no 100
+                self.conn.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         while not (self.chunks or self.complete or self.disconnected):
             self.conn.resume_reading()
             await self._wait()
@@ -268,8 +269,10 @@ class H1Protocol(asyncio.Protocol):
             else:
                 self._refuse(400, f"malformed HTTP request: {exc}")
 
-    def eof_received(self) -> bool | None:
-        return None  # close our side too (after any response in progress is written)
+    def eof_received(self) -> bool:
+        # A client that closed looks the same as one that only half-closed: taken as gone, as
+        # most servers do, so that work queued for it is withdrawn (connection_lost follows).
+        return False
 
     def pause_writing(self) -> None:
         self.write_paused = True
