@@ -4,6 +4,7 @@ real ``modelport serve`` for what clients do to a model server (pipelining, curl
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import socket
@@ -26,9 +27,22 @@ from modelport.testing import RunningServer, free_port, run_server
 
 async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """Answers what it was asked; /fail raises, /stream answers without a length, /linger
-    waits for the client to leave and records that it noticed."""
+    waits for the client to leave and records that it noticed, /early answers before reading
+    the body, /big answers 256 KiB, /slow takes 0.2 s."""
     if scope["type"] != "http":
         return
+    STARTED.append(scope["path"])
+    if scope["path"] == "/early":
+        await send({"type": "http.response.start", "status": 413, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    if scope["path"] == "/big":
+        headers = [(b"content-length", str(256 * 1024).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"x" * 256 * 1024})
+        return
+    if scope["path"] == "/slow":
+        await asyncio.sleep(0.2)
     body, more = b"", True
     while more:
         message = await receive()
@@ -48,6 +62,7 @@ async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
             "query": scope["query_string"].decode(),
             "body": body.decode(),
             "http_version": scope["http_version"],
+            "headers": [name.decode() for name, _ in scope["headers"]],
         }
     ).encode()
     headers = [(b"content-type", b"application/json")]
@@ -63,6 +78,7 @@ async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 LEFT: list[str] = []
+STARTED: list[str] = []
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +166,23 @@ def test_a_chunked_request_body_arrives_whole(port: int) -> None:
         assert (status, json.loads(body)["body"]) == (200, "hello chunked world")
 
 
+def test_trailers_stay_out_of_the_request_headers(port: int) -> None:
+    with connect(port) as conn:
+        conn.send(b"POST /t HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  b"2\r\nok\r\n0\r\nX-Trailer: late\r\n\r\n")  # fmt: skip
+        answer = json.loads(conn.response()[2])
+    assert answer["body"] == "ok"
+    assert "x-trailer" not in answer["headers"]
+
+
+def test_an_answer_before_the_body_closes_the_connection(port: int) -> None:
+    with connect(port) as conn:
+        conn.send(b"POST /early HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n0123456789")
+        status, headers, _ = conn.response()
+        assert (status, headers["connection"]) == (413, "close")
+        assert conn.closed()  # the other 990 bytes cannot be taken for a next request
+
+
 def test_expect_100_continue_is_answered_before_the_body_is_sent(port: int) -> None:
     with connect(port) as conn:
         conn.send(post("/e", b"", "Expect: 100-continue").replace(b"Length: 0", b"Length: 4"))
@@ -187,6 +220,9 @@ def test_path_query_and_percent_encoding(port: int) -> None:
         conn.send(b"GET /a%20b/c%2Fd?x=1&y=%20 HTTP/1.1\r\nHost: t\r\n\r\n")
         answer = json.loads(conn.response()[2])
     assert answer["path"] == "/a b/c/d"
+    with connect(port) as conn:
+        conn.send(b"GET /caf%C3%A9 HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert json.loads(conn.response()[2])["path"] == "/caf\u00e9"  # UTF-8, as ASGI says
     assert answer["raw_path"] == "/a%20b/c%2Fd"
     assert answer["query"] == "x=1&y=%20"
 
@@ -240,6 +276,42 @@ def test_a_malformed_request_is_a_400_and_the_connection_closes(port: int, garba
         assert (status, headers["connection"]) == (400, "close")
         assert b"malformed HTTP request" in body
         assert conn.closed()
+
+
+def test_a_malformed_request_behind_one_in_progress_waits_for_its_answer(port: int) -> None:
+    with connect(port) as conn:
+        conn.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+        time.sleep(0.05)
+        conn.send(b"NOT HTTP\r\n\r\n")
+        assert conn.response()[0] == 200
+        assert conn.response()[0] == 400
+        assert conn.closed()
+
+
+def test_a_header_line_that_never_ends_is_a_431(port: int) -> None:
+    with connect(port) as conn:
+        conn.send(b"GET / HTTP/1.1\r\nHost: t\r\nX-Endless: ")
+        status = None
+        try:
+            for _ in range(20):
+                conn.send(b"a" * 8192)
+                time.sleep(0.005)
+        except OSError:  # refused and closed while we were still sending
+            pass
+        status, _, body = conn.response()
+        assert status == 431
+        assert str(MAX_HEAD_BYTES).encode() in body
+
+
+def test_a_client_that_does_not_read_holds_back_the_pipeline(port: int) -> None:
+    STARTED.clear()
+    with connect(port) as conn:
+        conn.send(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n" * 200)  # 50 MiB of answers
+        time.sleep(1)
+        assert STARTED.count("/big") < 200  # not all answered into memory
+        for _ in range(200):
+            assert len(conn.response()[2]) == 256 * 1024
+    assert STARTED.count("/big") == 200
 
 
 def test_an_oversized_head_is_a_431(port: int) -> None:

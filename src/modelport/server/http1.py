@@ -124,9 +124,9 @@ class Exchange:
             if kind != "http.response.start":
                 raise RuntimeError(f"expected http.response.start, the app sent {kind}")
             self.started = True
-            if self.expect_continue and not self.complete:
-                # Answered before the client sent its body: whether it sends it now or not is
-                # up to the client, so the stream cannot be trusted for another request.
+            if not self.complete:
+                # Answered before the whole body came (a 413, a 408): what the client sends
+                # next may be the rest of it, so the stream cannot carry another request.
                 self.keep_alive = False
             self.expect_continue = False
             self.head = self._head(message["status"], message.get("headers", ()))
@@ -135,6 +135,8 @@ class Exchange:
             raise RuntimeError(f"expected http.response.body, the app sent {kind}")
         if self.finished:
             raise RuntimeError("the app sent a body after its response was complete")
+        if self.conn.write_paused:  # the client is not reading: do not pile up more for it
+            await self.conn.drain()
         if self.disconnected:
             return
         body = message.get("body", b"")
@@ -151,20 +153,21 @@ class Exchange:
             self.finished = True
             self.wake()
             self.conn.finished(self)
-        elif self.conn.write_paused:
-            await self.conn.drain()
 
     def _head(self, status: int, headers: Any) -> bytes:
         parts = [_status_line(status)]
         for name, value in self.conn.server_state.default_headers:  # date (and server)
             parts += (name, b": ", value, b"\r\n")
         length = None
+        chunked_given = False
         for name, value in headers:
             if b"\n" in value or b"\r" in value or b"\n" in name or b"\r" in name:
                 raise RuntimeError(f"response header {name!r} has a line break")
             lower = name.lower()
             if lower == b"content-length":
                 length = int(value)
+            elif lower == b"transfer-encoding":
+                chunked_given = True
             elif lower == b"connection" and b"close" in value.lower():
                 self.keep_alive = False
                 continue  # written once below
@@ -173,7 +176,8 @@ class Exchange:
             self.remaining = 0
         elif length is None:
             self.chunked = True
-            parts.append(b"transfer-encoding: chunked\r\n")
+            if not chunked_given:
+                parts.append(b"transfer-encoding: chunked\r\n")
         else:
             self.remaining = length
         if not self.keep_alive:
@@ -224,7 +228,10 @@ class H1Protocol(asyncio.Protocol):
         self._writable: asyncio.Future[None] | None = None
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
-        self._head_bytes = 0
+        self._head_bytes = 0  # of the request line and headers parsed so far
+        self._head_raw = 0  # bytes received while a head is unfinished (counted per read)
+        self._in_head = False
+        self._refusal: bytes | None = None  # a 400/431 that waits for the current answer
         self._expect = False
         self._last_active = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -255,11 +262,17 @@ class H1Protocol(asyncio.Protocol):
             self._writable.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        if self._refusal is not None:
+            return  # refused: nothing more is read from this stream
         self._last_active = self.loop.time()
         try:
             self.parser.feed_data(data)
+            if self._in_head:  # the parser keeps a line that never ends to itself: count here
+                self._head_raw += len(data)
+                if self._head_raw > MAX_HEAD_BYTES:
+                    self._refuse(431, f"the request head is over {MAX_HEAD_BYTES} bytes")
         except httptools.HttpParserUpgrade:
-            # Answered as plain HTTP/1.1; the parser reads nothing after an upgrade, so the
+            # Answered as plain HTTP/1.1; the parser stops where the upgrade begins, so the
             # connection closes after that answer.
             if self.parsing is not None:
                 self.parsing.keep_alive = False
@@ -281,6 +294,7 @@ class H1Protocol(asyncio.Protocol):
         self.write_paused = False
         if self._writable is not None and not self._writable.done():
             self._writable.set_result(None)
+        self._next()
 
     async def drain(self) -> None:
         if self.write_paused and not self.transport.is_closing():
@@ -302,7 +316,8 @@ class H1Protocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
-        self._head_bytes = 0
+        self._head_bytes = self._head_raw = 0
+        self._in_head = True
         self._expect = False
 
     def on_url(self, url: bytes) -> None:
@@ -331,7 +346,7 @@ class H1Protocol(asyncio.Protocol):
             raw_path, query = parsed.path or b"/", parsed.query or b""
         path = raw_path.decode("latin-1")
         if "%" in path:
-            path = unquote(path, encoding="latin-1")
+            path = unquote(path)  # UTF-8, as ASGI says
         version = parser.get_http_version()
         scope = {
             "type": "http",
@@ -348,6 +363,8 @@ class H1Protocol(asyncio.Protocol):
             "headers": self._headers,
             "state": self.app_state.copy(),
         }
+        self._in_head = False
+        self._headers = []  # chunked trailers, if any, stay out of this request's scope
         keep_alive = version != "1.0" and parser.should_keep_alive()
         exchange = self.parsing = Exchange(self, scope, keep_alive, self._expect)
         if self.current is None:
@@ -413,26 +430,48 @@ class H1Protocol(asyncio.Protocol):
         """The app has handed over its whole response: the next request may start."""
         self.server_state.total_requests += 1
         self.current = None
-        if not exchange.keep_alive:
+        if self._refusal is not None:
+            self.transport.write(self._refusal)
             self.transport.close()
+        elif not exchange.keep_alive:
+            self.transport.close()
+        else:
+            self._last_active = self.loop.time()
+            self._next()
+
+    def _next(self) -> None:
+        """Start the next pipelined request, or read more, unless the client is not reading."""
+        if self.current is not None or self.write_paused or self.transport.is_closing():
             return
-        self._last_active = self.loop.time()
         if self.pipeline:
             self._start(self.pipeline.popleft())
         self.resume_reading()
 
     def _refuse(self, status: int, message: str) -> None:
-        """Answer a request the parser cannot take, and close: the stream is out of step."""
+        """Answer a request the parser cannot take, and close: the stream is out of step.
+
+        A request being answered still gets its answer first; the ones queued behind it are
+        dropped with the connection (clients resend unanswered pipelined requests).
+        """
         log.warning("%s from %s: %s", status, self.client, message)
+        current = self.current
+        if current is not None and not current.complete:
+            # The fault is in this request's own body: it is the request refused.
+            current.disconnected = True
+            current.wake()
+            current = None
         body = message.encode()
-        if self.current is None or self.current.finished:
-            head = [_status_line(status)]
-            for name, value in self.server_state.default_headers:
-                head += (name, b": ", value, b"\r\n")
-            head.append(b"content-type: text/plain; charset=utf-8\r\nconnection: close\r\n")
-            head.append(b"content-length: %d\r\n\r\n" % len(body))
-            self.transport.write(b"".join(head) + body)
-        self.transport.close()
+        head = [_status_line(status)]
+        for name, value in self.server_state.default_headers:
+            head += (name, b": ", value, b"\r\n")
+        head.append(b"content-type: text/plain; charset=utf-8\r\nconnection: close\r\n")
+        head.append(b"content-length: %d\r\n\r\n" % len(body))
+        self.pipeline.clear()
+        self.pause_reading()
+        self._refusal = b"".join(head) + body
+        if current is None:
+            self.transport.write(self._refusal)
+            self.transport.close()
 
     # -- time and shutdown --------------------------------------------------------------------
 
