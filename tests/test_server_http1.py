@@ -373,3 +373,13 @@ def test_curl_sending_expect_100_continue(model_server: RunningServer, tmp_path:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["model_name"] == "tiny"
+
+
+def test_uvicorns_own_protocol_is_one_flag_away(tmp_path: Path) -> None:
+    repo = server_models.build(tmp_path / "models")
+    with run_server(repo, "--http", "uvicorn") as server, connect(server.port) as conn:
+        conn.send(post("/v2/models/tiny/infer", infer([1.0, 2.0, 3.0, 4.0])))
+        status, headers, body = conn.response()
+    assert status == 200
+    assert json.loads(body)["model_name"] == "tiny"
+    assert "x-request-id" in headers
