@@ -141,6 +141,17 @@ def connect(port: int) -> Iterator[Conn]:
         conn.close()
 
 
+def answered_then_closed(port: int, request: bytes) -> tuple[int, bytes]:
+    """Send ``request`` on a new connection: its answer's status and body, after checking the
+    answer says ``connection: close`` and the server then closes."""
+    with connect(port) as conn:
+        conn.send(request)
+        status, headers, body = conn.response()
+        assert headers["connection"] == "close"
+        assert conn.closed()
+    return status, body
+
+
 def post(path: str, body: bytes, *extra: str) -> bytes:
     head = [f"POST {path} HTTP/1.1", "Host: test", f"Content-Length: {len(body)}", *extra]
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
@@ -176,11 +187,9 @@ def test_trailers_stay_out_of_the_request_headers(port: int) -> None:
 
 
 def test_an_answer_before_the_body_closes_the_connection(port: int) -> None:
-    with connect(port) as conn:
-        conn.send(b"POST /early HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n0123456789")
-        status, headers, _ = conn.response()
-        assert (status, headers["connection"]) == (413, "close")
-        assert conn.closed()  # the other 990 bytes cannot be taken for a next request
+    # The other 990 bytes cannot be taken for a next request.
+    request = b"POST /early HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n0123456789"
+    assert answered_then_closed(port, request)[0] == 413
 
 
 def test_expect_100_continue_is_answered_before_the_body_is_sent(port: int) -> None:
@@ -194,12 +203,9 @@ def test_expect_100_continue_is_answered_before_the_body_is_sent(port: int) -> N
 
 
 def test_http_1_0_gets_its_answer_then_the_connection_closes(port: int) -> None:
-    with connect(port) as conn:
-        conn.send(b"GET /old HTTP/1.0\r\n\r\n")
-        status, headers, body = conn.response()
-        assert (status, headers["connection"]) == (200, "close")
-        assert json.loads(body)["http_version"] == "1.0"
-        assert conn.closed()
+    status, body = answered_then_closed(port, b"GET /old HTTP/1.0\r\n\r\n")
+    assert status == 200
+    assert json.loads(body)["http_version"] == "1.0"
 
 
 def test_keep_alive_by_default_and_closed_when_idle(port: int) -> None:
@@ -219,12 +225,12 @@ def test_path_query_and_percent_encoding(port: int) -> None:
     with connect(port) as conn:
         conn.send(b"GET /a%20b/c%2Fd?x=1&y=%20 HTTP/1.1\r\nHost: t\r\n\r\n")
         answer = json.loads(conn.response()[2])
-    assert answer["path"] == "/a b/c/d"
-    with connect(port) as conn:
         conn.send(b"GET /caf%C3%A9 HTTP/1.1\r\nHost: t\r\n\r\n")
-        assert json.loads(conn.response()[2])["path"] == "/caf\u00e9"  # UTF-8, as ASGI says
+        utf8 = json.loads(conn.response()[2])
+    assert answer["path"] == "/a b/c/d"
     assert answer["raw_path"] == "/a%20b/c%2Fd"
     assert answer["query"] == "x=1&y=%20"
+    assert utf8["path"] == "/caf\u00e9"  # percent-escapes are UTF-8, as ASGI says
 
 
 def test_head_gets_headers_only(port: int) -> None:
@@ -245,20 +251,18 @@ def test_an_answer_without_a_length_is_sent_chunked(port: int) -> None:
 
 
 def test_an_upgrade_request_is_answered_as_plain_http_1_1(port: int) -> None:
-    with connect(port) as conn:
-        conn.send(b"GET /up HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, HTTP2-Settings\r\n"
-                  b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n")  # fmt: skip
-        status, headers, body = conn.response()
-        assert (status, headers["connection"]) == (200, "close")
-        assert json.loads(body)["path"] == "/up"
-        assert conn.closed()
+    status, body = answered_then_closed(
+        port,
+        b"GET /up HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+    )
+    assert status == 200
+    assert json.loads(body)["path"] == "/up"
 
 
 def test_an_app_failure_is_a_500_and_the_server_goes_on(port: int) -> None:
-    with connect(port) as conn:
-        conn.send(b"GET /fail HTTP/1.1\r\nHost: t\r\n\r\n")
-        status, headers, body = conn.response()
-        assert (status, body, headers["connection"]) == (500, b"Internal Server Error", "close")
+    failed = answered_then_closed(port, b"GET /fail HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert failed == (500, b"Internal Server Error")
     with connect(port) as conn:
         conn.send(b"GET /fine HTTP/1.1\r\nHost: t\r\n\r\n")
         assert conn.response()[0] == 200
@@ -270,12 +274,9 @@ def test_an_app_failure_is_a_500_and_the_server_goes_on(port: int) -> None:
      b"POST / HTTP/1.1\r\nContent-Length: nope\r\n\r\n"],
 )  # fmt: skip
 def test_a_malformed_request_is_a_400_and_the_connection_closes(port: int, garbage: bytes) -> None:
-    with connect(port) as conn:
-        conn.send(garbage)
-        status, headers, body = conn.response()
-        assert (status, headers["connection"]) == (400, "close")
-        assert b"malformed HTTP request" in body
-        assert conn.closed()
+    status, body = answered_then_closed(port, garbage)
+    assert status == 400
+    assert b"malformed HTTP request" in body
 
 
 def test_a_malformed_request_behind_one_in_progress_waits_for_its_answer(port: int) -> None:

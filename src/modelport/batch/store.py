@@ -182,7 +182,7 @@ class Store:
             ) from exc
         # Reads on PostgreSQL run outside transactions: a lookup is one statement, and a
         # pooled connection in a transaction costs a BEGIN and a ROLLBACK round trip more
-        # (a stored-prediction lookup: 1.08 -> 0.63 ms at p50, measured). SQLite's driver
+        # (a stored-prediction lookup: 1.08 -> 0.70 ms at p50, measured). SQLite's driver
         # begins transactions only to write.
         self._reads: Engine = self.engine
         if self.engine.dialect.name == "sqlite":

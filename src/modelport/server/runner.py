@@ -129,13 +129,13 @@ class Runner:
         # of the batcher's queue.
         expired: list[bool] = []
         timer = loop.call_later(max(deadline - job.enqueued, 0), _expire, future, expired)
-        watchers: list[asyncio.Future[object]] = []
+        watcher: asyncio.Future[object] | None = None
 
         def watch() -> None:
+            nonlocal watcher
             assert gone is not None
             watcher = asyncio.ensure_future(gone())
             watcher.add_done_callback(lambda w: None if w.cancelled() else future.cancel())
-            watchers.append(watcher)
 
         watching = loop.call_later(WATCH_AFTER_S, watch) if gone is not None else None
         try:
@@ -146,14 +146,14 @@ class Runner:
                 raise DeadlineExceededError(
                     f"no answer from model {self.model.name!r} within the request deadline"
                 ) from None
-            if watchers and watchers[0].done() and not watchers[0].cancelled():
+            if watcher is not None and watcher.done() and not watcher.cancelled():
                 raise ConnectionAbortedError("the client left; its work was withdrawn") from None
             raise
         finally:
             timer.cancel()
             if watching is not None:
                 watching.cancel()
-            for watcher in watchers:
+            if watcher is not None:
                 watcher.cancel()
             self.pending -= 1
 
