@@ -57,6 +57,27 @@ def test_the_delay_gathers_a_batch() -> None:
     assert batches == [[1, 2]]
 
 
+def test_with_two_workers_a_request_joins_the_open_batch() -> None:
+    batches: list[list[int]] = []
+    config = BatchingConfig(max_batch_size=8, max_delay_s=0.05)
+
+    async def go() -> None:
+        batcher = Batcher(recording(batches, 0.01), config, concurrency=2)
+        first = batcher.enqueue(1)
+        await asyncio.sleep(0.01)  # a worker holds the batch open; the other one is idle
+        later = [batcher.enqueue(i) for i in (2, 3)]
+        assert await asyncio.gather(first, *later) == [10, 20, 30]
+        # Full batches leave the rest to the idle worker, which runs it at the same time.
+        assert await asyncio.gather(*(batcher.enqueue(i) for i in range(10, 22))) == [
+            i * 10 for i in range(10, 22)
+        ]
+        await batcher.close()
+
+    asyncio.run(go())
+    assert batches[0] == [1, 2, 3]
+    assert sorted(len(b) for b in batches[1:]) == [4, 8]
+
+
 def test_a_preferred_size_closes_the_batch() -> None:
     batches: list[list[int]] = []
     config = BatchingConfig(max_batch_size=8, max_delay_s=0.05, preferred_batch_sizes=(2,))

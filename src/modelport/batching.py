@@ -14,6 +14,7 @@ before they reach the handler. No HTTP in here.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -49,8 +50,12 @@ class Batcher(Generic[T, R]):
         self._concurrency = concurrency
         self._on_batch = on_batch
         self.target = target
-        self._queue: asyncio.Queue[_Pending[T, R]] | None = None
-        self._carry: list[_Pending[T, R]] = []
+        self._queue: deque[_Pending[T, R]] = deque()
+        # Workers waiting for items. While one is filling a batch, items are its own: a
+        # request joins the open batch rather than starting a batch of its own.
+        self._filling: list[asyncio.Future[bool]] = []
+        self._idle: list[asyncio.Future[bool]] = []
+        self._open = 0  # batches being filled
         self._workers: list[asyncio.Task[None]] = []
 
     async def submit(self, item: T) -> R:
@@ -59,52 +64,63 @@ class Batcher(Generic[T, R]):
 
     def enqueue(self, item: T) -> asyncio.Future[R]:
         """Queue ``item``; cancelling the returned future withdraws it if not yet running."""
-        if self._queue is None:  # asyncio objects belong to the loop that runs us
-            self._queue = asyncio.Queue()
-            self._workers = [asyncio.create_task(self._work()) for _ in range(self._concurrency)]
         loop = asyncio.get_running_loop()
+        if not self._workers:  # asyncio objects belong to the loop that runs us
+            self._workers = [loop.create_task(self._work()) for _ in range(self._concurrency)]
         if self.target is not None:
             self.target.arrived(loop.time())
         future: asyncio.Future[R] = loop.create_future()
-        self._queue.put_nowait(_Pending(item, self._size_of(item), future))
+        self._queue.append(_Pending(item, self._size_of(item), future))
+        if self._filling:
+            _release(self._filling.pop())
+        elif self._idle and not self._open:
+            _release(self._idle.pop())
         return future
 
-    async def _next(self, timeout: float | None) -> _Pending[T, R] | None:
-        assert self._queue is not None
-        if self._carry:
-            return self._carry.pop()
-        if timeout is None:
-            return await self._queue.get()
-        if not self._queue.empty():
-            return self._queue.get_nowait()
-        if timeout <= 0:
-            return None
+    async def _wait(self, waiters: list[asyncio.Future[bool]], timeout: float | None) -> bool:
+        """Until an item is queued (False), or ``timeout`` seconds pass (True). A future and a
+        timer: ``asyncio.wait_for`` would cost a task and a cancellation every time."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        waiters.append(waiter)
+        timer = None if timeout is None else loop.call_later(timeout, _release, waiter, True)
         try:
-            return await asyncio.wait_for(self._queue.get(), timeout)
-        except asyncio.TimeoutError:
-            return None
+            return await waiter
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if waiter in waiters:
+                waiters.remove(waiter)
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
         config = self._config
+        queue = self._queue
         while True:
-            first = await self._next(None)
-            assert first is not None
+            while not queue:
+                await self._wait(self._idle, None)
+            first = queue.popleft()
             if self.target is not None:
                 max_size, delay_s = self.target.choose()
             else:
                 max_size, delay_s = config.max_batch_size, config.max_delay_s
             batch, rows = [first], first.size
             closes_at = loop.time() + delay_s
+            self._open += 1
             while rows < max_size and rows not in config.preferred_batch_sizes:
-                pending = await self._next(closes_at - loop.time())
-                if pending is None:
-                    break
-                if rows + pending.size > max_size:
-                    self._carry.append(pending)  # opens the next batch
-                    break
+                if not queue:
+                    left = closes_at - loop.time()
+                    if left <= 0 or await self._wait(self._filling, left):
+                        break  # the window closed
+                    continue
+                if rows + queue[0].size > max_size:
+                    break  # it opens the next batch
+                pending = queue.popleft()
                 batch.append(pending)
                 rows += pending.size
+            self._open -= 1
+            if queue and self._idle:  # the rest is another worker's batch
+                _release(self._idle.pop())
             await self._run([p for p in batch if not p.future.done()])
 
     async def _run(self, batch: list[_Pending[T, R]]) -> None:
@@ -135,6 +151,11 @@ class Batcher(Generic[T, R]):
         for task in self._workers:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
+
+
+def _release(waiter: asyncio.Future[bool], timed_out: bool = False) -> None:
+    if not waiter.done():
+        waiter.set_result(timed_out)
 
 
 def _settle(
