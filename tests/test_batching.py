@@ -78,6 +78,58 @@ def test_with_two_workers_a_request_joins_the_open_batch() -> None:
     assert sorted(len(b) for b in batches[1:]) == [4, 8]
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("window_ms", [0.4, 1.4, 3.0])
+def test_a_lone_request_waits_its_window_to_the_fraction_of_a_millisecond(
+    loop: str, window_ms: float
+) -> None:
+    import time
+
+    import uvloop
+
+    dispatched: list[float] = []
+
+    async def handler(items: list[int]) -> list[int]:
+        dispatched.append(time.monotonic())
+        return items
+
+    async def go() -> list[float]:
+        batcher = Batcher(handler, BatchingConfig(max_batch_size=8, max_delay_s=window_ms / 1000))
+        waits = []
+        for i in range(20):
+            queued = time.monotonic()
+            await batcher.submit(i)
+            waits.append((dispatched[-1] - queued) * 1000)
+        await batcher.close()
+        return waits
+
+    runner = uvloop.new_event_loop() if loop == "uvloop" else asyncio.new_event_loop()
+    try:
+        waits = sorted(runner.run_until_complete(go()))
+    finally:
+        runner.close()
+    assert waits[0] >= window_ms  # never less than asked for (uvloop's timers were whole ms)
+    assert waits[len(waits) // 2] < window_ms + 0.5  # nor much more
+
+
+def test_the_window_counts_from_when_the_request_reached_the_server() -> None:
+    import time
+
+    batches: list[list[int]] = []
+    config = BatchingConfig(max_batch_size=8, max_delay_s=0.05)
+
+    async def go() -> float:
+        batcher = Batcher(recording(batches), config)
+        started = time.monotonic()
+        # Arrived 40 ms ago (a slow upload, say): 10 ms of its window are left.
+        await batcher.enqueue(1, since=started - 0.04)
+        waited = time.monotonic() - started
+        await batcher.close()
+        return waited
+
+    assert 0.009 < asyncio.run(go()) < 0.04
+
+
 def test_a_preferred_size_closes_the_batch() -> None:
     batches: list[list[int]] = []
     config = BatchingConfig(max_batch_size=8, max_delay_s=0.05, preferred_batch_sizes=(2,))

@@ -71,6 +71,7 @@ _SELF_AUTHORIZED = {"graphql"}  # answers a refusal in its own error shape
 _REQUEST_ID = re.compile(r"[\w.:-]{1,128}")
 _INLINE_PARSE_BYTES = 256 * 1024
 _ROUTE_CACHE_SIZE = 4096  # request lines already routed: the regexes run once per path
+_ARRIVED = "modelport.arrived"  # scope key: time.monotonic() when the request reached the app
 
 
 def _tensor_metadata(signature: Signature) -> dict[str, list[dict[str, Any]]]:
@@ -181,7 +182,7 @@ class ModelService:
         gc.freeze()
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
+        started = scope[_ARRIVED] = time.monotonic()
         request_id = header(scope, b"x-request-id")
         if request_id is None or not _REQUEST_ID.fullmatch(request_id):
             request_id = self.engine.new_request_id()
@@ -197,7 +198,7 @@ class ModelService:
         await send_response(send, response, [(b"x-request-id", request_id.encode())])
         if "model" in info:
             metrics.for_model(info["model"], info["version"]).finished(
-                response.status, time.perf_counter() - started
+                response.status, time.monotonic() - started
             )
         if access_log.isEnabledFor(logging.INFO):
             access_log.info(
@@ -208,7 +209,7 @@ class ModelService:
                         "method": scope["method"],
                         "path": scope["path"],
                         "status": response.status,
-                        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                        "duration_ms": round((time.monotonic() - started) * 1000, 3),
                         "bytes_out": len(response.body),
                         "client": (scope.get("client") or ["", 0])[0],
                         "pid": os.getpid(),
@@ -335,7 +336,7 @@ class ModelService:
             request = parse_infer_request(body, header_length, self.config.limits)
         requested = [o.name for o in request.outputs] if request.outputs is not None else None
         self.engine.check_request(served, request.datatypes, requested)
-        outputs = await self._run(served, request.inputs, info, receive, _cache_wanted(scope))
+        outputs = await self._run(scope, receive, served, request.inputs, info)
         payload, json_length = encode_infer_response(name, served.version, request, outputs)
         if json_length is None:
             return Response(200, payload)
@@ -365,7 +366,7 @@ class ModelService:
             inputs: Any = {n: [i[n] for i in instances] for n in names}
         else:
             inputs = instances
-        outputs = await self._run(served, inputs, info, receive, _cache_wanted(scope))
+        outputs = await self._run(scope, receive, served, inputs, info)
         names = list(outputs)
         if any(len(outputs[n]) != len(instances) for n in names):
             raise PredictionError(
@@ -403,11 +404,12 @@ class ModelService:
                 ) from None
 
     async def _run(
-        self, served: Served, inputs: Any, info: dict[str, Any], receive: Receive,
-        use_cache: bool = True,
-    ) -> dict[str, np.ndarray]:  # fmt: skip
+        self, scope: Scope, receive: Receive, served: Served, inputs: Any, info: dict[str, Any]
+    ) -> dict[str, np.ndarray]:
         # Once the body is read, the next ASGI message can only say the client went away.
-        return await self.engine.predict(served, inputs, info, receive, use_cache)
+        return await self.engine.predict(
+            served, inputs, info, receive, _cache_wanted(scope), arrived=scope.get(_ARRIVED)
+        )
 
     # -- stored predictions -------------------------------------------------------------------
 

@@ -110,11 +110,12 @@ class Engine:
 
     async def predict(
         self, served: Served, inputs: Any, info: dict[str, Any], gone: Gone | None = None,
-        use_cache: bool = True, timeout_s: float | None = None,
+        use_cache: bool = True, timeout_s: float | None = None, arrived: float | None = None,
     ) -> Outputs:  # fmt: skip
         """Validate ``inputs``, then answer from the cache or the model's runner.
 
         ``timeout_s`` shortens the server's request timeout (a gRPC client's deadline, say).
+        ``arrived`` (``time.monotonic()``) is when the request reached the server.
         """
         batch = validate_inputs(served.model.signature, inputs, served.model.limits)
         if not self.config.limits.allow_non_finite:
@@ -124,7 +125,7 @@ class Engine:
             timeout = min(timeout, max(timeout_s, 0.0))
         deadline = time.monotonic() + timeout
         if self.cache is None or not use_cache or not served.cacheable:
-            return await self._infer_now(served, batch, deadline, gone)
+            return await self._infer_now(served, batch, deadline, gone, arrived)
         measured = metrics.for_model(served.name, str(served.version))
         key = cache_key(served.name, served.version, batch)
         cached = await self.cache.get(key)
@@ -139,11 +140,11 @@ class Engine:
             try:
                 return await asyncio.shield(running)
             except ConnectionAbortedError:  # its client left, and took the work with it
-                return await self._infer_now(served, batch, deadline, gone)
+                return await self._infer_now(served, batch, deadline, gone, arrived)
         future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
         self._computing[key] = future
         try:
-            outputs = await self._infer_now(served, batch, deadline, gone)
+            outputs = await self._infer_now(served, batch, deadline, gone, arrived)
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError):
                 # The caller was cancelled (a gRPC client that left): waiters compute anew.
@@ -161,14 +162,15 @@ class Engine:
         return outputs
 
     async def _infer_now(
-        self, served: Served, batch: dict[str, np.ndarray], deadline: float, gone: Gone | None
-    ) -> Outputs:
+        self, served: Served, batch: dict[str, np.ndarray], deadline: float, gone: Gone | None,
+        arrived: float | None,
+    ) -> Outputs:  # fmt: skip
         measured = metrics.for_model(served.name, str(served.version))
         self.in_flight += 1
         metrics.IN_FLIGHT.inc()
         measured.queue_depth.inc()
         try:
-            outputs, timing = await served.runner.run(batch, deadline, gone)
+            outputs, timing = await served.runner.run(batch, deadline, gone, arrived)
         except OverloadedError:
             measured.queue_full.inc()
             raise

@@ -172,10 +172,10 @@ class GRPCDoor:
 
     def _wrap(self, method: str, function: Handler, open_: bool) -> Call:
         async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            started = time.perf_counter()
+            started = time.monotonic()
             metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
             request_id = metadata.get("x-request-id") or self.engine.new_request_id()
-            info: dict[str, Any] = {"metadata": metadata}
+            info: dict[str, Any] = {"metadata": metadata, "arrived": started}  # both not logged
             code = Code.CANCELLED  # unless set below: the client left or its deadline passed
             try:
                 if not open_:
@@ -230,9 +230,10 @@ class GRPCDoor:
         self, method: str, request_id: str, code: grpc.StatusCode, started: float,
         info: dict[str, Any],
     ) -> None:  # fmt: skip
-        elapsed = time.perf_counter() - started
+        elapsed = time.monotonic() - started
         status = HTTP_STATUS.get(code, 500)
         info.pop("metadata", None)
+        info.pop("arrived", None)
         if "model" in info:
             metrics.for_model(info["model"], info["version"]).finished(status, elapsed)
         if access_log.isEnabledFor(logging.INFO):
@@ -320,7 +321,7 @@ class GRPCDoor:
         self.engine.check_request(served, parsed.datatypes, requested)
         outputs = await self.engine.predict(
             served, parsed.inputs, info, None, _cache_wanted(info["metadata"]),
-            context.time_remaining(),
+            context.time_remaining(), info["arrived"],
         )  # fmt: skip
         if not parsed.binary_output and sum(a.size for a in outputs.values()) > (
             _INLINE_ENCODE_ELEMENTS

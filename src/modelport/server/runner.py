@@ -100,12 +100,14 @@ class Runner:
         inputs: dict[str, np.ndarray],
         deadline: float,
         gone: Callable[[], Awaitable[object]] | None = None,
+        arrived: float | None = None,
     ) -> tuple[Outputs, Timing]:
         """Outputs for ``inputs`` (already validated), or Overloaded/DeadlineExceeded.
 
         ``gone`` resolves when the caller disconnects: queued work is then withdrawn and
         ConnectionAbortedError raised. It is awaited only for work still waiting after
-        ``WATCH_AFTER_S``.
+        ``WATCH_AFTER_S``. ``arrived`` (``time.monotonic()``) is when the request reached the
+        server: a batching window counts from then.
         """
         self.check_capacity()
         job = _Job(inputs, _rows(inputs), time.monotonic(), deadline)
@@ -119,7 +121,7 @@ class Runner:
         self.pending += 1
         loop = asyncio.get_running_loop()
         if self._batcher is not None:
-            future = self._batcher.enqueue(job)
+            future = self._batcher.enqueue(job, arrived)
         else:
             self._on_batch(job.rows)
             future = loop.run_in_executor(self._executor, self._predict, job)
