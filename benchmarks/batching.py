@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -96,8 +97,13 @@ def binary_lua(work: Path, x: np.ndarray) -> Path:
 
 
 def random_lua(work: Path, features: int) -> Path:
-    lua = work / f"random-{features}.lua"
+    """A wrk script POSTing fresh random inputs. Each call seeds it anew: wrk's random numbers
+    repeat from run to run otherwise, and a run after the warm-up would replay (and hit) the
+    warm-up's inputs."""
+    seed = int.from_bytes(os.urandom(4), "little")
+    lua = work / f"random-{features}-{seed}.lua"
     lua.write_text(
+        f"math.randomseed({seed})\n"
         'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
         "request = function()\n  local v = {}\n"
         f"  for i = 1, {features} do v[i] = string.format('%.6f', math.random() * 16) end\n"
@@ -170,16 +176,18 @@ def main() -> None:
         {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
                      "data": [float(v) for v in range(64)]}]},
     )  # fmt: skip
-    cases = {"digits": (digits, random_lua(work, 64)), "mlp-large": (bodies["json"],
-             random_lua(work, 1024))}  # fmt: skip
+    cases = {"digits": (digits, 64), "mlp-large": (bodies["json"], 1024)}
     for _ in range(args.rounds):
         server = serve(repo, ["--cache", "memory"])
         try:
-            for model, (hit_lua, miss_lua) in cases.items():
+            for model, (hit_lua, features) in cases.items():
                 url = f"{server.base}/v2/models/{model}/infer"  # type: ignore[attr-defined]
-                for kind, lua in (("hit", hit_lua), ("miss", miss_lua)):
-                    run_wrk(url, lua, 64, 1)
-                    cache.setdefault((model, kind), []).append(run_wrk(url, lua, 64, args.seconds))
+                run_wrk(url, hit_lua, 64, 1)
+                cache.setdefault((model, "hit"), []).append(run_wrk(url, hit_lua, 64, args.seconds))
+                run_wrk(url, random_lua(work, features), 64, 1)
+                cache.setdefault((model, "miss"), []).append(
+                    run_wrk(url, random_lua(work, features), 64, args.seconds)
+                )
         finally:
             stop(server)  # type: ignore[arg-type]
 

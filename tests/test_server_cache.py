@@ -113,3 +113,40 @@ def test_a_redis_outage_degrades_to_no_cache(repo: Path) -> None:
         log = server.log
     assert counter(metrics, "whoami", "miss") == 3
     assert log.count("is unavailable") == 1
+
+
+def test_repeated_requests_are_answered_from_memory_and_versions_stay_apart(repo: Path) -> None:
+    x = np.array([[0.25, -1.0, 2.0, 0.5]], np.float32)
+    as_json = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
+                           "data": x.tolist()}]}  # fmt: skip
+    head = json.dumps({
+        "inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
+                    "parameters": {"binary_data_size": 16}}],
+        "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
+    })  # fmt: skip
+    binary = {"content": head.encode() + x.tobytes(),
+              "headers": {"Inference-Header-Content-Length": str(len(head))}}  # fmt: skip
+    with run_server(repo, "--version-policy", "all", "--cache", "memory") as server:
+        answers: dict[tuple[str, int], list[httpx.Response]] = {}
+        for _ in range(2):
+            for version in (1, 2):
+                url = f"{server.url}/v2/models/tiny/versions/{version}/infer"
+                answers.setdefault(("json", version), []).append(httpx.post(url, json=as_json))
+                answers.setdefault(("binary", version), []).append(httpx.post(url, **binary))
+                answers.setdefault(("v1", version), []).append(httpx.post(
+                    f"{server.url}/v1/models/tiny/versions/{version}:predict",
+                    json={"instances": x.tolist()},
+                ))  # fmt: skip
+        caching = {
+            key: [server.access_entry(r.headers["x-request-id"]).get("cache") for r in replies]
+            for key, replies in answers.items()
+        }
+    for (kind, version), (first, again) in answers.items():
+        assert first.status_code == again.status_code == 200
+        assert again.content == first.content  # the same answer, from memory the second time
+        assert caching[(kind, version)][1] == "hit"
+        assert first.headers.get("inference-header-content-length") == again.headers.get(
+            "inference-header-content-length"
+        )
+    for kind in ("json", "binary", "v1"):
+        assert answers[(kind, 1)][0].content != answers[(kind, 2)][0].content

@@ -16,8 +16,9 @@ import logging
 import struct
 import time
 from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import orjson
@@ -27,6 +28,7 @@ from modelport.errors import require
 log = logging.getLogger("modelport.cache")
 
 Outputs = dict[str, np.ndarray]
+V = TypeVar("V")
 
 
 @dataclass
@@ -92,29 +94,28 @@ def decode(data: bytes) -> Outputs:
 
 
 @dataclass
-class MemoryCache:
-    """An LRU bounded by entries and bytes, each entry living ``ttl_s`` seconds."""
+class LRU(Generic[V]):
+    """Values bounded by count and bytes, each living ``ttl_s`` seconds; the least recently
+    used go first. Not thread-safe: one event loop owns it."""
 
     max_entries: int = 10_000
     max_bytes: int = 256 * 2**20
     ttl_s: float = 600.0
-    stats: CacheStats = field(default_factory=CacheStats)
-    _entries: OrderedDict[bytes, tuple[float, int, Outputs]] = field(default_factory=OrderedDict)
+    evictions: int = 0
+    _entries: OrderedDict[Hashable, tuple[float, int, V]] = field(default_factory=OrderedDict)
     _bytes: int = 0
 
-    async def get(self, key: bytes) -> Outputs | None:
+    def get(self, key: Hashable) -> V | None:
         entry = self._entries.get(key)
         if entry is None or entry[0] < time.monotonic():
             if entry is not None:
                 self._drop(key)
-            self.stats.misses += 1
             return None
         self._entries.move_to_end(key)
-        self.stats.hits += 1
         return entry[2]
 
-    async def set(self, key: bytes, value: Outputs) -> None:
-        size = sum(a.nbytes for a in value.values()) + len(key)
+    def put(self, key: Hashable, value: V, size: int) -> None:
+        """Keep ``value`` (``size`` bytes), evicting the least recently used past a bound."""
         if size > self.max_bytes:
             return
         if key in self._entries:
@@ -123,15 +124,40 @@ class MemoryCache:
         self._bytes += size
         while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
             self._drop(next(iter(self._entries)))
-            self.stats.evictions += 1
+            self.evictions += 1
 
-    def _drop(self, key: bytes) -> None:
+    def _drop(self, key: Hashable) -> None:
         _, size, _ = self._entries.pop(key)
         self._bytes -= size
 
-    async def close(self) -> None:
+    def clear(self) -> None:
         self._entries.clear()
         self._bytes = 0
+
+
+class MemoryCache:
+    """The prediction cache in this process: an LRU bounded by entries and bytes, with a TTL."""
+
+    def __init__(
+        self, max_entries: int = 10_000, max_bytes: int = 256 * 2**20, ttl_s: float = 600.0
+    ) -> None:
+        self._lru: LRU[Outputs] = LRU(max_entries, max_bytes, ttl_s)
+        self.stats = CacheStats()
+
+    async def get(self, key: bytes) -> Outputs | None:
+        value = self._lru.get(key)
+        if value is None:
+            self.stats.misses += 1
+        else:
+            self.stats.hits += 1
+        return value
+
+    async def set(self, key: bytes, value: Outputs) -> None:
+        self._lru.put(key, value, sum(a.nbytes for a in value.values()) + len(key))
+        self.stats.evictions = self._lru.evictions
+
+    async def close(self) -> None:
+        self._lru.clear()
 
 
 class RedisCache:

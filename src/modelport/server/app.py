@@ -41,6 +41,7 @@ from modelport.server.http import (
     read_body,
     send_response,
 )
+from modelport.server.http1 import BODY_DEADLINE
 from modelport.server.lookups import Lookups, parse_lookup
 from modelport.server.protocol import encode_infer_response, parse_infer_request, parse_json
 from modelport.server.registry import Registry, Served, load_registry
@@ -325,6 +326,11 @@ class ModelService:
     ) -> Response:  # fmt: skip
         served, body = await self._admit(scope, receive, name, version, info)
         length = header(scope, b"inference-header-content-length")
+        use_cache = _cache_wanted(scope)
+        key = self.engine.answer_key(served, use_cache, "v2", body, length)
+        answer: Response | None = self.engine.answered(key, info)
+        if answer is not None:
+            return answer
         if length is not None and not is_number(length):
             raise InvalidInputError("Inference-Header-Content-Length must be a number of bytes")
         header_length = int(length) if length is not None else None
@@ -336,22 +342,30 @@ class ModelService:
             request = parse_infer_request(body, header_length, self.config.limits)
         requested = [o.name for o in request.outputs] if request.outputs is not None else None
         self.engine.check_request(served, request.datatypes, requested)
-        outputs = await self._run(scope, receive, served, request.inputs, info)
+        outputs = await self._run(scope, receive, served, request.inputs, info, use_cache)
         payload, json_length = encode_infer_response(name, served.version, request, outputs)
         if json_length is None:
-            return Response(200, payload)
-        return Response(
-            200,
-            payload,
-            "application/octet-stream",
-            {"inference-header-content-length": str(json_length)},
-        )
+            answer = Response(200, payload)
+        else:
+            answer = Response(
+                200,
+                payload,
+                "application/octet-stream",
+                {"inference-header-content-length": str(json_length)},
+            )
+        self.engine.remember(key, answer, len(payload))
+        return answer
 
     async def _predict_v1(
         self, scope: Scope, receive: Receive, info: dict[str, Any], name: str,
         version: int | None = None,
     ) -> Response:  # fmt: skip
         served, body = await self._admit(scope, receive, name, version, info)
+        use_cache = _cache_wanted(scope)
+        key = self.engine.answer_key(served, use_cache, "v1", body)
+        answer: Response | None = self.engine.answered(key, info)
+        if answer is not None:
+            return answer
         message = parse_json(body, self.config.limits)
         instances = message.get("instances") if isinstance(message, dict) else None
         if not isinstance(instances, list) or not instances:
@@ -366,7 +380,7 @@ class ModelService:
             inputs: Any = {n: [i[n] for i in instances] for n in names}
         else:
             inputs = instances
-        outputs = await self._run(scope, receive, served, inputs, info)
+        outputs = await self._run(scope, receive, served, inputs, info, use_cache)
         names = list(outputs)
         if any(len(outputs[n]) != len(instances) for n in names):
             raise PredictionError(
@@ -377,7 +391,9 @@ class ModelService:
         else:
             columns = {n: outputs[n].tolist() for n in names}
             predictions = [{n: columns[n][i] for n in names} for i in range(len(instances))]
-        return json_response({"predictions": predictions})
+        answer = json_response({"predictions": predictions})
+        self.engine.remember(key, answer, len(answer.body))
+        return answer
 
     async def _admit(
         self, scope: Scope, receive: Receive, name: str, version: int | None,
@@ -393,22 +409,29 @@ class ModelService:
         length = header(scope, b"content-length")
         limits = self.config.limits
         declared = int(length) if length and is_number(length) else None
-        with Deadline(limits.request_timeout_s) as deadline:
+        timeout = limits.request_timeout_s
+        deadline_extension = scope.get("extensions", {}).get(BODY_DEADLINE)
+        if deadline_extension is not None:  # our HTTP/1.1 protocol times only a real wait
+            deadline_extension["at"] = time.monotonic() + timeout
+            try:
+                return await read_body(receive, declared, limits.max_body_bytes)
+            except TimeoutError:
+                raise _body_too_late(timeout) from None
+        with Deadline(timeout) as deadline:
             try:
                 return await read_body(receive, declared, limits.max_body_bytes)
             except asyncio.CancelledError:
                 if not deadline.expired:
                     raise
-                raise HTTPError(
-                    408, f"the request body did not arrive within {limits.request_timeout_s} s"
-                ) from None
+                raise _body_too_late(timeout) from None
 
     async def _run(
-        self, scope: Scope, receive: Receive, served: Served, inputs: Any, info: dict[str, Any]
-    ) -> dict[str, np.ndarray]:
+        self, scope: Scope, receive: Receive, served: Served, inputs: Any, info: dict[str, Any],
+        use_cache: bool,
+    ) -> dict[str, np.ndarray]:  # fmt: skip
         # Once the body is read, the next ASGI message can only say the client went away.
         return await self.engine.predict(
-            served, inputs, info, receive, _cache_wanted(scope), arrived=scope.get(_ARRIVED)
+            served, inputs, info, receive, use_cache, arrived=scope.get(_ARRIVED)
         )
 
     # -- stored predictions -------------------------------------------------------------------
@@ -473,6 +496,10 @@ def _route(method: str, path: str, shown: str) -> tuple[str, dict[str, Any]]:
     if allowed:
         raise HTTPError(405, f"{method} is not allowed here; use {', '.join(allowed)}")
     raise HTTPError(404, f"no such endpoint: {method} {shown}")
+
+
+def _body_too_late(timeout_s: float) -> HTTPError:
+    return HTTPError(408, f"the request body did not arrive within {timeout_s} s")
 
 
 def _cache_wanted(scope: Scope) -> bool:

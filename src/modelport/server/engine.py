@@ -9,6 +9,7 @@ once, so that a request costs and behaves the same whichever door it came throug
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import logging
 import secrets
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from modelport.caching import Cache, cache_key, open_cache
+from modelport.caching import LRU, Cache, cache_key, open_cache
 from modelport.config import ServerConfig
 from modelport.errors import (
     DeadlineExceededError,
@@ -47,6 +48,13 @@ class Engine:
         self.drain_started: float | None = None
         self.in_flight = 0
         self.cache: Cache | None = open_cache(config.cache, config.cache_ttl_s)
+        # With the in-process cache, whole answers to requests seen before, by their exact
+        # bytes: a hit skips parsing, the checks and encoding, which for a small model are
+        # most of a request (the prediction cache's key needs the parsed inputs). Not with
+        # Redis, whose users expect one shared cache that an outage or a flush empties.
+        self._answers: LRU[Any] | None = None
+        if config.cache == "memory":
+            self._answers = LRU(max_entries=10_000, max_bytes=64 * 2**20, ttl_s=config.cache_ttl_s)
         self._computing: dict[bytes, asyncio.Future[Outputs]] = {}
         # Request ids: random per process, then counted (a uuid4 costs a system call).
         self._id_prefix = secrets.token_hex(8)
@@ -86,6 +94,31 @@ class Engine:
         info.update(model=name, version=str(served.version))
         served.runner.check_capacity()
         return served
+
+    def answer_key(
+        self, served: Served, use_cache: bool, route: str, body: bytes, shape: str | None = None
+    ) -> Any:
+        """The key of the answer to ``body`` at ``route`` (with ``shape``, a header that shapes
+        the answer), or None when answers are not kept for it."""
+        if self._answers is None or not use_cache or not served.cacheable:
+            return None
+        digest = hashlib.blake2b(body, digest_size=16).digest()
+        return served.name, served.version, route, shape, digest
+
+    def answered(self, key: Any, info: dict[str, Any]) -> Any:
+        """The answer kept for ``key`` (from ``answer_key``), counted as a cache hit."""
+        if key is None or self._answers is None:
+            return None
+        answer = self._answers.get(key)
+        if answer is not None:
+            metrics.for_model(key[0], str(key[1])).cache_hit.inc()
+            info["cache"] = "hit"
+        return answer
+
+    def remember(self, key: Any, answer: Any, size: int) -> None:
+        """Keep ``answer`` (about ``size`` bytes) for the next identical request."""
+        if key is not None and self._answers is not None:
+            self._answers.put(key, answer, size)
 
     @staticmethod
     def check_request(
