@@ -11,10 +11,11 @@ at once, and a request whose deadline passes while it waits is dropped before in
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -25,10 +26,12 @@ from modelport.model import Model, measure_costs
 
 INLINE_BELOW_S = 100e-6  # about the cost of one thread hand-off on a busy core
 WATCH_AFTER_S = 0.05  # work that waits longer looks out for its client leaving
+SWEEP_S = 0.01  # how often waiting work is checked for its deadline and its client
 _WARMUP_CALLS = 8  # calls measured on threads before any runs inline
 _DRIFT = 1.05  # how fast the estimate of a model's cost may rise, a call
 
 Outputs = dict[str, np.ndarray]
+Gone = Callable[[], Awaitable[object]]  # resolves when the caller has gone away
 
 
 class Timing(NamedTuple):  # NamedTuples: one of each per request, cheap to make
@@ -43,10 +46,24 @@ class _Job(NamedTuple):
     deadline: float
 
 
-def _expire(future: asyncio.Future[Any], expired: list[bool]) -> None:
-    if not future.done():
-        expired.append(True)
+def _withdraw(
+    future: asyncio.Future[tuple[Outputs, Timing]], watcher: asyncio.Future[object]
+) -> None:
+    if not watcher.cancelled():  # the client left
         future.cancel()
+
+
+class _Waiting:
+    """Work handed to a thread or the batcher, as the sweep sees it."""
+
+    __slots__ = ("deadline", "expired", "gone", "since", "watcher")
+
+    def __init__(self, since: float, deadline: float, gone: Gone | None) -> None:
+        self.since = since
+        self.deadline = deadline
+        self.gone = gone
+        self.expired = False
+        self.watcher: asyncio.Future[object] | None = None
 
 
 def batchable(model: Model) -> bool:
@@ -85,6 +102,10 @@ class Runner:
                 self._run_batch, batching, lambda job: job.rows, threads, on_batch, target
             )
         self._on_batch = on_batch
+        # Work waiting on a thread or the batcher, and one timer that sweeps it for passed
+        # deadlines and clients to watch: two timers a request cost some 15 us under load.
+        self._waiting: dict[asyncio.Future[tuple[Outputs, Timing]], _Waiting] = {}
+        self._sweep: asyncio.TimerHandle | None = None
 
     def check_capacity(self) -> None:
         """Raise OverloadedError when the queue is full (503 with Retry-After)."""
@@ -99,15 +120,16 @@ class Runner:
         self,
         inputs: dict[str, np.ndarray],
         deadline: float,
-        gone: Callable[[], Awaitable[object]] | None = None,
+        gone: Gone | None = None,
         arrived: float | None = None,
     ) -> tuple[Outputs, Timing]:
         """Outputs for ``inputs`` (already validated), or Overloaded/DeadlineExceeded.
 
         ``gone`` resolves when the caller disconnects: queued work is then withdrawn and
         ConnectionAbortedError raised. It is awaited only for work still waiting after
-        ``WATCH_AFTER_S``. ``arrived`` (``time.monotonic()``) is when the request reached the
-        server: a batching window counts from then.
+        ``WATCH_AFTER_S``; both are looked at every ``SWEEP_S``. ``arrived``
+        (``time.monotonic()``) is when the request reached the server: a batching window
+        counts from then.
         """
         self.check_capacity()
         job = _Job(inputs, _rows(inputs), time.monotonic(), deadline)
@@ -125,39 +147,48 @@ class Runner:
         else:
             self._on_batch(job.rows)
             future = loop.run_in_executor(self._executor, self._predict, job)
-        # Timers rather than asyncio.wait_for and a watcher task per request, which cost a
-        # task each: the deadline cancels the work; a client that left is looked for only
-        # once the work has waited WATCH_AFTER_S. Cancelling a queued job also takes it out
-        # of the batcher's queue.
-        expired: list[bool] = []
-        timer = loop.call_later(max(deadline - job.enqueued, 0), _expire, future, expired)
-        watcher: asyncio.Future[object] | None = None
-
-        def watch() -> None:
-            nonlocal watcher
-            assert gone is not None
-            watcher = asyncio.ensure_future(gone())
-            watcher.add_done_callback(lambda w: None if w.cancelled() else future.cancel())
-
-        watching = loop.call_later(WATCH_AFTER_S, watch) if gone is not None else None
+        # The sweep cancels work whose deadline passed, and looks for a client that left only
+        # once its work has waited WATCH_AFTER_S (rather than asyncio.wait_for and a watcher
+        # task per request). Cancelling a queued job also takes it out of the batcher's queue.
+        waiting = self._waiting[future] = _Waiting(job.enqueued, deadline, gone)
+        if self._sweep is None:
+            self._sweep = loop.call_later(SWEEP_S, self._sweep_waiting)
         try:
             result: tuple[Outputs, Timing] = await future
             return result
         except asyncio.CancelledError:
-            if expired:
+            if waiting.expired:
                 raise DeadlineExceededError(
                     f"no answer from model {self.model.name!r} within the request deadline"
                 ) from None
+            watcher = waiting.watcher
             if watcher is not None and watcher.done() and not watcher.cancelled():
                 raise ConnectionAbortedError("the client left; its work was withdrawn") from None
             raise
         finally:
-            timer.cancel()
-            if watching is not None:
-                watching.cancel()
-            if watcher is not None:
-                watcher.cancel()
+            del self._waiting[future]
+            if waiting.watcher is not None:
+                waiting.watcher.cancel()
             self.pending -= 1
+
+    def _sweep_waiting(self) -> None:
+        now = time.monotonic()
+        for future, waiting in self._waiting.items():
+            if future.done():
+                continue
+            if now >= waiting.deadline:
+                waiting.expired = True
+                future.cancel()
+            elif (
+                waiting.gone is not None
+                and waiting.watcher is None
+                and now - waiting.since >= WATCH_AFTER_S
+            ):
+                waiting.watcher = asyncio.ensure_future(waiting.gone())
+                waiting.watcher.add_done_callback(functools.partial(_withdraw, future))
+        self._sweep = None
+        if self._waiting:
+            self._sweep = asyncio.get_running_loop().call_later(SWEEP_S, self._sweep_waiting)
 
     async def _run_batch(self, jobs: list[_Job]) -> list[tuple[Outputs, Timing]]:
         loop = asyncio.get_running_loop()
