@@ -226,7 +226,8 @@ class _FdTimer:
         if self._fd < 0:
             raise OSError(ctypes.get_errno(), "timerfd_create failed")
         self._waiter: asyncio.Future[bool] | None = None
-        self._when = 0.0
+        self._when = 0.0  # when the waiter's time is up
+        self._set_for = 0.0  # when the timer goes off
         self._lead = 0.0  # how much earlier to set it: the loop wakes this much late
         loop.add_reader(self._fd, self._fired)
 
@@ -240,6 +241,7 @@ class _FdTimer:
         self._set(0.0)  # also clears an expiry not yet read
 
     def _set(self, when: float) -> None:
+        self._set_for = when
         seconds = int(when)
         nanoseconds = int((when - seconds) * 1e9) if when else 0
         spec = _TimespecPair(0, 0, seconds, max(nanoseconds, 1) if when else 0)
@@ -254,7 +256,7 @@ class _FdTimer:
         # The loop wakes late by the kernel's and its own delay (50-70 us on an idle virtual
         # CPU, measured): the timer is set that much early, the least of it seen lately.
         now = time.monotonic()
-        late = now - self._when + self._lead
+        late = now - self._set_for
         self._lead = max(0.0, min(late, self._lead + 0.05 * (late - self._lead), _MAX_LEAD_S))
         if self._waiter is None:
             return

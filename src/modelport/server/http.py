@@ -55,6 +55,9 @@ class Response:
     body: bytes
     content_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
+    # The headers as sent, made on first use: a response kept for identical requests (see
+    # Engine.answered) is sent many times.
+    encoded: list[tuple[bytes, bytes]] | None = field(default=None, repr=False, compare=False)
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -132,18 +135,25 @@ async def read_body(receive: Receive, length: int | None, limit: int) -> bytes:
 
 
 async def send_response(send: Send, response: Response, extra: list[tuple[bytes, bytes]]) -> None:
-    headers = [
-        (b"content-type", response.content_type.encode()),
-        (b"content-length", str(len(response.body)).encode()),
-        *((k.encode(), v.encode()) for k, v in response.headers.items()),
-        *extra,
-    ]
-    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    encoded = response.encoded
+    if encoded is None:
+        encoded = response.encoded = [
+            (b"content-type", response.content_type.encode()),
+            (b"content-length", str(len(response.body)).encode()),
+            *((k.encode(), v.encode()) for k, v in response.headers.items()),
+        ]
+    start = {"type": "http.response.start", "status": response.status, "headers": encoded + extra}
+    await send(start)
     await send({"type": "http.response.body", "body": response.body})
 
 
+_HEADERS = "modelport.headers"  # scope key: the request's headers by name, made on first use
+
+
 def header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value).decode("latin-1")
-    return None
+    """The first value of the request header ``name`` (in lower case), or None."""
+    table = scope.get(_HEADERS)
+    if table is None:  # one dict for the request's few lookups, rather than a scan each
+        table = scope[_HEADERS] = dict(reversed(scope["headers"]))
+    value = table.get(name)
+    return None if value is None else bytes(value).decode("latin-1")
