@@ -32,7 +32,6 @@ from modelport.manifest import MANIFEST, Manifest, read_manifest, refuse_pickles
 from modelport.model import Model, open_runtime
 from modelport.runtimes import PLATFORMS
 
-_DIGITS = re.compile(r"[0-9]+")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _STAGING = ".staging"
 
@@ -52,8 +51,9 @@ def check_name(name: str) -> str:
 
 
 def is_number(text: str) -> bool:
-    """ASCII digits only: str.isdigit() also accepts characters such as '²' that int() refuses."""
-    return bool(_DIGITS.fullmatch(text))
+    """ASCII digits only: str.isdigit() alone also accepts characters such as '²' that int()
+    refuses."""
+    return text.isascii() and text.isdigit()
 
 
 def check_version(version: int | str) -> int:

@@ -328,7 +328,7 @@ class ModelService:
         length = header(scope, b"inference-header-content-length")
         use_cache = _cache_wanted(scope)
         key = self.engine.answer_key(served, use_cache, "v2", body, length)
-        answer: Response | None = self.engine.answered(key, info)
+        answer: Response | None = self.engine.answered(served, key, info)
         if answer is not None:
             return answer
         if length is not None and not is_number(length):
@@ -363,7 +363,7 @@ class ModelService:
         served, body = await self._admit(scope, receive, name, version, info)
         use_cache = _cache_wanted(scope)
         key = self.engine.answer_key(served, use_cache, "v1", body)
-        answer: Response | None = self.engine.answered(key, info)
+        answer: Response | None = self.engine.answered(served, key, info)
         if answer is not None:
             return answer
         message = parse_json(body, self.config.limits)
@@ -402,7 +402,7 @@ class ModelService:
         # Before reading a body there is no room for.
         served = self.engine.admit(name, version, info)
         body = await self._body(scope, receive)
-        metrics.for_model(name, str(served.version)).body.observe(len(body))
+        served.measured.body.observe(len(body))
         return served, body
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:

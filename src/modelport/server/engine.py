@@ -91,7 +91,7 @@ class Engine:
         if self.draining:
             raise NotReadyError("the server is shutting down", retry_after_s=1.0)
         served = self.models().get(name, version)
-        info.update(model=name, version=str(served.version))
+        info["model"], info["version"] = name, served.label
         served.runner.check_capacity()
         return served
 
@@ -105,13 +105,13 @@ class Engine:
         digest = hashlib.blake2b(body, digest_size=16).digest()
         return served.name, served.version, route, shape, digest
 
-    def answered(self, key: Any, info: dict[str, Any]) -> Any:
+    def answered(self, served: Served, key: Any, info: dict[str, Any]) -> Any:
         """The answer kept for ``key`` (from ``answer_key``), counted as a cache hit."""
         if key is None or self._answers is None:
             return None
         answer = self._answers.get(key)
         if answer is not None:
-            metrics.for_model(key[0], str(key[1])).cache_hit.inc()
+            served.measured.cache_hit.inc()
             info["cache"] = "hit"
         return answer
 
@@ -159,7 +159,7 @@ class Engine:
         deadline = time.monotonic() + timeout
         if self.cache is None or not use_cache or not served.cacheable:
             return await self._infer_now(served, batch, deadline, gone, arrived)
-        measured = metrics.for_model(served.name, str(served.version))
+        measured = served.measured
         key = cache_key(served.name, served.version, batch)
         cached = await self.cache.get(key)
         if cached is not None:
@@ -198,7 +198,7 @@ class Engine:
         self, served: Served, batch: dict[str, np.ndarray], deadline: float, gone: Gone | None,
         arrived: float | None,
     ) -> Outputs:  # fmt: skip
-        measured = metrics.for_model(served.name, str(served.version))
+        measured = served.measured
         self.in_flight += 1
         metrics.IN_FLIGHT.inc()
         measured.queue_depth.inc()

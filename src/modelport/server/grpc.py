@@ -311,7 +311,7 @@ class GRPCDoor:
         name, version = _model_ref(request.model_name, request.model_version)
         served = self.engine.admit(name, version, info)
         size = request.ByteSize()
-        metrics.for_model(name, str(served.version)).body.observe(size)
+        served.measured.body.observe(size)
         limits = self.config.limits
         if size > _INLINE_PARSE_BYTES and not request.raw_input_contents:
             parsed = await asyncio.to_thread(parse_infer_request, request, limits)

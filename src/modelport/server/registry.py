@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelport.config import (
@@ -35,6 +35,12 @@ class Served:
     model: Model
     runner: Runner
     cacheable: bool = True  # a manifest's "serving": {"cache": false} opts a model out
+    label: str = field(init=False)  # the version as text, as logs and metrics show it
+    measured: metrics.ModelMetrics = field(init=False, repr=False)  # looked up once
+
+    def __post_init__(self) -> None:
+        self.label = str(self.version)
+        self.measured = metrics.for_model(self.name, self.label)
 
 
 class Registry:
