@@ -229,7 +229,7 @@ class ModelService:
             if len(self._routes) < _ROUTE_CACHE_SIZE:  # a client sending random paths
                 self._routes[(method, raw)] = route  # cannot grow it without bound
         name, params = route
-        if name not in _OPEN and name not in _SELF_AUTHORIZED:
+        if self.config.token is not None and name not in _OPEN and name not in _SELF_AUTHORIZED:
             self._authorize(scope)
         return await self._handlers[name](scope, receive, info, **params)
 

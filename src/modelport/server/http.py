@@ -120,7 +120,8 @@ async def read_body(receive: Receive, length: int | None, limit: int) -> bytes:
     """The whole request body, refusing more than ``limit`` bytes before reading them."""
     if length is not None and length > limit:
         raise HTTPError(413, f"request body of {length} bytes is over the limit of {limit}")
-    chunks, size = [], 0
+    chunks: list[bytes] = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -129,9 +130,9 @@ async def read_body(receive: Receive, length: int | None, limit: int) -> bytes:
         size += len(chunk)
         if size > limit:
             raise HTTPError(413, f"request body is over the limit of {limit} bytes")
-        chunks.append(chunk)
         if not message.get("more_body", False):
-            return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+            return b"".join((*chunks, chunk)) if chunks else chunk  # mostly one message
+        chunks.append(chunk)
 
 
 async def send_response(send: Send, response: Response, extra: list[tuple[bytes, bytes]]) -> None:

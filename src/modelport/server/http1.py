@@ -165,7 +165,8 @@ class Exchange:
             if self.remaining and not self.chunked:
                 raise RuntimeError("the response body is shorter than its content-length")
             self.finished = True
-            self.wake()
+            if self.waiters:
+                self.wake()
             self.conn.finished(self)
 
     def _head(self, status: int, headers: Any) -> bytes:
@@ -228,6 +229,7 @@ class H1Protocol(asyncio.Protocol):
         self.server_state = server_state
         self.app_state = app_state
         self.root_path: str = config.root_path
+        self._raw_root = self.root_path.encode("latin-1")
         self.keep_alive_s: float = config.timeout_keep_alive
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
@@ -334,21 +336,21 @@ class H1Protocol(asyncio.Protocol):
         self._in_head = True
         self._expect = False
 
+    # The head's size is counted inline in these two: they run for every line of every request.
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._grow(len(url))
+        self._head_bytes += len(url)
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise ValueError("head too large")  # the parser stops; data_received answers 431
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._grow(len(name) + len(value))
+        self._head_bytes += len(name) + len(value)
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise ValueError("head too large")
         name = name.lower()
         if name == b"expect" and value.lower() == b"100-continue":
             self._expect = True
         self._headers.append((name, value))
-
-    def _grow(self, size: int) -> None:
-        self._head_bytes += size
-        if self._head_bytes > MAX_HEAD_BYTES:
-            raise ValueError("head too large")  # the parser stops; data_received answers 431
 
     def on_headers_complete(self) -> None:
         parser = self.parser
@@ -371,8 +373,8 @@ class H1Protocol(asyncio.Protocol):
             "scheme": self.scheme,
             "method": parser.get_method().decode("ascii"),
             "root_path": self.root_path,
-            "path": self.root_path + path,
-            "raw_path": self.root_path.encode("latin-1") + raw_path,
+            "path": self.root_path + path if self.root_path else path,
+            "raw_path": self._raw_root + raw_path if self._raw_root else raw_path,
             "query_string": query,
             "headers": self._headers,
             "state": self.app_state.copy(),
@@ -396,22 +398,23 @@ class H1Protocol(asyncio.Protocol):
         exchange.buffered += len(body)
         if exchange.buffered > _BUFFER_BYTES:
             self.pause_reading()
-        exchange.wake()
+        if exchange.waiters:
+            exchange.wake()
 
     def on_message_complete(self) -> None:
         exchange = self.parsing
         if exchange is not None:
             exchange.complete = True
-            exchange.wake()
+            if exchange.waiters:
+                exchange.wake()
 
     # -- running requests ---------------------------------------------------------------------
 
     def _start(self, exchange: Exchange) -> None:
         self.current = exchange
-        task = self.loop.create_task(self._run(exchange))
-        tasks = self.server_state.tasks
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        # Held in uvicorn's set for the graceful shutdown; _run takes itself out at its end
+        # (cheaper than a done callback, which the loop would schedule once more).
+        self.server_state.tasks.add(self.loop.create_task(self._run(exchange)))
 
     async def _run(self, exchange: Exchange) -> None:
         try:
@@ -433,6 +436,8 @@ class H1Protocol(asyncio.Protocol):
                     self.transport.close()
                 else:
                     await self._answer_500(exchange)
+        finally:
+            self.server_state.tasks.discard(asyncio.current_task())
 
     @staticmethod
     async def _answer_500(exchange: Exchange) -> None:

@@ -50,6 +50,7 @@ class Registry:
         self._models: dict[str, dict[int, Served]] = {}
         for item in served:
             self._models.setdefault(item.name, {})[item.version] = item
+        self._latest = {name: versions[max(versions)] for name, versions in self._models.items()}
 
     def names(self) -> list[str]:
         return sorted(self._models)
@@ -58,9 +59,11 @@ class Registry:
         return sorted(self._lookup(name))
 
     def get(self, name: str, version: int | None = None) -> Served:
-        versions = self._lookup(name)
         if version is None:
-            return versions[max(versions)]
+            latest = self._latest.get(name)
+            if latest is not None:
+                return latest
+        versions = self._lookup(name)
         if version not in versions:
             raise ModelNotFoundError(
                 f"model {name!r} has no version {version} being served; served: "
