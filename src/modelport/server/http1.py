@@ -500,10 +500,12 @@ class H1Protocol(asyncio.Protocol):
         if self.transport.is_closing():
             return
         idle = self.loop.time() - self._last_active
-        if self.current is None and idle >= self.keep_alive_s:
+        # Requests held back while the client does not read its answers are work, not idleness.
+        busy = self.current is not None or bool(self.pipeline)
+        if not busy and idle >= self.keep_alive_s:
             self.transport.close()
             return
-        wait = self.keep_alive_s - idle if self.current is None else self.keep_alive_s
+        wait = self.keep_alive_s if busy else self.keep_alive_s - idle
         self._idle_timer = self.loop.call_later(max(wait, 0.01), self._check_idle)
 
     def shutdown(self) -> None:
