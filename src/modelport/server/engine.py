@@ -13,8 +13,8 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -29,12 +29,23 @@ from modelport.errors import (
 from modelport.server import metrics
 from modelport.server.protocol import check_finite
 from modelport.server.registry import Registry, Served
+from modelport.server.runner import Gone
 from modelport.signature import validate_inputs
 
 log = logging.getLogger("modelport.server")
 
 Outputs = dict[str, np.ndarray]
-Gone = Callable[[], Awaitable[object]]  # resolves when the caller has gone away
+
+
+class AnswerKey(NamedTuple):
+    """What an answer kept for identical requests is found by. The body itself rather than a
+    digest of it: exact, and cheaper to hash and compare."""
+
+    model: str
+    version: int
+    route: str
+    shape: str | None  # a header that shapes the answer (Inference-Header-Content-Length)
+    body: bytes
 
 
 class Engine:
@@ -96,15 +107,14 @@ class Engine:
 
     def answer_key(
         self, served: Served, use_cache: bool, route: str, body: bytes, shape: str | None = None
-    ) -> Any:
+    ) -> AnswerKey | None:
         """The key of the answer to ``body`` at ``route`` (with ``shape``, a header that shapes
         the answer), or None when answers are not kept for it."""
         if self._answers is None or not use_cache or not served.cacheable:
             return None
-        # The body itself, not a digest of it: exact, and cheaper to hash and compare.
-        return served.name, served.version, route, shape, body
+        return AnswerKey(served.name, served.version, route, shape, body)
 
-    def answered(self, served: Served, key: Any, info: dict[str, Any]) -> Any:
+    def answered(self, served: Served, key: AnswerKey | None, info: dict[str, Any]) -> Any:
         """The answer kept for ``key`` (from ``answer_key``), counted as a cache hit."""
         if key is None or self._answers is None:
             return None
@@ -114,10 +124,10 @@ class Engine:
             info["cache"] = "hit"
         return answer
 
-    def remember(self, key: Any, answer: Any, size: int) -> None:
+    def remember(self, key: AnswerKey | None, answer: Any, size: int) -> None:
         """Keep ``answer`` (about ``size`` bytes) for the next identical request."""
         if key is not None and self._answers is not None:
-            self._answers.put(key, answer, size + len(key[-1]))
+            self._answers.put(key, answer, size + len(key.body))
 
     @staticmethod
     def check_request(
