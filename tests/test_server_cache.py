@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
+import socket
 import threading
 import uuid
 from pathlib import Path
@@ -49,6 +51,33 @@ def test_a_value_cached_by_one_worker_is_a_hit_for_another(repo: Path) -> None:
     hits = {e["pid"] for e in entries if e.get("cache") == "hit"}
     assert len(hits) == 2  # both workers answered from the shared cache
     assert next(iter(computed_by)) in {e["pid"] for e in entries}  # by one of the workers
+
+
+def post_in_one_write(port: int, path: str, payload: object) -> int:
+    """POST with head and body in one write, as curl and wrk send a small request (httpx
+    writes them apart): the server then answers before its first wait, outside any task."""
+    body = json.dumps(payload).encode()
+    head = f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head.encode() + body)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        response.read()
+        return response.status
+
+
+def test_redis_serves_requests_that_arrive_in_one_write(repo: Path) -> None:
+    unique = float(uuid.uuid4().int % 10**6)
+    with run_server(repo, "--cache", REDIS) as server:
+        statuses = [
+            post_in_one_write(server.port, "/v2/models/whoami/infer", body("x", [unique]))
+            for _ in range(3)
+        ]
+        metrics = httpx.get(f"{server.url}/metrics").text
+        log = server.log
+    assert statuses == [200, 200, 200]
+    assert "unavailable" not in log
+    assert counter(metrics, "whoami", "hit") == 2
 
 
 def test_versions_never_share_answers_and_no_cache_bypasses(repo: Path) -> None:

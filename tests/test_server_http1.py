@@ -5,6 +5,7 @@ real ``modelport serve`` for what clients do to a model server (pipelining, curl
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import http.client
 import json
 import socket
@@ -28,10 +29,19 @@ from modelport.testing import RunningServer, free_port, run_server
 async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """Answers what it was asked; /fail raises, /stream answers without a length, /linger
     waits for the client to leave and records that it noticed, /early answers before reading
-    the body, /big answers 256 KiB, /slow takes 0.2 s."""
+    the body, /big answers 256 KiB, /slow takes 0.2 s, /task says whether it runs in a task
+    before and after a wait, and what a context variable held when it began."""
     if scope["type"] != "http":
         return
     STARTED.append(scope["path"])
+    if scope["path"] == "/task":
+        began = {"in_task": asyncio.current_task() is not None, "seen": SEEN.get()}
+        SEEN.set(scope["query_string"].decode())
+        await asyncio.sleep(0)
+        answer = json.dumps({**began, "then_in_task": asyncio.current_task() is not None})
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": answer.encode()})
+        return
     if scope["path"] == "/early":
         await send({"type": "http.response.start", "status": 413, "headers": []})
         await send({"type": "http.response.body", "body": b""})
@@ -79,6 +89,7 @@ async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 LEFT: list[str] = []
 STARTED: list[str] = []
+SEEN: contextvars.ContextVar[str] = contextvars.ContextVar("seen", default="nothing")
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +175,16 @@ def test_pipelined_requests_are_answered_in_order(port: int) -> None:
             status, _, body = conn.response()
             assert status == 200
             assert json.loads(body)["body"] == str(i)
+
+
+def test_a_request_starts_at_once_and_a_task_takes_over_when_it_waits(port: int) -> None:
+    with connect(port) as conn:
+        for query in ("first", "second"):
+            conn.send(f"GET /task?{query} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+            status, _, body = conn.response()
+            assert status == 200
+            # No task until the app waits; what it set stays with its own request.
+            assert json.loads(body) == {"in_task": False, "seen": "nothing", "then_in_task": True}
 
 
 def test_a_chunked_request_body_arrives_whole(port: int) -> None:
@@ -362,6 +383,44 @@ def test_pipelined_inference_answers_each_request_with_its_own_rows(
         for row, answer in zip(rows, answers, strict=True):
             conn.send(post("/v2/models/tiny/infer", infer(row)))
             assert json.loads(conn.response()[2])["outputs"] == answer["outputs"]
+
+
+ROUTES = [  # a request of each kind, and the status it gets
+    (post("/v2/models/tiny/infer", infer([1.0, 2.0, 3.0, 4.0])), 200),
+    (post("/v2/models/tiny/versions/2/infer", infer([1.0, 2.0, 3.0, 4.0])), 200),
+    (post("/v1/models/tiny:predict", b'{"instances": [[1.0, 2.0, 3.0, 4.0]]}'), 200),
+    (post("/v2/models/slow/infer", b'{"inputs": [{"name": "seconds", "shape": [1], '
+          b'"datatype": "FP32", "data": [0.01]}]}'), 200),  # on an inference thread
+    (post("/graphql", b'{"query": "mutation { predict(model: \\"tiny\\", inputs: [{name: '
+          b'\\"input\\", data: [[1, 2, 3, 4]]}]) { outputs { data } } }"}'), 200),
+    (b"GET /v2/models/tiny HTTP/1.1\r\nHost: test\r\n\r\n", 200),
+    (post("/v2/models/tiny/infer", b"{not json"), 400),
+    (post("/v2/models/tiny/infer", b'{"inputs": [{"name": "input", "shape": [1, 4], '
+          b'"datatype": "FP32", "data": [1, 2, 3]}]}'), 400),
+    (post("/v2/models/nope/infer", infer([1.0, 2.0, 3.0, 4.0])), 404),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "expected"), ROUTES, ids=[r.split(b" HTTP")[0].decode() for r, _ in ROUTES]
+)
+def test_every_kind_of_request_answers_alike_in_one_write_or_two(
+    model_server: RunningServer, request_bytes: bytes, expected: int
+) -> None:
+    # In one write the app runs at once, up to its first wait; with the body late it waits
+    # for it first, in a task. Both must give the same answer.
+    head, _, body = request_bytes.partition(b"\r\n\r\n")
+    answers = []
+    with connect(model_server.port) as conn:
+        conn.send(request_bytes)
+        answers.append(conn.response())
+        conn.send(head + b"\r\n\r\n")
+        time.sleep(0.05)
+        conn.send(body)
+        answers.append(conn.response())
+    (status, _, whole), (late_status, _, late) = answers
+    assert (status, late_status) == (expected, expected), whole
+    assert json.loads(whole) == json.loads(late)
 
 
 def test_curl_sending_expect_100_continue(model_server: RunningServer, tmp_path: Path) -> None:

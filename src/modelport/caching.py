@@ -11,6 +11,7 @@ to no caching with a logged warning, never to errors.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import struct
@@ -160,6 +161,13 @@ class MemoryCache:
         self._lru.clear()
 
 
+async def _in_task() -> None:
+    """Go on in a task: redis-py times its reads with asyncio.timeout, which needs one, and
+    our HTTP/1.1 protocol starts requests outside any (see modelport.server.http1)."""
+    if asyncio.current_task() is None:
+        await asyncio.sleep(0)  # the protocol hands a request that waits over to a task
+
+
 class RedisCache:
     """A cache every worker and replica shares; errors are logged and treated as misses."""
 
@@ -188,6 +196,7 @@ class RedisCache:
     async def get(self, key: bytes) -> Outputs | None:
         data = None
         if self._available():
+            await _in_task()
             try:
                 data = await self._client.get(b"modelport:" + key)
             except Exception as exc:
@@ -201,6 +210,7 @@ class RedisCache:
     async def set(self, key: bytes, value: Outputs) -> None:
         if not self._available():
             return
+        await _in_task()
         try:
             await self._client.set(b"modelport:" + key, encode(value), px=self._ttl_ms)
         except Exception as exc:
