@@ -177,7 +177,11 @@ def test_pipelined_requests_are_answered_in_order(port: int) -> None:
             assert json.loads(body)["body"] == str(i)
 
 
-def test_a_request_starts_at_once_and_a_task_takes_over_when_it_waits(port: int) -> None:
+@pytest.mark.parametrize("others", [0, 2])  # alone, it runs as read; else after the others
+def test_a_request_starts_at_once_and_a_task_takes_over_when_it_waits(
+    port: int, others: int
+) -> None:
+    idle = [Conn(port) for _ in range(others)]
     with connect(port) as conn:
         for query in ("first", "second"):
             conn.send(f"GET /task?{query} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
@@ -185,6 +189,8 @@ def test_a_request_starts_at_once_and_a_task_takes_over_when_it_waits(port: int)
             assert status == 200
             # No task until the app waits; what it set stays with its own request.
             assert json.loads(body) == {"in_task": False, "seen": "nothing", "then_in_task": True}
+    for other in idle:
+        other.close()
 
 
 def test_a_chunked_request_body_arrives_whole(port: int) -> None:

@@ -9,8 +9,9 @@ one write per response (head and body together), no event object per request, a 
 timer per connection rather than per request, and no task for a request answered before it
 ever waits.
 
-Requests start eagerly: the app runs in ``data_received`` until it first waits, and a task
-takes over only then (as Python 3.12's eager tasks, which 3.11 lacks). Until that first wait
+Requests start eagerly: the app runs in a plain loop callback (``data_received`` itself when
+there is one connection) until it first waits, and a task takes over only then (as Python
+3.12's eager tasks, which 3.10 and 3.11 lack). Until that first wait
 ``asyncio.current_task()`` is None, so code that needs a task (``asyncio.timeout``, which
 redis-py uses) must first ``await asyncio.sleep(0)``, which hands the request to one.
 
@@ -310,7 +311,13 @@ class H1Protocol(asyncio.Protocol):
                 self._refuse(400, f"malformed HTTP request: {exc}")
         if self._ready is not None:
             exchange, self._ready = self._ready, None
-            self._start_here(exchange)
+            if len(self.server_state.connections) == 1:  # no other client's request to await
+                self._start_here(exchange)
+            else:
+                # Once the loop has read what came on its other connections this round: their
+                # requests then run back to back, with code and data hot. At c=64 that costs
+                # about 10% less CPU a request than running each one as it is read (measured).
+                self.loop.call_soon(self._start_here, exchange)
 
     def eof_received(self) -> bool:
         # A client that closed looks the same as one that only half-closed: taken as gone, as
@@ -432,7 +439,7 @@ class H1Protocol(asyncio.Protocol):
         self.server_state.tasks.add(task)
 
     def _start_here(self, exchange: Exchange) -> None:
-        """Run the app at once, in this callback, as far as it goes without waiting.
+        """Run the app now, in this callback, as far as it goes without waiting.
 
         A small request is answered before it would ever wait (its body is in hand and a fast
         model runs inline), and then costs no task, no context copy and no trip through the
