@@ -116,6 +116,8 @@ class ModelService:
     def begin_drain(self) -> None:
         """Readiness turns false and new inference is refused; work in flight goes on."""
         self.engine.begin_drain()
+        if self._grpc is not None:
+            self._grpc.begin_stop(self.engine.grace_left_s())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -147,7 +149,7 @@ class ModelService:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 self.begin_drain()
-                if self._grpc is not None:  # REST has drained; gRPC gets what is left of grace
+                if self._grpc is not None:  # stopping since the signal, alongside REST
                     await self._grpc.stop(self.engine.grace_left_s())
                 await self.engine.close()
                 if self._lookups is not None:

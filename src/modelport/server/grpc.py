@@ -93,6 +93,8 @@ class GRPCDoor:
         self.engine = engine
         self.config = config
         self._server: grpc.aio.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Future[None] | None = None
 
     @property
     def address(self) -> str:
@@ -121,12 +123,28 @@ class GRPCDoor:
             ) from None
         await server.start()
         self._server = server
+        self._loop = asyncio.get_running_loop()
         log.info("gRPC listening on %s", self.address)
+
+    def begin_stop(self, grace_s: float) -> None:
+        """Refuse new calls from now on (safe in a signal handler); see ``stop``.
+
+        Stopping at the signal rather than once REST has drained: a call that came while
+        gRPC's stop began was cancelled (CANCELLED) rather than refused (UNAVAILABLE).
+        """
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._stop_once, grace_s)
+
+    def _stop_once(self, grace_s: float) -> asyncio.Future[None]:
+        if self._stopping is None:
+            assert self._server is not None
+            self._stopping = asyncio.ensure_future(self._server.stop(grace_s))
+        return self._stopping
 
     async def stop(self, grace_s: float) -> None:
         """Refuse new calls, let calls in flight finish within ``grace_s``, cancel the rest."""
         if self._server is not None:
-            await self._server.stop(grace_s)
+            await self._stop_once(grace_s)
             log.info("gRPC stopped")
 
     # -- plumbing: one wrapper gives every call auth, errors, metrics and the access log ------

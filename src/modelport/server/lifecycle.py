@@ -6,7 +6,7 @@ With several workers uvicorn's supervisor shares one socket and replaces a worke
 
 With ``grpc_port`` each worker also runs a gRPC server on its own event loop, started once its
 models are loaded (several workers: SO_REUSEPORT on Linux, the kernel spreads connections).
-At shutdown gRPC calls in flight get what is left of the grace period after REST's.
+From the signal gRPC refuses new calls too, and its calls in flight share the grace period.
 """
 
 from __future__ import annotations
