@@ -324,9 +324,10 @@ def test_a_service_that_is_down_calls_the_fallback_with_the_error(down_url: str)
 def test_a_service_that_is_down_raises_naming_the_url(down_url: str) -> None:
     with (
         Client(down_url, retries=1, backoff_s=0.01) as client,
-        pytest.raises(OverloadedError, match="cannot reach the model service"),
+        pytest.raises(OverloadedError, match="cannot reach the model service") as raised,
     ):
         client.predict("double", {"x": np.ones(1)})
+    assert f"{down_url.rstrip('/')}/v2/models/double" in str(raised.value)
 
 
 def test_health(service: Served, down_url: str) -> None:

@@ -292,6 +292,8 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
      binary_request({"inputs": []}, b"", header_length=10_000), 400, "must be within the body"),
     ("unknown output", {"json": infer_body(outputs=[{"name": "nope"}])}, 400,
      "unknown output 'nope'"),
+    ("duplicate outputs", {"json": infer_body(outputs=[{"name": "logits"}, {"name": "logits"}])},
+     400, "output 'logits' is requested more than once"),
     ("duplicate inputs",
      {"json": {"inputs": [infer_body()["inputs"][0], infer_body()["inputs"][0]]}}, 400,
      "appears more than once"),

@@ -412,3 +412,9 @@ def test_with_batching_a_failing_request_fails_alone(repo: Path) -> None:
     assert statuses == [200, 500, 200, 200]
     assert re.search(r'modelport_batch_size_bucket\{le="4.0",model="slow",version="1"\} [1-9]',
                      metrics)  # fmt: skip
+
+
+def test_no_auth_on_loopback_is_logged_too(repo: Path) -> None:
+    with run_server(repo, "--no-auth") as server:
+        log = server.log
+    assert "--no-auth: anyone who can reach 127.0.0.1" in log

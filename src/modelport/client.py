@@ -168,6 +168,11 @@ def read_answer(response: httpx.Response) -> Any:
         ) from None
 
 
+def _full_url(base: httpx.URL, path: str) -> str:
+    """For messages: httpx's base URL keeps no slash at its end when it has no path."""
+    return f"{str(base).rstrip('/')}/{path.lstrip('/')}"
+
+
 def error_from_transport(exc: httpx.TransportError, url: str, timeout_s: float) -> ModelportError:
     if isinstance(exc, httpx.TimeoutException):
         error: ModelportError = DeadlineExceededError(
@@ -347,7 +352,7 @@ class Client:
             return False
 
     def _request(self, method: str, path: str, budget: _Budget, body: bytes | None = None) -> Any:
-        url = f"{self._http.base_url}{path.lstrip('/')}"
+        url = _full_url(self._http.base_url, path)
         while True:
             timeout = budget.remaining_s(url)
             try:
@@ -448,7 +453,7 @@ class AsyncClient:
     async def _request(
         self, method: str, path: str, budget: _Budget, body: bytes | None = None
     ) -> Any:
-        url = f"{self._http.base_url}{path.lstrip('/')}"
+        url = _full_url(self._http.base_url, path)
         while True:
             timeout = budget.remaining_s(url)
             try:

@@ -54,18 +54,20 @@ def is_loopback(host: str) -> bool:
 
 
 def check_security(config: ServerConfig) -> None:
-    """Refuse to listen beyond loopback without a token, unless --no-auth says so."""
-    if is_loopback(config.host) or config.token:
+    """Refuse to listen beyond loopback without a token, unless --no-auth says so (which is
+    logged at every start, on loopback too)."""
+    if config.token:
         return
-    if not config.no_auth:
+    if config.no_auth:
+        log.warning(
+            "--no-auth: anyone who can reach %s:%d can use the models", config.host, config.port
+        )
+    elif not is_loopback(config.host):
         raise ModelportError(
             f"listening on {config.host} exposes the models to the network: pass --token "
             "(or --token-file) so that clients must send 'Authorization: Bearer <token>', or "
             "--no-auth to accept anyone"
         )
-    log.warning(
-        "--no-auth: anyone who can reach %s:%d can use the models", config.host, config.port
-    )
 
 
 def check_grpc_port(config: ServerConfig) -> None:

@@ -157,10 +157,12 @@ def _requested_outputs(value: Any) -> list[RequestedOutput] | None:
         return None
     if not isinstance(value, list):
         raise _fail("'outputs' must be a list of {\"name\": ...} objects")
-    requested = []
+    requested: list[RequestedOutput] = []
     for item in value:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise _fail("each entry of 'outputs' needs a string 'name'")
+        if any(r.name == item["name"] for r in requested):
+            raise _fail(f"output {item['name']!r} is requested more than once")
         params = _object(item.get("parameters"), f"outputs[{item['name']}].parameters")
         binary = _flag(params, "binary_data") if "binary_data" in params else None
         requested.append(RequestedOutput(item["name"], binary))

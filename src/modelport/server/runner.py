@@ -111,8 +111,9 @@ class Runner:
         """Raise OverloadedError when the queue is full (503 with Retry-After)."""
         if self.pending >= self.max_queue + self.threads:
             raise OverloadedError(
-                f"model {self.model.name!r} has {self.pending} requests in progress, the "
-                f"queue limit; retry shortly",
+                f"model {self.model.name!r} is busy: {self.threads} running and "
+                f"{self.pending - self.threads} queued, the queue's limit (--max-queue); "
+                "retry shortly",
                 retry_after_s=1.0,
             )
 
