@@ -132,12 +132,15 @@ def test_metrics(http: httpx.Client) -> None:
     assert "modelport_request_size_bytes_bucket" in text
 
 
-def test_openapi_and_docs(http: httpx.Client) -> None:
+def test_openapi_and_docs(http: httpx.Client, server: RunningServer) -> None:
     spec = http.get("/openapi.json").json()
     assert "/v2/models/{model_name}/infer" in spec["paths"]
     page = http.get("/docs")
     assert page.headers["content-type"].startswith("text/html")
     assert "tiny" in page.text
+    # Its curl examples call this server, with no token header when it wants none.
+    assert f"curl -s http://127.0.0.1:{server.port}/v2" in page.text
+    assert "Authorization" not in page.text.split("Try it")[1].split("Models")[0]
 
 
 # -- every datatype, in JSON and in binary, with tritonclient -------------------------------

@@ -36,8 +36,8 @@ from modelport.signature import DATATYPES, dtype_name
 Array: TypeAlias = npt.NDArray[Any]
 Inputs: TypeAlias = "npt.ArrayLike | Mapping[str, npt.ArrayLike]"
 Outputs: TypeAlias = dict[str, Array]
-FallbackFunction: TypeAlias = Callable[[str, Inputs, ModelportError], Mapping[str, Array]]
-Fallback: TypeAlias = "FallbackFunction | Mapping[str, Array] | None"
+FallbackFunction: TypeAlias = Callable[[str, Inputs, ModelportError], Mapping[str, npt.ArrayLike]]
+Fallback: TypeAlias = "FallbackFunction | Mapping[str, npt.ArrayLike] | None"
 Version: TypeAlias = "int | str | None"
 
 # Status -> error; anything else is a plain ModelportError. 502 is a proxy that lost the service.
@@ -250,9 +250,8 @@ class _Options:
         """The fallback's answer to a failed predict, or ``error`` raised when there is none."""
         if self.fallback is None:
             raise error
-        if callable(self.fallback):
-            return dict(self.fallback(name, inputs, error))
-        return dict(self.fallback)
+        answer = self.fallback(name, inputs, error) if callable(self.fallback) else self.fallback
+        return {key: np.asarray(value) for key, value in answer.items()}  # as the service's
 
 
 def _headers(token: str | None) -> dict[str, str]:
@@ -268,10 +267,11 @@ class Client:
     ``timeout_s`` bounds a whole call, retries and waits included. Overload (503), a lost
     connection and a proxy's 502 are retried ``retries`` times with exponential backoff
     from ``backoff_s``, honouring Retry-After when the deadline allows; 4xx never are.
-    ``token`` is sent as ``Authorization: Bearer``. ``fallback`` (a mapping of arrays, or a
-    function ``(name, inputs, error) -> mapping``) answers ``predict`` when the service is down,
-    too slow or failing (OverloadedError, DeadlineExceededError, PredictionError); without it
-    those are raised. InvalidInputError (400) and ModelNotFoundError (404) are always raised.
+    ``token`` is sent as ``Authorization: Bearer``. ``fallback`` (a mapping of array-likes, or a
+    function ``(name, inputs, error) -> mapping``; its values come back as arrays) answers
+    ``predict`` when the service is down, too slow or failing (OverloadedError,
+    DeadlineExceededError, PredictionError); without it those are raised. InvalidInputError
+    (400) and ModelNotFoundError (404) are always raised.
     """
 
     def __init__(

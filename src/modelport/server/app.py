@@ -296,7 +296,14 @@ class ModelService:
         from modelport.server.openapi import docs_html
 
         if self._docs_page is None:
-            self._docs_page = docs_html(self._spec()).encode()
+            host = self.config.host
+            if host in ("0.0.0.0", "::", ""):  # every address: this machine's own will do
+                host = "localhost"
+            elif ":" in host:
+                host = f"[{host}]"
+            base = f"http://{host}:{self.config.port}"
+            page = docs_html(self._spec(), base, token=self.config.token is not None)
+            self._docs_page = page.encode()
         return Response(200, self._docs_page, "text/html; charset=utf-8")
 
     def _spec(self) -> dict[str, Any]:

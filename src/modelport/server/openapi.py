@@ -310,8 +310,8 @@ def _schema_name(node: dict[str, Any]) -> str:
     return ref.rsplit("/", 1)[-1] if ref else ""
 
 
-def _try_it(spec: dict[str, Any]) -> str:
-    base, auth = "http://localhost:8000", ' -H "Authorization: Bearer $TOKEN"'
+def _try_it(spec: dict[str, Any], base: str, token: bool) -> str:
+    auth = ' -H "Authorization: Bearer $TOKEN"' if token else ""
     lines = [f"curl -s {base}/v2/health/ready", f"curl -s{auth} {base}/v2"]
     infer = spec["paths"].get("/v2/models/{model_name}/infer", {}).get("post", {})
     examples = infer.get("requestBody", {}).get("content", {}).get("application/json", {})
@@ -376,8 +376,9 @@ def _model(meta: dict[str, Any]) -> str:
     )
 
 
-def docs_html(spec: dict[str, Any]) -> str:
-    """A self-contained HTML page (no external CSS, JS or fonts) rendering ``spec``.
+def docs_html(spec: dict[str, Any], base: str = "http://localhost:8000", token: bool = True) -> str:
+    """A self-contained HTML page (no external CSS, JS or fonts) rendering ``spec``; its curl
+    examples call ``base`` and send a bearer token when ``token`` says the server wants one.
 
     page = docs_html(openapi_spec("0.1.0", models))
     """
@@ -399,8 +400,9 @@ def docs_html(spec: dict[str, Any]) -> str:
         f'content="width=device-width,initial-scale=1"><title>{_e(info["title"])}</title>'
         f'<style>{_CSS}</style></head><body><main><h1>{_e(info["title"])}<span class="ver">'
         f'{_e(info["version"])}</span></h1><p class="lead">{_md(info.get("description", ""))}'
-        f'</p><h2>Try it</h2>{_try_it(spec)}<p class="muted">The token header is needed '
-        "only when the server runs with a token. The machine-readable document is at "
+        f'</p><h2>Try it</h2>{_try_it(spec, base, token)}<p class="muted">'
+        f"{'$TOKEN is the token the server was started with. ' if token else ''}"
+        "The machine-readable document is at "
         '<a href="/openapi.json">/openapi.json</a>.</p><h2>Models</h2>'
         f"{model_cards}<h2>Endpoints</h2>{''.join(ops)}</main></body></html>\n"
     )
