@@ -244,6 +244,8 @@ def binary_request(header: dict[str, Any], blob: bytes, header_length: int | Non
 
 BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
     ("malformed JSON", {"content": b'{"inputs": [', "headers": {}}, 400, "malformed JSON"),
+    ("JSON not in UTF-8", {"content": b'{"inputs": "\xff"}', "headers": {}}, 400,
+     "the body is not UTF-8 text"),
     ("deep JSON", {"content": b"[" * 10_000 + b"]" * 10_000}, 400, "nested deeper than"),
     ("unknown datatype",
      {"json": {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP8", "data": [1] * 4}]}},

@@ -79,6 +79,8 @@ def parse_json(body: bytes, limits: ServerLimits) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        if "not valid UTF-8" in str(exc):  # orjson speaks of str and surrogates here
+            raise _fail("malformed JSON: the body is not UTF-8 text") from None
         if re.search(rb"\bNaN\b|\bInfinity\b", body):
             raise _fail(
                 "malformed JSON: NaN and Infinity are not JSON numbers; send such values as "
