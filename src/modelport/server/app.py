@@ -40,6 +40,7 @@ from modelport.server.http import (
     json_response,
     read_body,
     send_response,
+    url_host,
 )
 from modelport.server.http1 import BODY_DEADLINE
 from modelport.server.lookups import Lookups, parse_lookup
@@ -299,9 +300,7 @@ class ModelService:
             host = self.config.host
             if host in ("0.0.0.0", "::", ""):  # every address: this machine's own will do
                 host = "localhost"
-            elif ":" in host:
-                host = f"[{host}]"
-            base = f"http://{host}:{self.config.port}"
+            base = f"http://{url_host(host)}:{self.config.port}"
             page = docs_html(self._spec(), base, token=self.config.token is not None)
             self._docs_page = page.encode()
         return Response(200, self._docs_page, "text/html; charset=utf-8")

@@ -37,6 +37,7 @@ from modelport.runtimes import PLATFORMS
 from modelport.server import metrics
 from modelport.server.engine import Engine
 from modelport.server.grpc_protocol import encode_infer_response, parse_infer_request
+from modelport.server.http import url_host
 from modelport.server.proto import grpc_predict_v2_pb2 as pb
 
 access_log = logging.getLogger("modelport.access")
@@ -98,8 +99,7 @@ class GRPCDoor:
 
     @property
     def address(self) -> str:
-        host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
-        return f"{host}:{self.config.grpc_port}"
+        return f"{url_host(self.config.host)}:{self.config.grpc_port}"
 
     async def start(self, share_port: bool) -> None:
         """Listen; with ``share_port`` (several workers) the port is shared with SO_REUSEPORT.

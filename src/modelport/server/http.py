@@ -148,6 +148,11 @@ async def send_response(send: Send, response: Response, extra: list[tuple[bytes,
     await send({"type": "http.response.body", "body": response.body})
 
 
+def url_host(host: str) -> str:
+    """``host`` as it goes in a URL or a host:port address: an IPv6 literal in brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
 _HEADERS = "modelport.headers"  # scope key: the request's headers by name, made on first use
 
 
