@@ -197,14 +197,17 @@ def write_request(work: Path, repo: Path, model: str) -> tuple[np.ndarray, bytes
 
 
 def bench_model(
-    args: argparse.Namespace, work: Path, repo: Path, model: str, modelport: Server
-) -> tuple[list[Row], float]:
+    args: argparse.Namespace, work: Path, repo: Path, model: str, modelport: Server,
+    against: Server | None,
+) -> tuple[list[Row], float]:  # fmt: skip
     x, body, lua = write_request(work, repo, model)
     onnx = repo / model / "1" / "model.onnx"
     sess = session(onnx)
     names = [o.name for o in sess.get_outputs()]
     expected = dict(zip(names, sess.run(names, {"input": x}), strict=True))
     ceiling = in_process_rate(sess, x, min(args.seconds, 3))
+    if against is not None:  # another commit's modelport in FastAPI's place
+        return compare(args, model, body, expected, lua, modelport, against), ceiling
     fastapi = start(
         f"fastapi-{model}",
         [
@@ -228,30 +231,39 @@ def bench_model(
         {"MODEL_PATH": str(onnx)},
     )
     try:
-        pair = [
-            (modelport.label, f"{modelport.base}/v2/models/{model}/infer"),
-            (fastapi.label, f"{fastapi.base}/predict"),
-        ]
-        for label, url in pair:
-            check(label, url, body, expected)
-            run_wrk(url, lua, 16, 1)  # warm-up
-        rows = []
-        for c in args.concurrency:
-            results: dict[str, list[Result]] = {label: [] for label, _ in pair}
-            for i in range(args.rounds):
-                for label, url in pair if i % 2 == 0 else pair[::-1]:
-                    results[label].append(run_wrk(url, lua, c, args.seconds))
-            mp, fa = results[modelport.label], results[fastapi.label]
-            ratio = statistics.median(a.rps / b.rps for a, b in zip(mp, fa, strict=True))
-            rows.append(Row(model, c, median(mp), median(fa), ratio))
-            print(
-                f"  {model} c={c}: {rows[-1].modelport.rps:.0f} vs {rows[-1].fastapi.rps:.0f} "
-                f"req/s, ratio {ratio:.2f}",
-                flush=True,
-            )
-        return rows, ceiling
+        return compare(args, model, body, expected, lua, modelport, fastapi), ceiling
     finally:
         stop(fastapi)
+
+
+def compare(
+    args: argparse.Namespace, model: str, body: bytes, expected: dict[str, np.ndarray],
+    lua: Path, modelport: Server, other: Server,
+) -> list[Row]:  # fmt: skip
+    """modelport and ``other`` (FastAPI, or another commit's modelport), rounds interleaved."""
+    path = "/predict" if other.label.startswith("fastapi") else f"/v2/models/{model}/infer"
+    pair = [
+        (modelport.label, f"{modelport.base}/v2/models/{model}/infer"),
+        (other.label, other.base + path),
+    ]
+    for label, url in pair:
+        check(label, url, body, expected)
+        run_wrk(url, lua, 16, 1)  # warm-up
+    rows = []
+    for c in args.concurrency:
+        results: dict[str, list[Result]] = {label: [] for label, _ in pair}
+        for i in range(args.rounds):
+            for label, url in pair if i % 2 == 0 else pair[::-1]:
+                results[label].append(run_wrk(url, lua, c, args.seconds))
+        mp, fa = results[modelport.label], results[other.label]
+        ratio = statistics.median(a.rps / b.rps for a, b in zip(mp, fa, strict=True))
+        rows.append(Row(model, c, median(mp), median(fa), ratio))
+        print(
+            f"  {model} c={c}: {rows[-1].modelport.rps:.0f} vs {rows[-1].fastapi.rps:.0f} "
+            f"req/s, ratio {ratio:.2f}",
+            flush=True,
+        )
+    return rows
 
 
 def print_table(args: argparse.Namespace, rows: list[Row], ceilings: dict[str, float]) -> list[str]:
@@ -259,16 +271,17 @@ def print_table(args: argparse.Namespace, rows: list[Row], ceilings: dict[str, f
         f"\nmedians of {args.rounds} round(s) x {args.seconds} s; server on CPU {SERVER_CPU}, "
         f"wrk on CPU {LOAD_CPU}; one sample per request, V2 JSON"
     )
+    other = "bf" if args.against else "fa"  # this commit's modelport vs before, or FastAPI
     head = (
         "model",
         "conc",
         "mp req/s",
         "p50 ms",
         "p99 ms",
-        "fa req/s",
+        f"{other} req/s",
         "p50 ms",
         "p99 ms",
-        "mp/fa",
+        f"mp/{other}",
     )
     widths = (10, 5, 9, 7, 7, 9, 7, 7, 6)
     print("  ".join(h.rjust(w) for h, w in zip(head, widths, strict=True)))
@@ -303,6 +316,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=2, help="per server; medians are shown")
     parser.add_argument("--concurrency", default="1,16,64", help="wrk connections, comma-separated")
     parser.add_argument("--models", default="digits,mlp-large", help="comma-separated")
+    parser.add_argument(
+        "--against",
+        type=Path,
+        help="a checkout of another modelport commit: compare with its `modelport serve` "
+        "instead of FastAPI (mp/other = this commit / that one), e.g. the commit before a change",
+    )
     args = parser.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     args.models = args.models.split(",")
@@ -318,7 +337,7 @@ def main() -> None:
     # Turn SIGTERM into SystemExit so the finally clauses below stop every server.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = Path(tempfile.mkdtemp(prefix="modelport-serving-"))
-    modelport = None
+    modelport = against = None
     try:
         repo = args.repo
         if repo is None:
@@ -326,38 +345,56 @@ def main() -> None:
             print(f"building the demo repository in {repo} ...", flush=True)
             cmd = [str(BIN / "modelport"), "demo", str(repo), "--no-torch"]
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-        modelport = start(
-            "modelport",
-            [
-                str(BIN / "modelport"),
-                "serve",
-                str(repo),
-                "--port",
-                "{port}",
-                "--workers",
-                "1",
-                "--threads",
-                "1",
-                "--no-access-log",
-                # wrk repeats one body: a cache would answer every request from memory,
-                # which measures the cache, not the server. The cache has its own benchmark.
-                "--cache",
-                "off",
-            ],
-            "/v2/health/ready",
-        )
+        modelport = start("modelport", serve_argv(repo, None), "/v2/health/ready")
+        if args.against is not None:
+            src = str(args.against.resolve() / "src")
+            against = start(
+                "modelport-before", serve_argv(repo, src), "/v2/health/ready", {"PYTHONPATH": src}
+            )
         rows, ceilings = [], {}
         for model in args.models:
-            model_rows, ceilings[model] = bench_model(args, work, repo, model, modelport)
+            model_rows, ceilings[model] = bench_model(args, work, repo, model, modelport, against)
             rows += model_rows
     finally:
-        if modelport is not None:
-            stop(modelport)
+        for server in (modelport, against):
+            if server is not None:
+                stop(server)
         shutil.rmtree(work, ignore_errors=True)
     errors = print_table(args, rows, ceilings)
     for line in errors:
         print(f"ERROR {line}")
     sys.exit(1 if errors else 0)
+
+
+def serve_argv(repo: Path, src: str | None) -> list[str]:
+    """``modelport serve`` of this checkout, or of the one whose ``src`` folder is given."""
+    argv = [
+        sys.executable,
+        "-m",
+        "modelport",
+        "serve",
+        str(repo),
+        "--port",
+        "{port}",
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+        "--no-access-log",
+        "--trust-code",  # the demo's digits-code, or --repo's code models
+        # wrk repeats one body: a cache would answer every request from memory,
+        # which measures the cache, not the server. The cache has its own benchmark.
+        "--cache",
+        "off",
+    ]
+    if src is not None:  # a commit from before code models needed an explicit opt-in
+        help_text = subprocess.run(
+            [sys.executable, "-m", "modelport", "serve", "--help"], capture_output=True,
+            text=True, env={**os.environ, "PYTHONPATH": src}, check=True,
+        ).stdout  # fmt: skip
+        if "--trust-code" not in help_text:
+            argv.remove("--trust-code")
+    return argv
 
 
 if __name__ == "__main__":

@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
 # Regenerate the Python modules of modelport's .proto files (commit them with the .proto).
-# Needs the grpc extra (grpcio-tools); run after changing src/modelport/server/proto/*.proto.
+# Needs the grpc extra (grpcio-tools); run after changing src/modelport/server/grpc/proto/*.proto.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=".venv/bin/python"
 [ -x "$python" ] || python="${PYTHON:-python3}"
 # Paths from src/ make the imports inside the generated modules absolute
-# (modelport.server.proto...), so they work from the installed package.
+# (modelport.server.grpc.proto...), so they work from the installed package.
 "$python" -m grpc_tools.protoc -I src \
   --python_out=src --pyi_out=src --grpc_python_out=src \
-  src/modelport/server/proto/grpc_predict_v2.proto
+  src/modelport/server/grpc/proto/grpc_predict_v2.proto
 # A private descriptor pool: tritonclient and the KServe SDK register the same inference.*
 # names in protobuf's default pool, and one process could then not import both them and us.
-module=src/modelport/server/proto/grpc_predict_v2_pb2.py
+module=src/modelport/server/grpc/proto/grpc_predict_v2_pb2.py
 sed -i 's/^DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(/'\
 '# A private pool: tritonclient and the KServe SDK register the same inference.* names in the\n'\
 '# default pool; sharing it, one process could not import both them and modelport.\n'\
@@ -21,4 +21,4 @@ grep -q '^DESCRIPTOR = POOL.AddSerializedFile(' "$module" || {
   echo "gen_proto.sh: the private-pool edit did not apply to $module; protoc's output changed" >&2
   exit 1
 }
-echo "generated: $(ls src/modelport/server/proto/*_pb2*.py* | tr '\n' ' ')"
+echo "generated: $(ls src/modelport/server/grpc/proto/*_pb2*.py* | tr '\n' ' ')"

@@ -77,7 +77,7 @@ def repo(tmp_path: Path) -> modelport.Repository:
     code = tmp_path / "slow_code"
     code.mkdir()
     (code / "model.py").write_text(SLOW_MODEL)
-    modelport.add_model(repository, "slow", code)
+    modelport.add_model(repository, "slow", code, trust_code=True)
     return repository
 
 

@@ -92,3 +92,45 @@ def code_folder(tmp_path: Path) -> Path:
     (folder / "model.py").write_text(CODE_MODEL)
     (folder / "factor.txt").write_text("2")
     return folder
+
+
+@pytest.fixture
+def external_data_onnx() -> Callable[[str, str], bytes]:
+    """ONNX bytes, y = x + w, whose tensor w keeps its data in the file ``location``: in the
+    graph's initializers, its sparse initializers, a Constant node, or an If branch."""
+    from onnx import TensorProto, helper
+
+    def build(where: str, location: str) -> bytes:
+        w = helper.make_tensor("w", TensorProto.FLOAT, [1], [0.0])
+        w.ClearField("float_data")
+        w.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", location), ("offset", "0"), ("length", "4")):
+            w.external_data.add(key=key, value=value)
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+        nodes, initializers, sparse = [helper.make_node("Add", ["x", "w"], ["y"])], [], []
+        constant = helper.make_node("Constant", [], ["w"], value=w)
+        if where == "initializer":
+            initializers.append(w)
+        elif where == "sparse_initializer":
+            indices = helper.make_tensor("w_indices", TensorProto.INT64, [1], [0])
+            sparse.append(helper.make_sparse_tensor(w, indices, [1]))
+        elif where == "constant":
+            nodes.insert(0, constant)
+        else:  # inside an If node's branch
+            branch = helper.make_graph(
+                [constant],
+                "branch",
+                [],
+                [helper.make_tensor_value_info("w", TensorProto.FLOAT, [1])],
+            )
+            cond = helper.make_tensor("cond", TensorProto.BOOL, [], [True])
+            initializers.append(cond)
+            nodes.insert(0, helper.make_node("If", ["cond"], ["w"], then_branch=branch,
+                                             else_branch=branch))  # fmt: skip
+        graph = helper.make_graph(nodes, "g", [x], [y], initializer=initializers,
+                                  sparse_initializer=sparse)  # fmt: skip
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+        return bytes(model.SerializeToString())
+
+    return build

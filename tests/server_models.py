@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import modelport
+from modelport.config import ServerConfig
 from modelport.demo import mlp_onnx
+
+if TYPE_CHECKING:
+    from starlette.testclient import TestClient
 
 V2_TYPES = {
     "BOOL": 9,
@@ -93,10 +100,33 @@ def build(root: Path) -> Path:
     slow = root.parent / "slow-src"
     slow.mkdir(exist_ok=True)
     (slow / "model.py").write_text(SLOW_MODEL)
-    modelport.add_model(repo, "slow", slow)
+    modelport.add_model(repo, "slow", slow, trust_code=True)
     whoami = root.parent / "whoami-src"
     whoami.mkdir(exist_ok=True)
     (whoami / "model.py").write_text(WHOAMI_MODEL)
-    modelport.add_model(repo, "whoami", whoami)
-    modelport.add_model(repo, "whoami-live", whoami, serving={"cache": False})
+    modelport.add_model(repo, "whoami", whoami, trust_code=True)
+    modelport.add_model(repo, "whoami-live", whoami, trust_code=True, serving={"cache": False})
     return root
+
+
+@contextmanager
+def in_process(source: Path, config: ServerConfig) -> Iterator[TestClient]:
+    """The service for ``source`` in this process, for tests that need no socket.
+
+        with in_process(repo, ServerConfig(trust_code=True)) as http:
+            http.get("/v2/health/ready")
+
+    Yields Starlette's TestClient, an ``httpx.Client`` whose requests run the app on an event
+    loop in a background thread (httpx's own ASGITransport needs the caller's loop). It runs the
+    lifespan too; the models are loaded here first, so the service is ready at once (the
+    lifespan alone would load them in the background), and unloaded when the block ends.
+    """
+    from starlette.testclient import TestClient
+
+    from modelport.server.registry import load_registry
+    from modelport.server.service import create_app
+
+    app = create_app(source, config)
+    app.registry = load_registry(source, config)
+    with TestClient(app, base_url="http://localhost") as client:
+        yield client

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 import modelport
 from batch_support import features, repo, store_url, write_parquet
 from modelport.batch import Store, open_source, score_table
-from modelport.batch.store import store_url as url_of
+from modelport.batch.database import store_url as url_of
 from modelport.config import BatchConfig, LoadOptions, RuntimeConfig
 from modelport.demo import mlp_onnx
 from modelport.errors import BatchError
@@ -177,7 +177,10 @@ def test_a_row_the_model_fails_on_fails_alone(
 ) -> None:
     x = np.arange(40, dtype=np.float32).reshape(10, 4)  # row 3 holds 13
     path = str(write_parquet(tmp_path / "x.parquet", x))
-    with repo.load("slow") as model, Store(store_url) as store:
+    with (
+        repo.load("slow", options=LoadOptions(trust_code=True)) as model,
+        Store(store_url) as store,
+    ):
         summary = score_table(
             model,
             open_source(path),
@@ -287,7 +290,10 @@ def test_storing_other_outputs_rescores_rows_already_scored(
 ) -> None:
     x = np.arange(40, dtype=np.float32).reshape(10, 4) + 100
     path = str(write_parquet(tmp_path / "x.parquet", x))
-    with repo.load("slow") as model, Store(tmp_path / "p.db") as store:
+    with (
+        repo.load("slow", options=LoadOptions(trust_code=True)) as model,
+        Store(tmp_path / "p.db") as store,
+    ):
         only_double = BatchConfig(key="id", outputs=("double",))
         first = score_table(model, open_source(path), store, only_double)
         again = score_table(model, open_source(path), store, only_double)
@@ -345,3 +351,16 @@ def test_batches_scored_on_every_core_land_in_order(
         keys = [f"row{i}" for i in range(3000)]
         np.testing.assert_allclose(stored(store, "tiny", keys), model.predict(x)["logits"],
                                    rtol=1e-6)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("database", "quoted"),
+    [("sqlite:///f.db", '"x; DROP TABLE ""y"""'), ("mysql://host/db", '`x; DROP TABLE "y"`')],
+)
+def test_the_ray_engine_quotes_a_table_name_as_its_database_does(
+    database: str, quoted: str
+) -> None:
+    from modelport.batch.ray_engine import sql_text
+
+    source = open_source(database, table='x; DROP TABLE "y"')
+    assert sql_text(source) == f"SELECT * \nFROM {quoted}"

@@ -42,8 +42,9 @@ def test_a_killed_run_resumes_without_duplicates_or_gaps(
     source = write_parquet(tmp_path / "x.parquet", features(rows))
     db = tmp_path / "p.db"
     command = [
-        sys.executable, "-m", "modelport", "batch", "slow", "--repo", repo.root, "--input", source,
-        "--key", "id", "--store", db, "--chunk-rows", str(chunk), "--batch-size", str(chunk),
+        sys.executable, "-m", "modelport", "batch", "slow", "--trust-code", "--repo", repo.root,
+        "--input", source, "--key", "id", "--store", db, "--chunk-rows", str(chunk),
+        "--batch-size", str(chunk),
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
@@ -55,8 +56,9 @@ def test_a_killed_run_resumes_without_duplicates_or_gaps(
     assert 0 < done < rows
     assert done % chunk == 0  # whole chunks only: each is one transaction
 
-    resumed = cli("batch", "slow", "--repo", repo.root, "--input", source, "--key", "id",
-                  "--store", db, "--chunk-rows", str(chunk), "--no-progress")  # fmt: skip
+    resumed = cli("batch", "slow", "--trust-code", "--repo", repo.root, "--input", source,
+                  "--key", "id", "--store", db, "--chunk-rows", str(chunk),
+                  "--no-progress")  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
     assert f"{rows - done:,} scored, {done:,} already scored, 0 rejected" in resumed.stdout
     with Store(db) as store:
@@ -119,8 +121,9 @@ def test_a_database_that_goes_away_is_retried_then_fails_cleanly_and_resumes(
     url, data = own_postgres
     rows = 6000
     source = write_parquet(tmp_path / "x.parquet", features(rows))
-    args = ["batch", "slow", "--repo", repo.root, "--input", source, "--key", "id", "--store",
-            url, "--chunk-rows", "100", "--batch-size", "100", "--no-progress"]  # fmt: skip
+    args = ["batch", "slow", "--trust-code", "--repo", repo.root, "--input", source, "--key",
+            "id", "--store", url, "--chunk-rows", "100", "--batch-size", "100",
+            "--no-progress"]  # fmt: skip
     command = [sys.executable, "-m", "modelport", *map(str, args)]
 
     def start_run() -> subprocess.Popen[str]:
@@ -190,12 +193,13 @@ def test_batch_status_exits_non_zero_when_a_model_is_stale(
                "--key", "id").returncode == 0  # fmt: skip
     broken = tmp_path / "broken.csv"
     broken.write_text("a,b\n1,2\n")
-    refused = cli("batch", "slow", "--repo", repo.root, "--input", broken, "--store", db)
+    refused = cli("batch", "slow", "--trust-code", "--repo", repo.root, "--input", broken,
+                  "--store", db)  # fmt: skip
     assert refused.returncode == 1
     assert "cannot tell which columns feed input 'input'" in refused.stderr
     nan = features(10)
     nan[:5] = np.nan
-    failed = cli("batch", "slow", "--repo", repo.root, "--store", db, "--input",
+    failed = cli("batch", "slow", "--trust-code", "--repo", repo.root, "--store", db, "--input",
                  write_parquet(tmp_path / "nan.parquet", nan))  # fmt: skip
     assert failed.returncode == 1
     assert "5 of 10 rows were rejected" in failed.stderr
@@ -272,13 +276,33 @@ def test_a_failed_run_says_why_and_outputs_may_be_listed_with_commas(
     x = features(10)
     x[:4, 0] = np.nan
     source = write_parquet(tmp_path / "x.parquet", x)
-    failed = cli("batch", "slow", "--repo", repo.root, "--input", source, "--key", "id",
-                 "--store", tmp_path / "p.db")  # fmt: skip
+    failed = cli("batch", "slow", "--trust-code", "--repo", repo.root, "--input", source,
+                 "--key", "id", "--store", tmp_path / "p.db")  # fmt: skip
     assert failed.returncode == 1
     assert "First: row 0: feature 'input' is nan; row 1: feature 'input' is nan" in failed.stderr
-    done = cli("batch", "slow", "--repo", repo.root, "--input", source, "--key", "id",
-               "--store", tmp_path / "q.db", "--outputs", "negative,double",
+    done = cli("batch", "slow", "--trust-code", "--repo", repo.root, "--input", source,
+               "--key", "id", "--store", tmp_path / "q.db", "--outputs", "negative,double",
                "--max-reject-ratio", "0.5")  # fmt: skip
     assert done.returncode == 0, done.stderr
     with Store(tmp_path / "q.db") as store:
         assert set(store.lookup("slow", ["row9"])["row9"].outputs) == {"negative", "double"}
+
+
+def test_the_ray_engine_reads_a_table_whose_name_needs_quoting(
+    repo: modelport.Repository, tmp_path: Path
+) -> None:
+    database = tmp_path / "features.db"
+    name = 'daily "scores"; DROP TABLE keep'  # a space, quotes, and SQL after a semicolon
+    quoted = '"' + name.replace('"', '""') + '"'
+    with sqlite3.connect(database) as conn:
+        conn.execute("CREATE TABLE keep (id TEXT)")
+        conn.execute(f"CREATE TABLE {quoted} (id TEXT, f0 REAL, f1 REAL, f2 REAL, f3 REAL)")
+        conn.executemany(f"INSERT INTO {quoted} VALUES (?, ?, ?, ?, ?)",
+                         [(f"k{i}", i, 1.0, 2.0, 3.0) for i in range(30)])  # fmt: skip
+    done = cli("batch", "tiny", "--repo", repo.root, "--store", tmp_path / "p.db", "--key", "id",
+               "--input", f"sqlite:///{database}", "--table", name, "--engine", "ray",
+               "--no-progress", timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "30 scored" in done.stdout
+    with sqlite3.connect(database) as conn:
+        assert conn.execute("SELECT count(*) FROM keep").fetchone() == (0,)  # still there

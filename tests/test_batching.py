@@ -208,3 +208,30 @@ def test_latency_target_batches_under_load() -> None:
     assert run_all(batcher, list(range(40))) == [i * 10 for i in range(40)]
     assert max(len(b) for b in batches) > 1
     assert all(len(b) <= 8 for b in batches)
+
+
+def test_a_failure_the_first_item_meets_alone_fails_the_batch_without_more_calls() -> None:
+    calls: list[list[int]] = []
+
+    async def broken(items: list[int]) -> list[int]:
+        calls.append(list(items))
+        await asyncio.sleep(0.01)
+        raise RuntimeError("the model's session is gone")
+
+    results = run_all(Batcher(broken, BatchingConfig(max_batch_size=8)), list(range(6)))
+    assert all(isinstance(r, RuntimeError) for r in results)
+    # The batch fails, its first two items fail alone the same way, and the rest get that
+    # error without a call each (retried one by one, a broken model would be called 7 times).
+    assert calls == [[0, 1, 2, 3, 4, 5], [0], [1]]
+
+
+def test_a_failing_first_item_still_fails_alone() -> None:
+    async def refuses_negatives(items: list[int]) -> list[int]:
+        await asyncio.sleep(0.01)
+        if any(i < 0 for i in items):
+            raise ValueError("negative input")  # the same words for the batch and the item
+        return [i * 10 for i in items]
+
+    results = run_all(Batcher(refuses_negatives, BatchingConfig(max_batch_size=8)), [-1, 1, 2])
+    assert isinstance(results[0], ValueError)
+    assert results[1:] == [10, 20]

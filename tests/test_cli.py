@@ -1,6 +1,10 @@
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +219,53 @@ def test_demo_refuses_a_repository_that_is_not_the_demo(
     assert "not a demo repository" in result.stderr
 
 
+def test_serve_refuses_an_unknown_cache(tmp_path: Path, tiny_onnx_file: Path) -> None:
+    result = modelport("serve", tiny_onnx_file, "--cache", "memcached://127.0.0.1:11211")
+    assert result.returncode == 2
+    assert "unknown cache 'memcached://127.0.0.1:11211'" in result.stderr
+
+
+@pytest.fixture
+def redis_socket() -> Iterator[Path]:
+    """A Redis server of our own, listening on a unix socket only."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("needs redis-server")
+    with tempfile.TemporaryDirectory() as folder:  # short: socket paths have a length limit
+        socket = Path(folder) / "redis.sock"
+        server = subprocess.Popen(
+            ["redis-server", "--port", "0", "--unixsocket", str(socket), "--save", "",
+             "--appendonly", "no", "--dir", folder],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 10
+            while not socket.exists():
+                assert server.poll() is None, "redis-server exited"
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.02)
+            yield socket
+        finally:
+            server.terminate()
+            server.wait(10)
+
+
+def test_serve_takes_a_redis_cache_on_a_unix_socket(
+    tmp_path: Path, tiny_onnx_file: Path, redis_socket: Path
+) -> None:
+    import httpx
+
+    from modelport.testing import run_server
+
+    request = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
+                           "data": [1, 2, 3, 4]}]}  # fmt: skip
+    with run_server(tiny_onnx_file, "--cache", f"unix://{redis_socket}") as server:
+        answers = [httpx.post(f"{server.url}/v2/models/tiny/infer", json=request) for _ in "ab"]
+        cache = [server.access_entry(a.headers["x-request-id"]).get("cache") for a in answers]
+    assert [a.status_code for a in answers] == [200, 200]
+    assert answers[0].json()["outputs"] == answers[1].json()["outputs"]
+    assert cache == ["miss", "hit"]
+
+
 @pytest.mark.slow
 def test_import_a_torch_file_with_a_csv_sample(tmp_path: Path) -> None:
     import torch
@@ -240,3 +291,21 @@ def test_import_a_torch_file_with_a_csv_sample(tmp_path: Path) -> None:
     with torch.no_grad():
         expected = net(torch.tensor([[1, 2, 3, 4], [0.5, 0.1, 0, 2]])).numpy()
     np.testing.assert_allclose(out["outputs"]["output"], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_code_models_need_trust_code_to_import_and_predict(
+    tmp_path: Path, code_folder: Path
+) -> None:
+    repo = tmp_path / "models"
+    refused = modelport("import", code_folder, "--name", "doubler", "--repo", repo)
+    assert refused.returncode == 1
+    assert f"error: {code_folder} is a code model: its model.py is Python" in refused.stderr
+    assert "(CLI: --trust-code)" in refused.stderr
+    ok("import", code_folder, "--name", "doubler", "--repo", repo, "--trust-code")
+    request = tmp_path / "x.json"
+    request.write_text('{"x": [[1, 2]]}')
+    refused = modelport("predict", "doubler", "--repo", repo, "--input", request)
+    assert refused.returncode == 1
+    assert "(CLI: --trust-code)" in refused.stderr
+    out = json.loads(ok("predict", "doubler", "--repo", repo, "--input", request, "--trust-code"))
+    assert out["outputs"]["y"] == [[2, 4]]

@@ -1,5 +1,7 @@
 """Client and AsyncClient against a real HTTP server: a small Open Inference Protocol fake
-served by uvicorn on a free loopback port, which can be told to be busy, slow or failing."""
+served by uvicorn on a free loopback port, which can be told to be busy, slow or failing.
+At the end, the same clients through an httpx transport: modelport's own service in process,
+and canned answers."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import numpy as np
 import orjson
 import pytest
@@ -434,3 +437,79 @@ def test_async_without_fallback_raises(down_url: str) -> None:
 
     with pytest.raises(OverloadedError, match=down_url):
         asyncio.run(main())
+
+
+# transport=...: no network. AsyncClient calls modelport's own service in process.
+
+
+def test_async_client_through_asgi_transport_predicts_in_process(
+    repo: modelport.Repository, tiny_onnx: bytes
+) -> None:
+    import onnxruntime as ort
+
+    from modelport.config import ServerConfig
+    from modelport.server.registry import load_registry
+    from modelport.server.service import create_app
+
+    modelport.add_model(repo, "tiny", tiny_onnx)
+    app = create_app(repo.root, ServerConfig())
+    app.registry = load_registry(repo.root, app.config)  # ASGITransport runs no lifespan
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    transport = httpx.ASGITransport(app=app)
+
+    async def main() -> tuple[bool, dict[str, Any], dict[str, np.ndarray], list[Exception]]:
+        errors: list[Exception] = []
+        try:
+            async with AsyncClient("http://localhost", transport=transport) as client:
+                ready, metadata = await client.ready(), await client.metadata("tiny")
+                got = await client.predict("tiny", x)
+                for name, bad in (("tiny", np.ones((1, 3), np.float32)), ("nope", x)):
+                    try:
+                        await client.predict(name, {"input": bad})
+                    except ModelportError as exc:
+                        errors.append(exc)
+        finally:
+            await app.stop()  # what the lifespan does at shutdown: unloads the models
+        return ready, metadata, got, errors
+
+    ready, metadata, got, errors = asyncio.run(main())
+    expected = ort.InferenceSession(tiny_onnx).run(None, {"input": x})[0]
+    assert ready
+    assert metadata["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}]
+    assert list(got) == ["logits"]
+    np.testing.assert_allclose(got["logits"], expected, rtol=1e-6)
+    [invalid, missing] = errors
+    assert isinstance(invalid, modelport.InvalidInputError)
+    assert "expected shape [?, 4]" in str(invalid)
+    assert isinstance(missing, modelport.ModelNotFoundError)
+    assert "no model named 'nope'" in str(missing)
+
+
+def test_a_mock_transport_answers_the_blocking_client() -> None:
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if len(seen) == 1:
+            return httpx.Response(503, json={"error": "queue full"}, headers={"Retry-After": "0"})
+        if len(seen) == 2:
+            raise httpx.ConnectError("connection refused", request=request)
+        y = {"name": "y", "datatype": "FP32", "shape": [1], "data": [2.0]}
+        return httpx.Response(200, json={"outputs": [y]})
+
+    transport = httpx.MockTransport(answer)
+    with Client("http://models.test", transport=transport, backoff_s=0.01, token="t") as client:
+        got = client.predict("double", {"x": np.ones(1, np.float32)})
+    np.testing.assert_array_equal(got["y"], [2.0])
+    assert [str(r.url) for r in seen] == ["http://models.test/v2/models/double/infer"] * 3
+    assert seen[0].headers["authorization"] == "Bearer t"
+    assert orjson.loads(seen[0].content)["inputs"][0]["data"] == [1.0]
+
+
+def test_a_transport_of_the_other_kind_is_refused_at_once() -> None:
+    asgi = httpx.ASGITransport(app=FakeService())  # httpx runs ASGI apps from asyncio only
+    with pytest.raises(TypeError, match=r"async only\): pass it to modelport\.AsyncClient"):
+        Client("http://models.test", transport=asgi)  # type: ignore[arg-type]
+    wsgi = httpx.WSGITransport(app=lambda environ, start_response: [])
+    with pytest.raises(TypeError, match=r"pass it to modelport\.Client"):
+        AsyncClient("http://models.test", transport=wsgi)  # type: ignore[arg-type]

@@ -9,6 +9,8 @@ import pytest
 import modelport
 from modelport.datafiles import read_inputs
 
+TRUSTED = modelport.LoadOptions(trust_code=True)  # digits-code is modelport's own code model
+
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
@@ -41,7 +43,7 @@ def test_demo_builds_every_model_and_shows_a_prediction(demo: tuple[Path, str]) 
 @pytest.mark.parametrize("name", ["digits", "digits-cnn", "digits-code"])
 def test_demo_digit_models_recognize_digits(demo: tuple[Path, str], digits: Any, name: str) -> None:
     x, y = digits
-    model = modelport.load(demo[0] / name)
+    model = modelport.load(demo[0] / name, options=TRUSTED)
     if name == "digits":
         predicted = model.predict(x)["label"]
     elif name == "digits-cnn":
@@ -64,7 +66,7 @@ def test_demo_samples_fit_their_models(demo: tuple[Path, str]) -> None:
     path, _ = demo
     repo = modelport.Repository.open(path)
     for name in repo.names():
-        model = repo.load(name)
+        model = repo.load(name, options=TRUSTED)
         outputs = model.predict(read_inputs(path / "_samples" / f"{name}.json", model.signature))
         assert all(len(v) == 2 for v in outputs.values())
 
@@ -87,7 +89,7 @@ def test_demo_requests_work_against_the_served_demo(demo: tuple[Path, str]) -> N
     from modelport.testing import run_server
 
     path, _ = demo
-    with run_server(path) as server:
+    with run_server(path, "--trust-code") as server:
         for name in modelport.Repository.open(path).names():
             request = (path / "_samples" / f"{name}.v2.json").read_bytes()
             response = httpx.post(f"{server.url}/v2/models/{name}/infer", content=request)
@@ -114,7 +116,7 @@ def test_the_demo_scores_the_digits_in_batch_and_serves_them_as_lookups(
     assert "digits" in status.stdout
     _, y = digits
     store = str(path / "_predictions.db")
-    with run_server(path, "--store", store) as server:
+    with run_server(path, "--store", store, "--trust-code") as server:
         answer = httpx.get(f"{server.url}/v2/models/digits/predictions/d42").json()
     assert answer["outputs"]["label"] == int(y[42])
     assert answer["stale"] is False

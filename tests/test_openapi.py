@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 from openapi_spec_validator import validate
 
-from modelport.server.openapi import docs_html, openapi_spec
+from modelport.server.rest.openapi import docs_html, openapi_spec
 
 DIGITS: dict[str, Any] = {
     "versions": [1, 2],
@@ -37,6 +37,7 @@ ENDPOINTS = {
     MODEL + "/infer": {"post"},
     VERSION + "/infer": {"post"},
     "/v1/models/{model_name}:predict": {"post"},
+    "/v1/models/{model_name}/versions/{model_version}:predict": {"post"},
     "/metrics": {"get"},
     "/openapi.json": {"get"},
     "/docs": {"get"},
@@ -66,6 +67,14 @@ def test_lookup_endpoints_appear_with_a_store() -> None:
     lookup = spec["paths"][MODEL + "/predictions"]["post"]["requestBody"]["content"]
     example = lookup["application/json"]["examples"]["digits"]["value"]
     assert example["inputs"]["customer-2"] == {"x": [[0.0] * 3] * 2}
+
+
+def test_graphql_appears_when_the_server_has_it() -> None:
+    spec = openapi_spec("1.2.3", {"digits": DIGITS}, graphql=True)
+    validate(spec)
+    assert set(spec["paths"]) - set(ENDPOINTS) == {"/graphql"}
+    body = spec["paths"]["/graphql"]["post"]["requestBody"]["content"]["application/json"]
+    assert "query" in body["examples"]["models"]["value"]
 
 
 def test_every_endpoint_with_its_methods(spec: dict[str, Any]) -> None:

@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -223,6 +224,20 @@ def test_hidden_and_stray_folders_are_not_models(repo: Repository, tiny_onnx: by
     assert repo.names() == ["tiny"]
 
 
+def test_one_model_and_a_repository_of_them_are_told_apart(
+    repo: Repository, tiny_onnx: bytes, code_folder: Path, tiny_onnx_file: Path
+) -> None:
+    from modelport.repository import is_model_folder
+
+    add_model(repo, "tiny", tiny_onnx)
+    assert is_model_folder(repo.root / "tiny" / "1")  # a version: its manifest
+    assert is_model_folder(repo.root / "tiny")  # a model: numbered versions
+    assert is_model_folder(code_folder)  # a code model: its entry file
+    assert not is_model_folder(repo.root)
+    assert not is_model_folder(tiny_onnx_file)
+    assert not is_model_folder(repo.root / "missing")
+
+
 def test_a_hand_edited_signature_refuses_to_load(repo: Repository, tiny_onnx: bytes) -> None:
     add_model(repo, "tiny", tiny_onnx)
     path = repo.root / "tiny" / "1" / "manifest.json"
@@ -260,3 +275,40 @@ def test_an_onnx_graph_onnxruntime_rejects(one_node_onnx: Callable[[str, int], P
     path = one_node_onnx("NoSuchOp", 17)
     with pytest.raises(modelport.ModelLoadError, match=rf"onnxruntime cannot load {path}: .*"):
         modelport.load(path)
+
+
+def hand_written_version(repo: Repository, files: dict[str, bytes]) -> Path:
+    """models/ext/1 written by hand: the files, and a manifest for them (y = x + w)."""
+    from modelport.manifest import Manifest, hash_artifacts
+    from modelport.signature import Signature
+
+    folder = repo.root / "ext" / "1"
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    spec = [{"name": "x", "dtype": "float32", "shape": [1]}]
+    signature = Signature.from_dict({"inputs": spec, "outputs": [{**spec[0], "name": "y"}]})
+    Manifest("ext", 1, "onnx", signature, hash_artifacts(folder), {}).write(folder)
+    return folder
+
+
+def test_onnx_external_data_inside_the_version_folder_loads(
+    repo: Repository, external_data_onnx: Callable[[str, str], bytes]
+) -> None:
+    hand_written_version(repo, {
+        "model.onnx": external_data_onnx("initializer", "weights/w.bin"),
+        "weights/w.bin": np.float32([1.5]).tobytes(),
+    })  # fmt: skip
+    assert repo.load("ext").predict(np.float32([1.0]))["y"].tolist() == [2.5]
+
+
+@pytest.mark.parametrize("location", ["../../secret", "/etc/passwd", "weights/../../x"])
+def test_a_hand_written_version_cannot_read_files_outside_its_folder(
+    repo: Repository, external_data_onnx: Callable[[str, str], bytes], location: str
+) -> None:
+    folder = hand_written_version(repo, {"model.onnx": external_data_onnx("constant", location)})
+    expected = f"tensor 'w' keeps its data in the file {location!r}, outside the model's folder"
+    with pytest.raises(modelport.ModelLoadError, match=re.escape(expected)):
+        repo.load("ext")
+    with pytest.raises(modelport.ModelLoadError, match=re.escape(f"{folder / 'model.onnx'}: ")):
+        modelport.load(folder / "model.onnx")

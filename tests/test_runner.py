@@ -35,7 +35,7 @@ class Recorder:
 @pytest.fixture
 def recorder(tmp_path: Path) -> modelport.Model:
     (tmp_path / "model.py").write_text(THREAD_RECORDER)
-    return modelport.load(tmp_path)
+    return modelport.load(tmp_path, options=modelport.LoadOptions(trust_code=True))
 
 
 def run_calls(runner: Runner, values: list[float], timeout_s: float = 10) -> list[int]:
@@ -84,3 +84,17 @@ def test_threads_per_instance_share_the_cores() -> None:
     assert threads_for(ServerConfig(workers=2), 2).intra_op_threads == max(1, cores // 4)
     explicit = ServerConfig(runtime=RuntimeConfig(intra_op_threads=3))
     assert threads_for(explicit, 4).intra_op_threads == 3
+
+
+def test_stopping_a_batching_runner_ends_its_tasks_and_timers(recorder: modelport.Model) -> None:
+    from modelport.config import BatchingConfig
+
+    runner = Runner(recorder, max_queue=4, batching=BatchingConfig(max_batch_size=4))
+
+    async def serve_then_stop() -> set[asyncio.Task[object]]:
+        await runner.run({"x": np.array([0.0], np.float32)}, time.monotonic() + 10)
+        await runner.stop_batching()
+        return asyncio.all_tasks() - {asyncio.current_task()}  # type: ignore[operator]
+
+    assert asyncio.run(serve_then_stop()) == set()
+    runner.close()

@@ -38,7 +38,7 @@ def counter(metrics: str, model: str, event: str) -> float:
 
 def test_a_value_cached_by_one_worker_is_a_hit_for_another(repo: Path) -> None:
     unique = float(uuid.uuid4().int % 10**6)  # a fresh key in the shared Redis
-    with run_server(repo, "--workers", "2", "--cache", REDIS) as server:
+    with run_server(repo, "--trust-code", "--workers", "2", "--cache", REDIS) as server:
         url = f"{server.url}/v2/models/whoami/infer"
         computed_by = {
             httpx.post(url, json=body("x", [unique]), timeout=30).json()["outputs"][0]["data"][0]
@@ -57,7 +57,7 @@ def post_in_one_write(port: int, path: str, payload: object) -> int:
     """POST with head and body in one write, as curl and wrk send a small request (httpx
     writes them apart): the server then answers before its first wait, outside any task."""
     body = json.dumps(payload).encode()
-    head = f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}\r\n\r\n"
+    head = f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(body)}\r\n\r\n"
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(head.encode() + body)
         response = http.client.HTTPResponse(sock)
@@ -68,7 +68,7 @@ def post_in_one_write(port: int, path: str, payload: object) -> int:
 
 def test_redis_serves_requests_that_arrive_in_one_write(repo: Path) -> None:
     unique = float(uuid.uuid4().int % 10**6)
-    with run_server(repo, "--cache", REDIS) as server:
+    with run_server(repo, "--trust-code", "--cache", REDIS) as server:
         statuses = [
             post_in_one_write(server.port, "/v2/models/whoami/infer", body("x", [unique]))
             for _ in range(3)
@@ -85,7 +85,7 @@ def test_versions_never_share_answers_and_no_cache_bypasses(repo: Path) -> None:
 
     x = [[0.25, -1.0, 2.0, 0.5]]
     request = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": x}]}
-    with run_server(repo, "--version-policy", "all", "--cache", REDIS) as server:
+    with run_server(repo, "--trust-code", "--version-policy", "all", "--cache", REDIS) as server:
         for version in (1, 2, 1, 2):
             response = httpx.post(f"{server.url}/v2/models/tiny/versions/{version}/infer",
                                   json=request)  # fmt: skip
@@ -102,7 +102,7 @@ def test_versions_never_share_answers_and_no_cache_bypasses(repo: Path) -> None:
 
 def test_identical_requests_in_flight_are_computed_once(repo: Path) -> None:
     value = 0.5 + (uuid.uuid4().int % 1000) / 1e6
-    with run_server(repo, "--cache", "memory") as server:
+    with run_server(repo, "--trust-code", "--cache", "memory") as server:
         url = f"{server.url}/v2/models/slow/infer"
         results: list[httpx.Response] = []
         threads = [
@@ -126,7 +126,7 @@ def test_identical_requests_in_flight_are_computed_once(repo: Path) -> None:
 
 
 def test_a_model_can_opt_out_of_the_cache(repo: Path) -> None:
-    with run_server(repo, "--cache", "memory") as server:
+    with run_server(repo, "--trust-code", "--cache", "memory") as server:
         for _ in range(3):
             response = httpx.post(f"{server.url}/v2/models/whoami-live/infer",
                                   json=body("x", [1.0]))  # fmt: skip
@@ -134,7 +134,7 @@ def test_a_model_can_opt_out_of_the_cache(repo: Path) -> None:
 
 
 def test_a_redis_outage_degrades_to_no_cache(repo: Path) -> None:
-    with run_server(repo, "--cache", "redis://127.0.0.1:1/0") as server:
+    with run_server(repo, "--trust-code", "--cache", "redis://127.0.0.1:1/0") as server:
         for _ in range(3):
             response = httpx.post(f"{server.url}/v2/models/whoami/infer", json=body("x", [1.0]))
             assert response.status_code == 200
@@ -155,7 +155,7 @@ def test_repeated_requests_are_answered_from_memory_and_versions_stay_apart(repo
     })  # fmt: skip
     binary = {"content": head.encode() + x.tobytes(),
               "headers": {"Inference-Header-Content-Length": str(len(head))}}  # fmt: skip
-    with run_server(repo, "--version-policy", "all", "--cache", "memory") as server:
+    with run_server(repo, "--trust-code", "--version-policy", "all", "--cache", "memory") as server:
         answers: dict[tuple[str, int], list[httpx.Response]] = {}
         for _ in range(2):
             for version in (1, 2):

@@ -31,7 +31,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(repo: Path) -> Iterator[RunningServer]:
-    with run_server(repo, "--version-policy", "all", "--max-body-bytes", "100000") as running:
+    with run_server(
+        repo, "--trust-code", "--version-policy", "all", "--max-body-bytes", "100000"
+    ) as running:
         yield running
 
 
@@ -214,7 +216,7 @@ def test_a_token_guards_graphql(repo: Path, tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("s3cret\n")
     query = {"query": "{ models { name } }"}
-    with run_server(repo, "--token-file", str(token_file)) as server:
+    with run_server(repo, "--trust-code", "--token-file", str(token_file)) as server:
         refused = httpx.post(f"{server.url}/graphql", json=query)
         assert refused.status_code == 401
         assert "access token" in refused.json()["errors"][0]["message"]
@@ -235,7 +237,7 @@ def test_without_the_extra_graphql_says_what_to_install(
         'raise ModuleNotFoundError("No module named \'graphql\'", name="graphql")\n'
     )
     monkeypatch.setenv("PYTHONPATH", str(shadow.parent))
-    with run_server(repo) as server:
+    with run_server(repo, "--trust-code", "--trust-code") as server:
         response = httpx.post(f"{server.url}/graphql", json={"query": "{ models { name } }"})
         assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
     assert response.status_code == 501

@@ -71,7 +71,7 @@ def grpc_port() -> int:
 @pytest.fixture(scope="module")
 def server(repo: Path, grpc_port: int) -> Iterator[RunningServer]:
     with run_server(
-        repo, "--grpc-port", str(grpc_port), "--version-policy", "all",
+        repo, "--trust-code", "--grpc-port", str(grpc_port), "--version-policy", "all",
         "--max-body-bytes", "1000000",
     ) as running:  # fmt: skip
         yield running
@@ -251,7 +251,7 @@ def test_requested_outputs_and_cache_control(client: triton.InferenceServerClien
 
 
 def test_field_numbers_match_tritons() -> None:
-    from modelport.server.proto import grpc_predict_v2_pb2 as ours
+    from modelport.server.grpc.proto import grpc_predict_v2_pb2 as ours
 
     def fields(descriptor: Any, out: dict[str, Any]) -> dict[str, Any]:
         out[descriptor.full_name] = {f.name: (f.number, f.type) for f in descriptor.fields}
@@ -431,8 +431,8 @@ def call_in_background(port: int, request: Any) -> tuple[threading.Thread, list[
 def limited(repo: Path) -> Iterator[tuple[RunningServer, Any, int]]:
     port = free_port()
     with run_server(
-        repo, "--grpc-port", str(port), "--max-queue", "1", "--request-timeout-s", "1.0",
-        "--cache", "off",
+        repo, "--trust-code", "--grpc-port", str(port), "--max-queue", "1",
+        "--request-timeout-s", "1.0", "--cache", "off",
     ) as server, grpc.insecure_channel(f"127.0.0.1:{port}") as channel:  # fmt: skip
         yield server, service_pb2_grpc.GRPCInferenceServiceStub(channel), port
 
@@ -485,7 +485,9 @@ def test_a_token_guards_everything_but_health(repo: Path, tmp_path: Path) -> Non
     token_file = tmp_path / "token"
     token_file.write_text("s3cret\n")
     port = free_port()
-    with run_server(repo, "--token-file", str(token_file), "--grpc-port", str(port)):
+    with run_server(
+        repo, "--trust-code", "--token-file", str(token_file), "--grpc-port", str(port)
+    ):
         with triton.InferenceServerClient(f"127.0.0.1:{port}") as anonymous:
             assert anonymous.is_server_live()
             assert anonymous.is_server_ready()
@@ -510,7 +512,7 @@ def test_a_token_guards_everything_but_health(repo: Path, tmp_path: Path) -> Non
 
 def test_sigterm_drains_grpc_calls_then_exits_zero(repo: Path) -> None:
     port = free_port()
-    with run_server(repo, "--grpc-port", str(port), "--cache", "off") as server:
+    with run_server(repo, "--trust-code", "--grpc-port", str(port), "--cache", "off") as server:
         thread, results = call_in_background(port, slow(1.0))
         time.sleep(0.3)
         server.process.send_signal(signal.SIGTERM)
@@ -533,7 +535,7 @@ def test_workers_each_serve_grpc_on_the_shared_port(repo: Path) -> None:
     port = free_port()
     pids = set()
     request = typed_request("whoami-live", {"x": ("FP32", np.zeros(1, np.float32))})
-    with run_server(repo, "--workers", "2", "--grpc-port", str(port)):
+    with run_server(repo, "--trust-code", "--workers", "2", "--grpc-port", str(port)):
         deadline = time.monotonic() + 60
         while len(pids) < 2 and time.monotonic() < deadline:
             # A new channel is a new connection, which the kernel gives to either worker.
@@ -555,7 +557,7 @@ def test_a_grpc_port_in_use_is_a_clear_error(repo: Path) -> None:
         port = taken.getsockname()[1]
         result = subprocess.run(
             [sys.executable, "-m", "modelport", "serve", str(repo), "--port", str(free_port()),
-             "--grpc-port", str(port)],
+             "--grpc-port", str(port), "--trust-code"],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
     assert result.returncode == 1
@@ -568,11 +570,11 @@ def test_loading_and_draining_are_unavailable(repo: Path) -> None:
 
     from modelport.config import ServerConfig
     from modelport.server.engine import Engine
-    from modelport.server.grpc import GRPCDoor
+    from modelport.server.grpc.service import GRPCDoor
     from modelport.server.registry import load_registry
 
     async def scenario() -> dict[str, Any]:
-        config = ServerConfig(grpc_port=free_port())
+        config = ServerConfig(grpc_port=free_port(), trust_code=True)
         engine = Engine(config)
         door = GRPCDoor(engine, config)
         await door.start(share_port=False)

@@ -43,7 +43,7 @@ def post_in_background(
 @pytest.fixture(scope="module")
 def limited(repo: Path) -> Iterator[RunningServer]:
     with run_server(
-        repo, "--max-queue", "1", "--request-timeout-s", "1.0", "--cache", "off"
+        repo, "--trust-code", "--max-queue", "1", "--request-timeout-s", "1.0", "--cache", "off"
     ) as server:
         yield server
 
@@ -94,7 +94,8 @@ def test_a_body_that_never_arrives_times_out(limited: RunningServer) -> None:
 
     with socket.create_connection(("127.0.0.1", limited.port)) as conn:
         conn.sendall(
-            b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"
+            b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: localhost\r\n"
+            b"Content-Length: 1000\r\n\r\n{"
         )
         conn.settimeout(10)
         started = time.monotonic()
@@ -104,7 +105,7 @@ def test_a_body_that_never_arrives_times_out(limited: RunningServer) -> None:
 
 
 def test_sigterm_drains_in_flight_work_then_exits_zero(repo: Path) -> None:
-    with run_server(repo) as server:
+    with run_server(repo, "--trust-code", "--trust-code") as server:
         url = f"{server.url}/v2/models/slow/infer"
         thread, results = post_in_background(url, slow(1.0))
         time.sleep(0.3)
@@ -120,12 +121,12 @@ def test_sigterm_drains_in_flight_work_then_exits_zero(repo: Path) -> None:
 
 def test_draining_refuses_new_work(repo: Path) -> None:
     # In process, so the open connection cannot race the server closing it.
-    from modelport.server.app import create_app
     from modelport.server.registry import load_registry
+    from modelport.server.service import create_app
 
-    app = create_app(repo, ServerConfig())
+    app = create_app(repo, ServerConfig(trust_code=True))
     app.registry = load_registry(repo, app.config)
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost")
 
     async def scenario() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
         async with client:
@@ -150,7 +151,7 @@ def test_draining_refuses_new_work(repo: Path) -> None:
 def test_a_token_guards_everything_but_health(repo: Path, tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("s3cret\n")
-    with run_server(repo, "--token-file", str(token_file)) as server:
+    with run_server(repo, "--trust-code", "--token-file", str(token_file)) as server:
         body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
                             "data": [1, 2, 3, 4]}]}  # fmt: skip
         url = f"{server.url}/v2/models/tiny/infer"
@@ -182,7 +183,7 @@ def test_no_auth_beyond_loopback_is_logged_as_a_warning(repo: Path) -> None:
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "modelport", "serve", str(repo), "--host", "0.0.0.0",
-         "--port", str(port), "--no-auth"],
+         "--port", str(port), "--no-auth", "--trust-code"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -226,7 +227,7 @@ def _worker_pids(parent: int) -> list[int]:
 
 
 def test_workers_share_the_port_replace_the_dead_and_sum_metrics(repo: Path) -> None:
-    with run_server(repo, "--workers", "2") as server:
+    with run_server(repo, "--trust-code", "--workers", "2") as server:
         body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
                             "data": [1, 2, 3, 4]}]}  # fmt: skip
         url = f"{server.url}/v2/models/tiny/infer"
@@ -287,7 +288,8 @@ def test_live_while_loading_then_ready(tmp_path: Path) -> None:
     (folder / "model.py").write_text(SLOW_LOADING)
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "modelport", "serve", str(folder), "--port", str(port)],
+        [sys.executable, "-m", "modelport", "serve", str(folder), "--port", str(port),
+         "--trust-code"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
@@ -321,7 +323,9 @@ def test_a_repository_that_cannot_load_stops_the_server(
     broken = tmp_path / "broken"
     shutil.copytree(repo, broken)
     (broken / "tiny" / "2" / "model.onnx").write_bytes(b"tampered")
-    result = run_cli("serve", str(broken), "--port", str(free_port()), "--workers", workers)
+    result = run_cli(
+        "serve", str(broken), "--port", str(free_port()), "--workers", workers, "--trust-code"
+    )
     assert result.returncode == 1
     assert "does not match its manifest" in result.stderr
 
@@ -338,7 +342,9 @@ def test_batched_requests_each_get_their_own_rows(repo: Path, mode: list[str]) -
     session = ort.InferenceSession(str(repo / "tiny" / "2" / "model.onnx"))
     rng = np.random.default_rng(7)
     inputs = [rng.standard_normal((1 + i % 3, 4)).astype(np.float32) for i in range(48)]
-    with run_server(repo, "--cache", "off", "--max-batch-size", "16", *mode) as server:
+    with run_server(
+        repo, "--trust-code", "--cache", "off", "--max-batch-size", "16", *mode
+    ) as server:
         url = f"{server.url}/v2/models/tiny/infer"
 
         def call(x: np.ndarray) -> np.ndarray:
@@ -379,14 +385,14 @@ def test_a_client_that_disconnects_has_its_queued_work_removed(repo: Path) -> No
     import json
     import socket
 
-    with run_server(repo, "--cache", "off") as server:
+    with run_server(repo, "--trust-code", "--cache", "off") as server:
         url = f"{server.url}/v2/models/slow/infer"
         busy, results = post_in_background(url, slow(1.0))  # holds the model's only thread
         time.sleep(0.2)
         payload = json.dumps(slow(0.2)).encode()
         with socket.create_connection(("127.0.0.1", server.port)) as conn:
             conn.sendall(
-                b"POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                b"POST /v2/models/slow/infer HTTP/1.1\r\nHost: localhost\r\nContent-Type: "
                 b"application/json\r\nContent-Length: " + str(len(payload)).encode()
                 + b"\r\n\r\n" + payload
             )  # fmt: skip
@@ -399,7 +405,7 @@ def test_a_client_that_disconnects_has_its_queued_work_removed(repo: Path) -> No
 
 
 def test_with_batching_a_failing_request_fails_alone(repo: Path) -> None:
-    with run_server(repo, "--cache", "off", "--max-batch-size", "8") as server:
+    with run_server(repo, "--trust-code", "--cache", "off", "--max-batch-size", "8") as server:
         url = f"{server.url}/v2/models/slow/infer"
         busy, _ = post_in_background(url, slow(0.5))  # the next ones queue into one batch
         time.sleep(0.1)
@@ -415,6 +421,85 @@ def test_with_batching_a_failing_request_fails_alone(repo: Path) -> None:
 
 
 def test_no_auth_on_loopback_is_logged_too(repo: Path) -> None:
-    with run_server(repo, "--no-auth") as server:
+    with run_server(repo, "--trust-code", "--no-auth") as server:
         log = server.log
     assert "--no-auth: anyone who can reach 127.0.0.1" in log
+
+
+def test_serving_a_code_model_needs_trust_code(tmp_path: Path) -> None:
+    folder = tmp_path / "echo"
+    folder.mkdir()
+    (folder / "model.py").write_text(SLOW_LOADING.replace("time.sleep(3)", "pass"))
+    refused = run_cli("serve", str(folder), "--port", str(free_port()))
+    assert refused.returncode == 1
+    assert f"{folder} is a code model" in refused.stderr
+    assert "(CLI: --trust-code)" in refused.stderr
+    with run_server(folder, "--trust-code") as server:
+        body = {"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1, 2]}]}
+        answer = httpx.post(f"{server.url}/v2/models/echo/infer", json=body).json()
+    assert answer["outputs"][0]["data"] == [1, 2]
+
+
+def test_the_config_handed_to_workers_round_trips_with_every_field_set() -> None:
+    from typing import Any
+
+    from modelport.config import BatchingConfig, RuntimeConfig
+    from modelport.server.lifecycle import config_from_json, config_to_json
+
+    # One non-default value per field: a field added without one here fails the test, and so
+    # does one that config_from_json cannot bring back.
+    values: dict[str, Any] = {
+        "host": "::1",
+        "port": 8123,
+        "grpc_port": 8124,
+        "lookups": LookupConfig("sqlite:///p.db", max_age=("24h", "fraud=1h"), write_back=True),
+        "workers": 3,
+        "token": "s3cret",
+        "no_auth": True,
+        "grace_s": 2.5,
+        "version_policy": "all",
+        "limits": ServerLimits(
+            max_body_bytes=1000,
+            max_json_depth=7,
+            max_elements=99,
+            request_timeout_s=1.5,
+            max_queue=3,
+            allow_non_finite=True,
+            max_string_bytes=5000,
+            max_connections=5,
+        ),
+        "runtime": RuntimeConfig(
+            providers=("CUDAExecutionProvider", "CPUExecutionProvider"),
+            intra_op_threads=2,
+            inter_op_threads=3,
+        ),
+        "trust_pickle": True,
+        "trust_code": True,
+        "batching": BatchingConfig(
+            max_batch_size=16,
+            max_delay_s=0.005,
+            preferred_batch_sizes=(4, 8),
+            latency_budget_s=0.05,
+        ),
+        "cache": "redis://127.0.0.1:6379/3",
+        "cache_ttl_s": 60.0,
+        "cache_namespace": "blue",
+        "tls_cert": "/etc/modelport/cert.pem",
+        "tls_key": "/etc/modelport/key.pem",
+        "http": "uvicorn",
+    }
+    fields = {f.name for f in dataclasses.fields(ServerConfig)}
+    assert fields - set(values) == set(), "give each new ServerConfig field a value above"
+
+    def assert_all_set(config: Any, where: str) -> None:
+        for field in dataclasses.fields(config):
+            value = getattr(config, field.name)
+            if field.default is not dataclasses.MISSING:
+                assert value != field.default, f"{where}.{field.name} is left at its default"
+            if dataclasses.is_dataclass(value):
+                assert_all_set(value, f"{where}.{field.name}")
+
+    config = ServerConfig(**values)
+    assert_all_set(config, "ServerConfig")
+    source = Path("/srv/models")
+    assert config_from_json(config_to_json(source, config)) == (source, config)

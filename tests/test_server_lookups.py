@@ -191,3 +191,27 @@ def test_a_server_without_a_store_says_how_to_get_one(tmp_path: Path) -> None:
         response = httpx.get(f"{server.url}/v2/models/tiny/predictions/row1")
     assert response.status_code == 404
     assert "start it with --store URL" in response.json()["error"]
+
+
+def test_live_answers_are_bounded_per_request_and_written_back_in_one_transaction(
+    served: tuple[RunningServer, modelport.Model, str],
+) -> None:
+    server, _, url = served
+    endpoint = f"{server.url}/v2/models/tiny/predictions"
+    keys = [f"bulk{i}" for i in range(101)]
+    body = {"keys": keys, "inputs": {k: {"input": [1, 2, 3, 4]} for k in keys}}
+    response = httpx.post(endpoint, json=body)
+    assert response.status_code == 400
+    assert response.json()["error"] == (
+        "inputs carries features for 101 keys; a request computes at most 100 keys live: "
+        "send the others in further requests"
+    )
+    assert httpx.get(f"{endpoint}/bulk0").status_code == 404  # nothing computed nor stored
+
+    body = {"keys": keys[:100], "inputs": {k: {"input": [1, 2, 3, 4]} for k in keys[:100]}}
+    live = httpx.post(endpoint, json=body).json()["predictions"]
+    assert {p["source"] for p in live} == {"live"}
+    with Store(url) as store:
+        stored = store.lookup("tiny", keys[:100])
+    assert sorted(stored) == sorted(keys[:100])
+    assert len({p.scored_at for p in stored.values()}) == 1  # one write: one time for all

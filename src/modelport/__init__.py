@@ -41,8 +41,8 @@ from modelport.errors import (
 )
 from modelport.importing import add_model
 from modelport.manifest import Manifest
-from modelport.model import Model, load
-from modelport.repository import Repository, VersionPolicy
+from modelport.model import Model
+from modelport.repository import Repository, VersionPolicy, load
 from modelport.signature import Signature, TensorSpec, validate_inputs
 
 __version__ = "0.1.0"

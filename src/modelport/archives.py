@@ -1,8 +1,9 @@
 """Unpacking code-model archives (.zip, .tar, .tar.gz, .tgz) without trusting their members.
 
 Every member is checked before anything is written: no absolute paths, no ``..``, no links,
-devices or other special files, and a bounded total size, so no member can land outside the
-target folder.
+devices or other special files, so no member can land outside the target folder; and a bounded
+number of members and total size, counted while the member list is read, so neither an
+archive of millions of empty files nor one that claims terabytes exhausts memory or disk.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from modelport.errors import ModelLoadError
 
 SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 MAX_UNPACKED_BYTES = 4 * 2**30
+MAX_MEMBERS = 10_000
 
 
 def is_archive(path: Path) -> bool:
@@ -39,17 +41,21 @@ def extract(archive: Path, target: Path) -> Path:
     try:
         if archive.name.lower().endswith(".zip"):
             with zipfile.ZipFile(archive) as zf:
+                # zipfile has read the whole central directory by now; its size is bounded by
+                # the file's.
+                _check_count(archive, len(zf.infolist()))
                 for info in zf.infolist():
                     _check_member(archive, info.filename)
                     if (info.external_attr >> 16) & 0o170000 == 0o120000:
                         raise ModelLoadError(f"{archive}: member {info.filename!r} is a link")
                     total += info.file_size
-                _check_size(archive, total)
+                    _check_size(archive, total)
                 zf.extractall(target)
         else:
             with tarfile.open(archive) as tf:
-                members = tf.getmembers()
-                for member in members:
+                members: list[tarfile.TarInfo] = []
+                for member in tf:  # header by header: getmembers() would read them all first
+                    _check_count(archive, len(members) + 1)
                     _check_member(archive, member.name)
                     if not (member.isfile() or member.isdir()):
                         raise ModelLoadError(
@@ -57,7 +63,8 @@ def extract(archive: Path, target: Path) -> Path:
                             "archives may hold only regular files and folders"
                         )
                     total += member.size
-                _check_size(archive, total)
+                    _check_size(archive, total)
+                    members.append(member)
                 # Python 3.12+ also applies its own "data" filter (and warns without one).
                 extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
                 for member in members:
@@ -73,8 +80,19 @@ def extract(archive: Path, target: Path) -> Path:
     return target
 
 
+def _check_count(archive: Path, count: int) -> None:
+    if count > MAX_MEMBERS:
+        raise ModelLoadError(
+            f"{archive} holds more than {MAX_MEMBERS} members, the limit for a code-model "
+            "archive; a model folder needs far fewer: leave data sets, caches and virtual "
+            "environments out of it"
+        )
+
+
 def _check_size(archive: Path, total: int) -> None:
     if total > MAX_UNPACKED_BYTES:
         raise ModelLoadError(
-            f"{archive} unpacks to {total} bytes, over the {MAX_UNPACKED_BYTES} byte limit"
+            f"{archive} unpacks to more than {MAX_UNPACKED_BYTES} bytes, the limit for a "
+            "code-model archive; leave data sets and caches out of it, or import the folder "
+            "itself rather than an archive of it"
         )

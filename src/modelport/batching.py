@@ -7,8 +7,9 @@ A batch closes when it holds ``max_batch_size`` rows (an item counts by ``size_o
 one of ``preferred_batch_sizes``, or ``max_delay_s`` after its first item, whichever comes
 first. With ``max_delay_s = 0`` a lone request never waits: batches form from what queued
 while the model was busy. When a batch fails, its items are retried one by one, so only the
-items that really fail get the error. Items whose caller has gone (cancelled) are dropped
-before they reach the handler. No HTTP in here.
+items that really fail get the error, unless the first two alone fail the same way: then the
+failure is the model's, not an item's, and every item gets it without more calls. Items whose
+caller has gone (cancelled) are dropped before they reach the handler. No HTTP in here.
 
 The window is timed to the microsecond on Linux (a timerfd the loop watches): loop timers are
 whole milliseconds under uvloop, where a 0.4 ms window would not wait at all and 1.4 ms would
@@ -168,7 +169,17 @@ class Batcher(Generic[T, R]):
             if len(batch) == 1:
                 _settle(batch[0].future, exc=exc)
                 return
-            for pending in batch:  # isolate: only the items that fail on their own fail
+            # Isolate: only the items that fail on their own fail. But when the first two
+            # each fail alone just as the batch did, the failure is the model's (a broken
+            # session, no memory), not an item's: the rest get it without a call each.
+            probes, rest = batch[:2], batch[2:]
+            for pending in probes:
+                await self._run([pending])
+            if all(_same_failure(p.future, exc) for p in probes):
+                for pending in rest:
+                    _settle(pending.future, exc=exc)
+                return
+            for pending in rest:
                 await self._run([pending])
             return
         for pending, result in zip(batch, results, strict=True):
@@ -178,6 +189,13 @@ class Batcher(Generic[T, R]):
         for task in self._workers:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
+
+
+def _same_failure(future: asyncio.Future[R], exc: Exception) -> bool:
+    if not future.done() or future.cancelled():
+        return False
+    alone = future.exception()
+    return type(alone) is type(exc) and str(alone) == str(exc)
 
 
 def _release(waiter: asyncio.Future[bool], timed_out: bool = False) -> None:
@@ -213,18 +231,50 @@ class _TimespecPair(ctypes.Structure):  # struct itimerspec: interval, then valu
                 ("value_s", ctypes.c_long), ("value_ns", ctypes.c_long)]  # fmt: skip
 
 
-class _FdTimer:
-    """The same to the microsecond: a Linux timerfd on CLOCK_MONOTONIC (``time.monotonic``'s
-    clock), which the loop watches like a socket."""
+_CLOCK_MONOTONIC, _TFD_TIMER_ABSTIME = 1, 1
+_TFD_FLAGS = os.O_NONBLOCK | os.O_CLOEXEC  # the values of TFD_NONBLOCK and TFD_CLOEXEC
 
-    _CLOCK_MONOTONIC, _ABSOLUTE, _FLAGS = 1, 1, os.O_NONBLOCK | os.O_CLOEXEC
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, libc: ctypes.CDLL) -> None:
-        self._loop = loop
-        self._settime = libc.timerfd_settime
-        self._fd = libc.timerfd_create(self._CLOCK_MONOTONIC, self._FLAGS)
-        if self._fd < 0:
+class _Timerfd:
+    """A Linux timerfd on CLOCK_MONOTONIC set to absolute times: Python's own functions from
+    3.13, libc's through ctypes before."""
+
+    def __init__(self) -> None:
+        if hasattr(os, "timerfd_create"):
+            self.fd = os.timerfd_create(time.CLOCK_MONOTONIC, flags=_TFD_FLAGS)
+            return
+        libc = ctypes.CDLL(None, use_errno=True)
+        create, self._settime = libc.timerfd_create, libc.timerfd_settime
+        create.argtypes, create.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+        self._settime.argtypes = [
+            ctypes.c_int, ctypes.c_int, ctypes.POINTER(_TimespecPair), ctypes.c_void_p,
+        ]  # fmt: skip
+        self._settime.restype = ctypes.c_int
+        self.fd = create(_CLOCK_MONOTONIC, _TFD_FLAGS)
+        if self.fd < 0:
             raise OSError(ctypes.get_errno(), "timerfd_create failed")
+
+    def set(self, when: float) -> None:
+        """Go off at ``when`` (``time.monotonic()``); 0 disarms, and clears an expiry not read."""
+        seconds = int(when)
+        nanoseconds = max(int((when - seconds) * 1e9), 1) if when else 0
+        if hasattr(os, "timerfd_settime_ns"):
+            initial = seconds * 1_000_000_000 + nanoseconds
+            os.timerfd_settime_ns(self.fd, flags=_TFD_TIMER_ABSTIME, initial=initial)
+            return
+        spec = _TimespecPair(0, 0, seconds, nanoseconds)
+        if self._settime(self.fd, _TFD_TIMER_ABSTIME, ctypes.byref(spec), None) != 0:
+            raise OSError(ctypes.get_errno(), "timerfd_settime failed")
+
+
+class _FdTimer:
+    """The same to the microsecond: a timerfd on ``time.monotonic``'s clock, which the loop
+    watches like a socket."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._timerfd = _Timerfd()
+        self._fd = self._timerfd.fd
         self._waiter: asyncio.Future[bool] | None = None
         self._when = 0.0  # when the waiter's time is up
         self._set_for = 0.0  # when the timer goes off
@@ -242,11 +292,7 @@ class _FdTimer:
 
     def _set(self, when: float) -> None:
         self._set_for = when
-        seconds = int(when)
-        nanoseconds = int((when - seconds) * 1e9) if when else 0
-        spec = _TimespecPair(0, 0, seconds, max(nanoseconds, 1) if when else 0)
-        if self._settime(self._fd, self._ABSOLUTE, ctypes.byref(spec), None) != 0:
-            raise OSError(ctypes.get_errno(), "timerfd_settime failed")
+        self._timerfd.set(when)
 
     def _fired(self) -> None:
         try:
@@ -276,7 +322,7 @@ _Timer = _LoopTimer | _FdTimer
 def _timer(loop: asyncio.AbstractEventLoop) -> _Timer:
     if sys.platform == "linux":
         try:
-            return _FdTimer(loop, ctypes.CDLL(None, use_errno=True))
+            return _FdTimer(loop)
         except (OSError, AttributeError):  # no timerfd (an old or unusual libc)
             pass
     return _LoopTimer(loop)

@@ -1,17 +1,18 @@
 """Prediction caches: in-process LRU with TTL (the default) and Redis (shared by workers).
 
     cache = open_cache("memory")                 # or "redis://127.0.0.1:6379/0", or "off"
-    key = cache_key("digits", 2, inputs)         # model, version and the inputs' exact bytes
+    key = cache_key("digits", 2, inputs, digest=artifacts_sha256, namespace="prod")
     await cache.get(key); await cache.set(key, outputs)
 
-Keys include the model version, so a new version never gets an old version's answer. Values
+Keys name the namespace (a deployment), the model version and the sha256 of its artifacts, so
+neither a new version nor another deployment's model of the same name gets an old answer; and
+the inputs exactly: text only as text, tagged str or bytes, each item with its length. Values
 are encoded without pickle (a shared cache is not trusted with code). A Redis outage degrades
-to no caching with a logged warning, never to errors.
+to no caching with a logged warning, never to errors; the logged URL hides its password.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import struct
@@ -20,11 +21,12 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 import orjson
 
-from modelport.errors import require
+from modelport.errors import InvalidInputError, require
 
 log = logging.getLogger("modelport.cache")
 
@@ -49,19 +51,57 @@ class Cache(Protocol):
     async def close(self) -> None: ...
 
 
-def cache_key(model: str, version: int, inputs: dict[str, np.ndarray]) -> bytes:
-    """A digest of the model version and the canonical bytes of every input."""
-    digest = hashlib.sha256(f"{model}\0{version}\0".encode())
+def cache_key(
+    model: str, version: int, inputs: dict[str, np.ndarray], *, digest: str = "",
+    namespace: str = "modelport",
+) -> bytes:  # fmt: skip
+    """``namespace:`` and a sha256 of the model version, its artifacts' ``digest`` and the
+    canonical bytes of every input.
+
+    Text arrays (dtype object) must hold only ``str`` or ``bytes``: anything else raises
+    InvalidInputError naming the input, so that ``None`` never passes for ``"None"``.
+    """
+    hashed = hashlib.sha256(f"{model}\0{version}\0{digest}\0".encode())
     for name in sorted(inputs):
         array = inputs[name]
-        digest.update(f"{name}\0{array.dtype.str}\0{array.shape}\0".encode())
+        hashed.update(f"{name}\0{array.dtype.str}\0{array.shape}\0".encode())
         if array.dtype == object:
             for item in array.ravel():
-                data = item if isinstance(item, bytes) else str(item).encode()
-                digest.update(struct.pack("<Q", len(data)) + data)
+                if isinstance(item, str):
+                    tag, data = b"s", item.encode("utf-8", "surrogatepass")
+                elif isinstance(item, bytes):
+                    tag, data = b"b", item
+                else:
+                    raise InvalidInputError(
+                        f"input {name!r}: expected strings, got {type(item).__name__}", name
+                    )
+                hashed.update(tag + struct.pack("<Q", len(data)) + data)
         else:
-            digest.update(np.ascontiguousarray(array).data)
-    return digest.digest()
+            hashed.update(np.ascontiguousarray(array).data)
+    return namespace.encode() + b":" + hashed.digest()
+
+
+def redact(url: str) -> str:
+    """``url`` without its password (in the user part or a ``password=`` query), for logs.
+
+    >>> redact("redis://user:secret@cache:6379/0")
+    'redis://user:***@cache:6379/0'
+    """
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "<a URL that could not be parsed>"
+    netloc = parts.netloc
+    if password is not None:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.partition(':')[0]}:***@{host}"
+    query = parts.query
+    if "password" in query.lower():
+        pairs = parse_qsl(query, keep_blank_values=True)
+        hidden = [(k, "***" if "password" in k.lower() else v) for k, v in pairs]
+        query = urlencode(hidden, safe="*")
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def encode(outputs: Outputs) -> bytes:
@@ -161,15 +201,11 @@ class MemoryCache:
         self._lru.clear()
 
 
-async def _in_task() -> None:
-    """Go on in a task: redis-py times its reads with asyncio.timeout, which needs one, and
-    our HTTP/1.1 protocol starts requests outside any (see modelport.server.http1)."""
-    if asyncio.current_task() is None:
-        await asyncio.sleep(0)  # the protocol hands a request that waits over to a task
-
-
 class RedisCache:
-    """A cache every worker and replica shares; errors are logged and treated as misses."""
+    """A cache every worker and replica shares; errors are logged and treated as misses.
+
+    Keys are stored as given: ``cache_key`` starts them with the namespace of the deployment.
+    """
 
     def __init__(self, url: str, ttl_s: float = 600.0, retry_after_s: float = 5.0) -> None:
         require("redis", "redis")
@@ -189,16 +225,15 @@ class RedisCache:
         if self._available():  # one warning per outage window, not one per request
             log.warning(
                 "redis cache at %s is unavailable (%s); serving without a cache for %.0f s",
-                self._url, exc, self._retry_after_s,
+                redact(self._url), exc, self._retry_after_s,
             )  # fmt: skip
         self._down_until = time.monotonic() + self._retry_after_s
 
     async def get(self, key: bytes) -> Outputs | None:
         data = None
         if self._available():
-            await _in_task()
             try:
-                data = await self._client.get(b"modelport:" + key)
+                data = await self._client.get(key)
             except Exception as exc:
                 self._failed(exc)
         if not isinstance(data, bytes):
@@ -210,9 +245,8 @@ class RedisCache:
     async def set(self, key: bytes, value: Outputs) -> None:
         if not self._available():
             return
-        await _in_task()
         try:
-            await self._client.set(b"modelport:" + key, encode(value), px=self._ttl_ms)
+            await self._client.set(key, encode(value), px=self._ttl_ms)
         except Exception as exc:
             self._failed(exc)
 
@@ -228,4 +262,4 @@ def open_cache(spec: str, ttl_s: float = 600.0) -> Cache | None:
         return MemoryCache(ttl_s=ttl_s)
     if spec.startswith(("redis://", "rediss://", "unix://")):
         return RedisCache(spec, ttl_s)
-    raise ValueError(f"unknown cache {spec!r}: use 'memory', 'off' or a redis:// URL")
+    raise ValueError(f"unknown cache {redact(spec)!r}: use 'memory', 'off' or a redis:// URL")

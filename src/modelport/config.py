@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -45,12 +46,14 @@ class LoadOptions:
     """Everything that decides how a model version is loaded.
 
     ``trust_pickle`` allows pickle and joblib artifacts, which can run arbitrary code when
-    loaded; leave it off unless you made the files yourself.
+    loaded; ``trust_code`` allows code models, whose ``model.py`` is Python that runs when
+    loaded. Leave both off unless you made the files yourself or trust their source.
     """
 
     runtime: RuntimeConfig = RuntimeConfig()
     limits: InputLimits = InputLimits()
     trust_pickle: bool = False
+    trust_code: bool = False
     verify_requirements: bool = True
 
 
@@ -60,17 +63,24 @@ class ServerLimits:
 
     The body and depth limits match Triton's; ``max_queue`` bounds the requests waiting for
     one model version, beyond which the server answers 503 at once instead of queueing.
+    ``max_string_bytes`` bounds the text (UTF-8) of all BYTES and string inputs of a request.
+    ``max_connections`` bounds a worker's open connections (and requests in progress): once
+    there are that many, a request is answered 503 and its connection closed (uvicorn's
+    ``limit_concurrency``, counted as uvicorn counts it: the asking connection among them).
     """
 
     max_body_bytes: int = 64 * 2**20
     max_json_depth: int = 100
     max_elements: int = InputLimits().max_elements
+    max_string_bytes: int = 16 * 2**20
     request_timeout_s: float = 30.0
     max_queue: int = 256
+    max_connections: int = 1024
     allow_non_finite: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_json_depth", "max_elements", "max_queue"):
+        sizes = ("max_body_bytes", "max_json_depth", "max_elements", "max_string_bytes")
+        for name in (*sizes, "max_queue", "max_connections"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.request_timeout_s <= 0:
@@ -141,6 +151,8 @@ class ServerConfig:
     Listening on anything but loopback needs ``token`` (clients send ``Authorization: Bearer
     <token>``) unless ``no_auth`` is set explicitly. Health endpoints stay open for probes.
     ``grpc_port`` set also serves the Open Inference Protocol over gRPC, on the same host.
+    With ``tls_cert`` and ``tls_key`` both doors speak TLS only; without them a token sent
+    beyond loopback travels in clear text (unless a proxy in front terminates TLS).
     """
 
     host: str = "127.0.0.1"
@@ -155,9 +167,13 @@ class ServerConfig:
     limits: ServerLimits = ServerLimits()
     runtime: RuntimeConfig = RuntimeConfig()
     trust_pickle: bool = False
+    trust_code: bool = False  # serve code models (their model.py runs in the server)
     batching: BatchingConfig | None = None  # set: overrides every model's own batching
     cache: str = "memory"  # "memory", "off" or a redis:// URL shared by workers and replicas
     cache_ttl_s: float = 600.0
+    cache_namespace: str = "modelport"  # starts every cache key: deployments sharing a Redis
+    tls_cert: str | None = None  # PEM certificate (chain) and key: REST and gRPC speak TLS
+    tls_key: str | None = None
     http: str = "modelport"  # the HTTP/1.1 protocol: ours, or "uvicorn" (its httptools one)
 
     def __post_init__(self) -> None:
@@ -174,6 +190,10 @@ class ServerConfig:
                 raise ValueError("grpc_port must differ from port (REST listens there)")
         if self.grace_s < 0:
             raise ValueError("grace_s must be >= 0")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: pass both, or neither")
+        if not self.cache_namespace or any(c.isspace() for c in self.cache_namespace):
+            raise ValueError("cache_namespace must be non-empty, without spaces")
 
 
 @dataclass(frozen=True)
@@ -218,3 +238,19 @@ class BatchConfig:
             raise ValueError("batch_size must be >= 1")
         if not 0 <= self.max_reject_ratio <= 1:
             raise ValueError("max_reject_ratio must be within 0-1")
+
+
+def url_host(host: str) -> str:
+    """``host`` as it goes in a URL or a host:port address: an IPv6 literal in brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a host name or address (no brackets, no port) is this machine's loopback."""
+    host = host.lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

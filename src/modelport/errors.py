@@ -8,7 +8,7 @@
      │    ├── ManifestError           manifest.json missing or malformed
      │    ├── IntegrityError          an artifact's sha256 differs from the manifest
      │    ├── RequirementsError       this environment lacks what the version was built with
-     │    └── UntrustedArtifactError  pickle/joblib without an explicit opt-in
+     │    └── UntrustedArtifactError  pickle/joblib or code model without an explicit opt-in
      ├── ConversionError          a framework model could not become ONNX, or lost parity
      ├── PredictionError          the model itself raised while predicting
      ├── OverloadedError          a model's queue is full, or the server is draining
@@ -66,7 +66,8 @@ class RequirementsError(ModelLoadError):
 
 
 class UntrustedArtifactError(ModelLoadError):
-    """A pickle or joblib file, refused because loading it can run arbitrary code."""
+    """A pickle or joblib file, or a code model, refused because loading it runs arbitrary
+    code; ``trust_pickle`` / ``trust_code`` opt in."""
 
 
 class ConversionError(ModelportError):

@@ -27,9 +27,9 @@ from modelport.manifest import (
     refusal,
     refuse_pickles,
 )
-from modelport.model import ONNX_FILE, Model, open_runtime
-from modelport.repository import Repository, check_name
-from modelport.runtimes.python import ENTRY_FILE
+from modelport.model import Model
+from modelport.repository import ONNX_FILE, Repository, check_name, open_runtime
+from modelport.runtimes.python import ENTRY_FILE, refuse_code
 from modelport.signature import Signature, spec_from_array
 
 Sample = np.ndarray | Mapping[str, np.ndarray]
@@ -42,6 +42,7 @@ def add_model(
     *,
     sample_input: Sample | None = None,
     trust_pickle: bool = False,
+    trust_code: bool = False,
     serving: Mapping[str, Any] | None = None,
     description: str = "",
     tolerance: Tolerance = Tolerance(),
@@ -51,10 +52,11 @@ def add_model(
         add_model(repo, "digits", pipeline, sample_input=X[:32])     # scikit-learn
         add_model(repo, "cnn", net, sample_input=x[:8])              # torch.nn.Module
         add_model(repo, "mlp", "mlp.onnx")                           # ONNX file or bytes
-        add_model(repo, "digits-code", "path/to/folder")             # folder with model.py
+        add_model(repo, "digits-code", "folder", trust_code=True)    # folder with model.py
 
     scikit-learn and PyTorch models need ``sample_input``: it fixes the input shape and is used
-    for the parity check. Pickle/joblib files need ``trust_pickle=True``.
+    for the parity check. Pickle/joblib files need ``trust_pickle=True``, and code models
+    ``trust_code=True``: both run code when loaded. Raises UntrustedArtifactError without them.
     """
     check_name(name)
     serving = dict(serving or {})
@@ -70,7 +72,9 @@ def add_model(
         if isinstance(model, (str, Path)) and archives.is_archive(Path(model)):
             model = archives.extract(Path(model), Path(unpacked))
         try:
-            runtime, reqs = _stage(model, staged, sample_input, trust_pickle, tolerance, metadata)
+            runtime, reqs = _stage(
+                model, staged, sample_input, trust_pickle, trust_code, tolerance, metadata
+            )
             signature = _try_out(runtime, staged, sample_input)
         except ModelLoadError as exc:
             message = str(exc)
@@ -145,6 +149,7 @@ def _stage(
     staged: Path,
     sample: Sample | None,
     trust_pickle: bool,
+    trust_code: bool,
     tolerance: Tolerance,
     metadata: dict[str, Any],
 ) -> tuple[str, dict[str, Any]]:
@@ -152,7 +157,7 @@ def _stage(
     if isinstance(model, (str, Path)):
         path = Path(model)
         if path.is_dir():
-            _copy_code_folder(path, staged, trust_pickle)
+            _copy_code_folder(path, staged, trust_pickle, trust_code)
             names = []
             if (staged / "requirements.txt").is_file():
                 names = requirements.read_requirements_txt(staged / "requirements.txt")
@@ -174,8 +179,9 @@ def _stage(
     else:
         data = _convert(model, sample, tolerance, metadata)
     (staged / ONNX_FILE).write_bytes(data)
-    from modelport.runtimes.onnx import read_opsets
+    from modelport.runtimes.onnx import check_external_data, read_opsets
 
+    check_external_data(staged / ONNX_FILE)
     opsets, ir_version = read_opsets(staged / ONNX_FILE)
     reqs = requirements.onnx_requirements(opsets, ir_version)
     requirements.check(reqs, str(staged / ONNX_FILE), requirements.NEWER_OPSET)
@@ -222,12 +228,13 @@ def _single(sample: Sample) -> np.ndarray:
     return np.asarray(sample)
 
 
-def _copy_code_folder(source: Path, staged: Path, trust_pickle: bool) -> None:
+def _copy_code_folder(source: Path, staged: Path, trust_pickle: bool, trust_code: bool) -> None:
     if not (source / ENTRY_FILE).is_file():
         raise ModelLoadError(
             f"{source} has no {ENTRY_FILE}: a code model is a folder with a {ENTRY_FILE} "
             "defining a class with load() and predict()"
         )
+    refuse_code(source, trust_code)
     for path in source.rglob("*"):
         if path.is_symlink():
             raise ModelLoadError(

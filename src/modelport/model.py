@@ -1,21 +1,21 @@
-"""The Model users hold: a signature, metadata, and validated batch prediction."""
+"""The Model users hold: a signature, metadata, and validated batch prediction.
+
+Loading one from files (``modelport.load``) is repository.py's work: it alone knows what a
+version folder holds.
+"""
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from modelport.config import InputLimits, LoadOptions, RuntimeConfig
-from modelport.errors import ModelLoadError, ModelportError, PredictionError
-from modelport.runtimes import PLATFORMS, Runtime
+from modelport.config import InputLimits
+from modelport.errors import ModelportError, PredictionError
+from modelport.runtimes import Runtime
 from modelport.signature import Signature, validate_inputs
-
-ONNX_FILE = "model.onnx"
 
 
 @dataclass
@@ -62,66 +62,6 @@ class Model:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def open_runtime(
-    runtime: str, folder: Path, config: RuntimeConfig, signature: Signature | None = None
-) -> Runtime:
-    """Start the backend named ``runtime`` on the artifacts in ``folder``."""
-    if runtime == "onnx":
-        from modelport.runtimes.onnx import OnnxRuntime
-
-        return OnnxRuntime(folder / ONNX_FILE, config)
-    if runtime == "python":
-        from modelport.runtimes.python import PythonRuntime
-
-        return PythonRuntime(folder, signature)
-    raise ModelLoadError(f"unknown runtime {runtime!r}; expected 'onnx' or 'python'")
-
-
-def load(
-    source: str | os.PathLike[str],
-    *,
-    version: int | None = None,
-    repository: str | os.PathLike[str] | None = None,
-    options: LoadOptions = LoadOptions(),
-) -> Model:
-    """Load a model from an ONNX file, a version folder, a model folder or a repository.
-
-        modelport.load("model.onnx")
-        modelport.load("models/digits")                       # latest version
-        modelport.load("digits:2", repository="models")       # or version=2
-
-    Raises ModelNotFoundError, ModelLoadError (and its subclasses) with the file and the fix.
-    """
-    from modelport.repository import Repository, load_folder
-
-    if repository is not None:
-        return Repository.open(repository).load(str(source), version=version, options=options)
-    path = Path(source)
-    if path.is_file() and path.suffix.lower() == ".onnx":
-        from modelport import requirements
-        from modelport.runtimes.onnx import OnnxRuntime, read_opsets
-
-        opsets, _ = read_opsets(path)
-        requirements.check({"onnx_opsets": opsets}, str(path), requirements.NEWER_OPSET)
-        runtime = OnnxRuntime(path, options.runtime)
-        metadata = {
-            "name": path.stem,
-            "runtime": "onnx",
-            "platform": PLATFORMS["onnx"],
-            "providers": runtime.providers,
-        }
-        return Model(runtime.signature, runtime, metadata, options.limits)
-    if path.is_dir():
-        return load_folder(path, version=version, options=options)
-    if not path.exists():
-        raise ModelLoadError(f"{path} does not exist")
-    raise ModelLoadError(
-        f"{path} is not something modelport loads directly: pass an .onnx file or a model "
-        "folder, or turn a scikit-learn/PyTorch file into one with "
-        f"'modelport import {path} --name NAME --sample-input FILE'"
-    )
 
 
 def measure_costs(model: Model, max_batch_size: int, repeats: int = 3) -> dict[int, float]:

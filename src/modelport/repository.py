@@ -4,9 +4,12 @@
     repo.names()                         # ["digits", "mlp-large"]
     repo.versions("digits")              # [1, 2]
     repo.load("digits")                  # latest; or "digits:1", or version=1
+    modelport.load("models/digits")      # the same without a Repository (see load())
 
 Names are checked against a strict pattern and every path is resolved and checked to stay
-inside the repository, so neither a name nor a symlink can reach outside it.
+inside the repository, so neither a name nor a symlink can reach outside it. This module alone
+knows which files a version folder holds (``MANIFEST``, ``ONNX_FILE``, a code model's
+``ENTRY_FILE``): the rest of modelport asks it, through ``is_model_folder`` and the loaders.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelport import requirements
-from modelport.config import LoadOptions
+from modelport.config import LoadOptions, RuntimeConfig
 from modelport.errors import (
     InvalidNameError,
     ManifestError,
@@ -29,9 +32,12 @@ from modelport.errors import (
     ModelNotFoundError,
 )
 from modelport.manifest import MANIFEST, Manifest, read_manifest, refuse_pickles, verify_artifacts
-from modelport.model import Model, open_runtime
-from modelport.runtimes import PLATFORMS
+from modelport.model import Model
+from modelport.runtimes import PLATFORMS, Runtime
+from modelport.runtimes.python import ENTRY_FILE, PythonRuntime, refuse_code
+from modelport.signature import Signature
 
+ONNX_FILE = "model.onnx"  # an onnx version's one artifact
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _STAGING = ".staging"
 
@@ -226,8 +232,72 @@ def _numbered(folder: Path) -> list[int]:
     return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and is_number(p.name))
 
 
+def is_model_folder(path: Path) -> bool:
+    """True for the folder of one model: a version (its manifest), a model (numbered version
+    folders) or a code model (its entry file); False for a repository, or anything else."""
+    return path.is_dir() and (
+        (path / MANIFEST).is_file() or (path / ENTRY_FILE).is_file() or bool(_numbered(path))
+    )
+
+
+def open_runtime(
+    runtime: str, folder: Path, config: RuntimeConfig, signature: Signature | None = None
+) -> Runtime:
+    """Start the backend named ``runtime`` on the artifacts in ``folder``."""
+    if runtime == "onnx":
+        from modelport.runtimes.onnx import OnnxRuntime
+
+        return OnnxRuntime(folder / ONNX_FILE, config)
+    if runtime == "python":
+        return PythonRuntime(folder, signature)
+    raise ModelLoadError(f"unknown runtime {runtime!r}; expected 'onnx' or 'python'")
+
+
+def load(
+    source: str | os.PathLike[str],
+    *,
+    version: int | None = None,
+    repository: str | os.PathLike[str] | None = None,
+    options: LoadOptions = LoadOptions(),
+) -> Model:
+    """Load a model from an ONNX file, a version folder, a model folder or a repository.
+
+        modelport.load("model.onnx")
+        modelport.load("models/digits")                       # latest version
+        modelport.load("digits:2", repository="models")       # or version=2
+
+    Raises ModelNotFoundError, ModelLoadError (and its subclasses) with the file and the fix.
+    """
+    if repository is not None:
+        return Repository.open(repository).load(str(source), version=version, options=options)
+    path = Path(source)
+    if path.is_file() and path.suffix.lower() == ".onnx":
+        from modelport.runtimes.onnx import OnnxRuntime, read_opsets
+
+        opsets, _ = read_opsets(path)
+        requirements.check({"onnx_opsets": opsets}, str(path), requirements.NEWER_OPSET)
+        runtime = OnnxRuntime(path, options.runtime)
+        metadata = {
+            "name": path.stem,
+            "runtime": "onnx",
+            "platform": PLATFORMS["onnx"],
+            "providers": runtime.providers,
+        }
+        return Model(runtime.signature, runtime, metadata, options.limits)
+    if path.is_dir():
+        return load_folder(path, version=version, options=options)
+    if not path.exists():
+        raise ModelLoadError(f"{path} does not exist")
+    raise ModelLoadError(
+        f"{path} is not something modelport loads directly: pass an .onnx file or a model "
+        "folder, or turn a scikit-learn/PyTorch file into one with "
+        f"'modelport import {path} --name NAME --sample-input FILE'"
+    )
+
+
 def load_version(folder: Path, options: LoadOptions = LoadOptions()) -> Model:
-    """Load one version folder: manifest, pickle policy, sha256, requirements, runtime."""
+    """Load one version folder: manifest, code and pickle policy, sha256, requirements,
+    runtime."""
     manifest = read_manifest(folder)
     if is_number(folder.name) and (
         manifest.version != int(folder.name) or manifest.name != folder.parent.name
@@ -236,6 +306,8 @@ def load_version(folder: Path, options: LoadOptions = LoadOptions()) -> Model:
             f"{folder / MANIFEST} says {manifest.name}:{manifest.version} but lies in "
             f"{folder.parent.name}/{folder.name}; models must not be moved by hand: re-import"
         )
+    if manifest.runtime == "python":
+        refuse_code(folder, options.trust_code)
     refuse_pickles(folder, options.trust_pickle)
     verify_artifacts(folder, manifest)
     if options.verify_requirements:
@@ -271,14 +343,13 @@ def load_folder(folder: Path, version: int | None, options: LoadOptions) -> Mode
         if chosen not in versions:
             raise ModelNotFoundError(f"{folder} has no version {chosen}; it has {versions}")
         return load_version(folder / str(chosen), options)
-    from modelport.runtimes.python import ENTRY_FILE, PythonRuntime
-
     if (folder / ENTRY_FILE).is_file():
+        refuse_code(folder, options.trust_code)
         refuse_pickles(folder, options.trust_pickle)
         runtime = PythonRuntime(folder)
         metadata = {"name": folder.name, "runtime": "python", "platform": PLATFORMS["python"]}
         return Model(runtime.signature, runtime, metadata, options.limits)
     raise ManifestError(
-        f"{folder} holds no {MANIFEST}, no version folders and no model.py: it is not a "
+        f"{folder} holds no {MANIFEST}, no version folders and no {ENTRY_FILE}: it is not a "
         "model; point at a version folder, or import the model with 'modelport import'"
     )

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from itertools import chain
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -32,6 +33,7 @@ DATATYPES: dict[str, str] = {
     "float64": "FP64",
     "string": "BYTES",
 }
+MAX_RANK = 32  # numpy's own limit is 64; no model takes more
 
 
 def _check_dtype(dtype: str) -> str:
@@ -110,16 +112,124 @@ def spec_from_array(name: str, array: np.ndarray, dynamic_batch: bool = True) ->
     return TensorSpec(name, dtype_name(array.dtype), shape)
 
 
-def _as_array(spec: TensorSpec, value: Any) -> np.ndarray:
+_NUMBERS = frozenset({bool, int, float})
+_TEXT = frozenset({str, bytes})
+_JSON = frozenset({list, dict, str, bool, int, float, type(None)})  # what orjson makes
+
+
+class Leaves(NamedTuple):
+    """What ``json_leaves`` found: the shape, the values in row-major order, their types."""
+
+    shape: tuple[int, ...]
+    values: list[Any]
+    kinds: frozenset[type]
+
+
+def json_leaves(value: Any, max_elements: int) -> Leaves | None:
+    """The shape and the values of nested lists, walked before numpy sees any of them.
+
+    One level at a time, each level's size checked against ``max_elements`` before the level
+    is built: None when one would hold more. Raises ValueError for ragged lists or lists
+    nested deeper than MAX_RANK, and TypeError at a value JSON cannot hold (an ndarray, a
+    numpy scalar), which is Python data for numpy to read.
+    """
+    shape: list[int] = []
+    level: list[Any] = [value]
+    while True:
+        kinds = set(map(type, level))
+        if len(kinds) > 1 or list not in kinds:  # the values, or something wrong
+            if not kinds <= _JSON:
+                raise TypeError("not JSON data")
+            if list in kinds:
+                raise ValueError("ragged: lists beside single values")
+            return Leaves(tuple(shape), level, frozenset(kinds))
+        width = len(level[0])
+        if len(level) > 1 and len(set(map(len, level))) > 1:
+            raise ValueError("ragged: nested lists of unequal length")
+        if len(level) * width > max_elements:
+            return None
+        if len(shape) == MAX_RANK:
+            raise ValueError(f"nested deeper than {MAX_RANK} levels")
+        shape.append(width)
+        level = level[0] if len(level) == 1 else list(chain.from_iterable(level))
+
+
+def json_array(found: Leaves, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """The values ``json_leaves`` found as an array of ``shape`` (theirs by default), with a
+    dtype chosen by their kind.
+
+    Never numpy's choice: its fixed-width text takes the longest string's size for every
+    element (one 1 MB string beside a million empty ones asks for 4 TB). Text stays Python
+    objects; numbers become bool, int64 (uint64 beyond it) or float64. Raises ValueError when
+    text and numbers mix, or a value is null or an object.
+    """
+    values, kinds = found.values, found.kinds
+    if not values:
+        array = np.empty(0)
+    elif kinds == {str}:
+        array = np.array(values, dtype=object)  # flat, so numpy looks no deeper
+    elif kinds <= _NUMBERS:
+        dtype = np.float64 if float in kinds else np.int64 if int in kinds else np.bool_
+        array = _numbers(values, dtype)
+    elif type(None) in kinds:
+        raise ValueError("incomplete: null among the values")
+    elif dict in kinds:
+        raise ValueError("not a tensor: objects among the values")
+    else:
+        raise ValueError("mixed: text and numbers together")
+    return array.reshape(found.shape if shape is None else shape)
+
+
+def _numbers(leaves: list[Any], dtype: type[np.generic]) -> np.ndarray:
     try:
-        array = np.asarray(value)
-    except (ValueError, TypeError) as exc:
-        raise InvalidInputError(
-            f"input {spec.name!r}: expected a {spec.dtype} array, got a value numpy cannot "
-            f"read as one ({exc})",
-            spec.name,
-        ) from None
+        return np.array(leaves, dtype=dtype)
+    except OverflowError:  # integers beyond int64: uint64 holds them when none is negative
+        pass
+    try:
+        return np.array(leaves, dtype=np.uint64)
+    except OverflowError:  # beyond 64 bits: objects, which every numeric input refuses
+        return np.array(leaves, dtype=object)
+
+
+def _as_array(spec: TensorSpec, value: Any, limits: InputLimits) -> np.ndarray:
+    array: np.ndarray | None = None
+    if type(value) is list:  # data as JSON gives it, maybe from a client: walked first
+        try:
+            walked = json_leaves(value, limits.max_elements)
+            if walked is None:
+                raise InvalidInputError(
+                    f"input {spec.name!r}: data has more elements than the limit of "
+                    f"{limits.max_elements}; send smaller batches or raise "
+                    "InputLimits.max_elements",
+                    spec.name,
+                )
+            array = json_array(walked)
+        except TypeError:  # Python values (arrays, numpy scalars) in the lists: numpy reads
+            pass
+        except ValueError as exc:
+            raise InvalidInputError(
+                f"input {spec.name!r}: expected a {spec.dtype} array, got a value numpy cannot "
+                f"read as one ({exc})",
+                spec.name,
+            ) from None
+    if array is None:
+        # Text from lists stays as given (numpy would turn 1 and None among strings into text).
+        text = spec.dtype == "string" and not isinstance(value, np.ndarray)
+        try:
+            array = np.asarray(value, dtype=object if text else None)
+        except (ValueError, TypeError) as exc:
+            raise InvalidInputError(
+                f"input {spec.name!r}: expected a {spec.dtype} array, got a value numpy cannot "
+                f"read as one ({exc})",
+                spec.name,
+            ) from None
     if array.dtype == object and spec.dtype != "string":
+        if array.size and all(isinstance(v, str) for v in array.flat):
+            raise InvalidInputError(
+                f"input {spec.name!r}: expected dtype {spec.dtype}, got text, which cannot be "
+                "cast to it safely",
+                spec.name,
+            )
         raise InvalidInputError(
             f"input {spec.name!r}: expected a rectangular {spec.dtype} array, got ragged or "
             "mixed-type data",
@@ -134,6 +244,15 @@ def _cast(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
             raise InvalidInputError(
                 f"input {spec.name!r}: expected strings, got {_kind(array.dtype)}", spec.name
             )
+        # Only str and bytes: None must never pass for "None". The types at C speed first;
+        # the item by item check only when some other type (a str subclass, say) is there.
+        if array.dtype == object and not set(map(type, array.ravel().tolist())) <= _TEXT:
+            for item in array.flat:
+                if not isinstance(item, (str, bytes)):
+                    raise InvalidInputError(
+                        f"input {spec.name!r}: expected strings, got {type(item).__name__}",
+                        spec.name,
+                    )
         return array.astype(object, copy=False)
     target = np.dtype(spec.dtype)
     if array.dtype == target:
@@ -201,7 +320,7 @@ def validate_inputs(
         _check_names(signature.input_names, inputs.keys())
     result: dict[str, np.ndarray] = {}
     for spec in signature.inputs:
-        array = _as_array(spec, inputs[spec.name])
+        array = _as_array(spec, inputs[spec.name], limits)
         if array.size > limits.max_elements:
             raise InvalidInputError(
                 f"input {spec.name!r}: {array.size} elements is over the limit of "

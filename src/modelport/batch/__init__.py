@@ -15,6 +15,7 @@ require("sqlalchemy", "batch")
 
 from modelport.batch.job import RunSummary, score_table  # noqa: E402
 from modelport.batch.sources import Source, open_source  # noqa: E402
-from modelport.batch.store import Run, Store, Stored  # noqa: E402
+from modelport.batch.store import Store  # noqa: E402
+from modelport.batch.tables import Run, Stored  # noqa: E402
 
 __all__ = ["Run", "RunSummary", "Source", "Store", "Stored", "open_source", "score_table"]

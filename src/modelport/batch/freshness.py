@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelport.batch.store import Run, Store
+from modelport.batch.store import Store
+from modelport.batch.tables import Run
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _AGE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")

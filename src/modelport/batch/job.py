@@ -24,7 +24,8 @@ import numpy as np
 from modelport.batch.codec import Layout
 from modelport.batch.features import Plan, input_hashes, parse_mapping, plan_columns, prepare
 from modelport.batch.sources import Chunk, Source
-from modelport.batch.store import Reject, Row, Store
+from modelport.batch.store import Store
+from modelport.batch.tables import Reject, Row
 from modelport.config import BatchConfig
 from modelport.errors import BatchError, InvalidInputError, ModelportError, PredictionError
 from modelport.model import Model, measure_costs

@@ -33,7 +33,8 @@ from modelport.config import BatchConfig, LoadOptions, RuntimeConfig
 from modelport.errors import BatchError, ModelportError, require
 from modelport.repository import Repository
 
-# Keep every Ray socket on loopback and nothing phoning home (see shared/PLATFORM.md).
+# Keep every Ray socket on loopback (Ray otherwise swaps 127.0.0.1 for the machine's external
+# address) and nothing phoning home.
 _RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
@@ -42,9 +43,13 @@ class _ScoreBlocks:
 
     def __init__(
         self, repo: str, ref: str, store_url: str, run_id: str,
-        recipe: dict[str, Any], trust_pickle: bool, json_columns: list[str] | None,
+        recipe: dict[str, Any], trust_pickle: bool, trust_code: bool,
+        json_columns: list[str] | None,
     ) -> None:  # fmt: skip
-        options = LoadOptions(trust_pickle=trust_pickle, runtime=RuntimeConfig(intra_op_threads=1))
+        options = LoadOptions(
+            trust_pickle=trust_pickle, trust_code=trust_code,
+            runtime=RuntimeConfig(intra_op_threads=1),
+        )  # fmt: skip
         model = Repository.open(Path(repo)).load(ref, options=options)
         self.scorer = Scorer(model=model, **{**recipe, "threads": 1})  # an actor a core
         self.store = Store(store_url, self.scorer.config.retry)
@@ -68,10 +73,13 @@ class _ScoreBlocks:
 
 def score_on_ray(
     repo: Repository, ref: str, source: Source, store: Store, config: BatchConfig,
-    address: str | None = None, trust_pickle: bool = False,
+    address: str | None = None, trust_pickle: bool = False, trust_code: bool = False,
     progress: Callable[[RunSummary], None] | None = None,
 ) -> RunSummary:  # fmt: skip
-    """Score ``source`` into ``store`` on a Ray cluster (a local one unless ``address``)."""
+    """Score ``source`` into ``store`` on a Ray cluster (a local one unless ``address``).
+
+    ``trust_pickle`` and ``trust_code`` allow what they allow in LoadOptions, on every actor.
+    """
     require("ray", "ray")
     if config.key is None:
         raise BatchError(
@@ -81,7 +89,7 @@ def score_on_ray(
     import ray
     from ray.data import ActorPoolStrategy
 
-    options = LoadOptions(trust_pickle=trust_pickle)
+    options = LoadOptions(trust_pickle=trust_pickle, trust_code=trust_code)
     with repo.load(ref, options=options) as model:
         name, version = model_identity(model)
         store.reap(name)
@@ -105,7 +113,8 @@ def score_on_ray(
             fn_constructor_kwargs={
                 "repo": str(repo.root.resolve()), "ref": exact, "store_url": store.url,
                 "run_id": run_id, "recipe": recipe,
-                "trust_pickle": trust_pickle, "json_columns": json_columns,
+                "trust_pickle": trust_pickle, "trust_code": trust_code,
+                "json_columns": json_columns,
             },
             batch_size=scorer.chunk_rows,
             batch_format="pyarrow",
@@ -179,10 +188,21 @@ def _read(ray: Any, source: Source, config: BatchConfig) -> Any:
         import sqlalchemy as sa
 
         url = source.url
-        query = source.query or f"SELECT * FROM {sa.table(source.table or '')}"
 
         def connect() -> Any:
             return sa.create_engine(url).raw_connection()
 
-        return ray.data.read_sql(query, connect)
+        return ray.data.read_sql(sql_text(source), connect)
     raise BatchError(f"the Ray engine cannot read {source.description}")
+
+
+def sql_text(source: SqlSource) -> str:
+    """The SQL that reads ``source``: its own query, or its table compiled for its database,
+    the name quoted the way that database quotes identifiers (a name is never SQL)."""
+    if source.query is not None:
+        return source.query
+    import sqlalchemy as sa
+
+    dialect = sa.engine.make_url(source.url).get_dialect()()
+    statement = sa.select(sa.text("*")).select_from(sa.table(source.table or ""))
+    return str(statement.compile(dialect=dialect))

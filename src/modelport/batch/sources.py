@@ -58,7 +58,7 @@ def open_source(spec: str, table: str | None = None, query: str | None = None) -
             raise BatchError(
                 f"--input {spec!r} is a database: pass exactly one of --table or --query"
             )
-        from modelport.batch.store import redact, store_url
+        from modelport.batch.database import redact, store_url
 
         url = store_url(spec)
         return SqlSource(url, table, query, f"{redact(url)} ({table or 'query'})")
@@ -258,7 +258,7 @@ class SqlSource:
     def columns(self) -> list[str]:
         import sqlalchemy as sa
 
-        from modelport.batch.store import first_line
+        from modelport.batch.database import first_line
 
         engine = self._engine()
         try:
@@ -289,7 +289,7 @@ class SqlSource:
     def read(self, chunk_rows: int) -> Iterator[Chunk]:
         import sqlalchemy as sa
 
-        from modelport.batch.store import first_line
+        from modelport.batch.database import first_line
 
         engine = self._engine()
         first = 0

@@ -14,138 +14,54 @@ into arrays with the layout recorded in the run.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
-import re
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from modelport.batch.codec import Layout
+from modelport.batch.database import (
+    connected,
+    first_line,
+    redact,
+    sqlite_pragmas,
+    store_url,
+    transient,
+)
+from modelport.batch.tables import (
+    METADATA,
+    PREDICTIONS,
+    REJECTS,
+    RUNS,
+    Reject,
+    Row,
+    Run,
+    Stored,
+    run_of,
+    upsert_sql,
+)
 from modelport.config import RetryPolicy
 from modelport.errors import MissingDependencyError, StoreError
 
 log = logging.getLogger("modelport.batch")
 T = TypeVar("T")
 
-_meta = sa.MetaData()
-RUNS = sa.Table(
-    "modelport_runs",
-    _meta,
-    sa.Column("run_id", sa.String(32), primary_key=True),
-    sa.Column("model", sa.String(128), nullable=False, index=True),
-    sa.Column("version", sa.Integer, nullable=False),
-    sa.Column("source", sa.Text, nullable=False),
-    # running, succeeded, failed, interrupted; live: answers a server computed and stored
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("started_at", sa.Float, nullable=False),
-    sa.Column("finished_at", sa.Float),
-    sa.Column("heartbeat_at", sa.Float, nullable=False),
-    sa.Column("rows_scored", sa.BigInteger, nullable=False, default=0),
-    sa.Column("rows_skipped", sa.BigInteger, nullable=False, default=0),
-    sa.Column("rows_rejected", sa.BigInteger, nullable=False, default=0),
-    sa.Column("layout", sa.Text, nullable=False),
-    sa.Column("host", sa.String(255), nullable=False),
-    sa.Column("pid", sa.Integer, nullable=False),
-    sa.Column("error", sa.Text),
-)
-PREDICTIONS = sa.Table(
-    "modelport_predictions",
-    _meta,
-    sa.Column("model", sa.String(128), primary_key=True),
-    sa.Column("key", sa.String(512), primary_key=True),
-    sa.Column("version", sa.Integer, nullable=False),
-    sa.Column("outputs", sa.LargeBinary, nullable=False),
-    sa.Column("input_hash", sa.String(32), nullable=False),
-    sa.Column("scored_at", sa.Float, nullable=False),
-    sa.Column("run_id", sa.String(32), nullable=False),
-)
-REJECTS = sa.Table(
-    "modelport_rejects",
-    _meta,
-    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
-    sa.Column("run_id", sa.String(32), nullable=False, index=True),
-    sa.Column("model", sa.String(128), nullable=False),
-    sa.Column("row", sa.BigInteger),  # in the source, from 0; NULL when read in parallel
-    sa.Column("key", sa.String(512)),
-    sa.Column("reason", sa.Text, nullable=False),
-)
 _IN_CHUNK = 900  # bound parameters per IN (...): under SQLite's oldest limit of 999
 _INLINE_OUTPUTS = 5632  # bytes of outputs that fit in a PostgreSQL page beside the largest key
 
 
-@dataclass(frozen=True)
-class Run:
-    run_id: str
-    model: str
-    version: int
-    source: str
-    status: str
-    started_at: float
-    finished_at: float | None
-    rows_scored: int
-    rows_skipped: int
-    rows_rejected: int
-    layout: Layout
-    error: str | None
-
-
-@dataclass(frozen=True)
-class Stored:
-    """One stored prediction, decoded: ``outputs`` maps each output to its numpy row."""
-
-    key: str
-    version: int
-    outputs: dict[str, Any]
-    scored_at: float
-    run_id: str
-
-
-class Row(NamedTuple):
-    """One scored row, ready to store (a tuple: a million of them are made per million rows)."""
-
-    key: str
-    outputs: bytes
-    input_hash: str
-    row: int | None  # in the source, from 0; None when read in parallel
-
-
-@dataclass(frozen=True)
-class Reject:
-    row: int | None
-    key: str | None
-    reason: str
-
-
-def store_url(spec: str | os.PathLike[str]) -> str:
-    """A SQLAlchemy URL from a URL or a plain file path (a SQLite file).
-
-    ``postgresql://`` uses psycopg 3, the driver modelport installs, rather than psycopg2.
-    """
-    text = os.fspath(spec)
-    if "://" not in text:
-        return f"sqlite:///{Path(text).expanduser()}"
-    for plain in ("postgresql://", "postgres://"):
-        if text.startswith(plain):
-            return "postgresql+psycopg://" + text[len(plain) :]
-    return text
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for logs and the runs table."""
-    try:
-        return sa.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return url
+def _fits_in_page(layout: Layout) -> bool:
+    """Whether a row of ``layout`` surely fits in one 8 KB PostgreSQL page, whatever its key
+    (up to 512 characters, 2 KB in UTF-8) and model name. JSON rows have no bound."""
+    return layout.format == "raw" and sum(f.nbytes for f in layout.fields) <= _INLINE_OUTPUTS
 
 
 class Store:
@@ -186,7 +102,7 @@ class Store:
         # begins transactions only to write.
         self._reads: Engine = self.engine
         if self.engine.dialect.name == "sqlite":
-            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+            sa.event.listen(self.engine, "connect", sqlite_pragmas)
         else:
             self._reads = sa.create_engine(
                 self.url, pool_pre_ping=True, isolation_level="AUTOCOMMIT"
@@ -205,7 +121,7 @@ class Store:
             raise StoreError(
                 f"{redact(self.url)} holds no prediction store; 'modelport batch' creates one"
             )
-        _meta.create_all(self.engine)
+        METADATA.create_all(self.engine)
         if new and self.engine.dialect.name == "postgresql":
             # Outputs are packed numbers that do not compress: rows stay whole in the table's
             # pages, with no attempt at compression and no TOAST table to write (a third less
@@ -286,7 +202,7 @@ class Store:
         if model is not None:
             query = query.where(RUNS.c.model == model)
         with self._reads.connect() as conn:
-            return [_run(r) for r in conn.execute(query).mappings()]
+            return [run_of(r) for r in conn.execute(query).mappings()]
 
     def rejects(self, run_id: str) -> list[Reject]:
         query = sa.select(REJECTS.c.row, REJECTS.c.key, REJECTS.c.reason).where(
@@ -320,7 +236,7 @@ class Store:
                 found.update((key, (digest, run)) for key, digest, run in conn.execute(query))
             return found
 
-        return self._attempt(lambda: _connected(self._reads, read), "read scored keys")
+        return self._attempt(lambda: connected(self._reads, read), "read scored keys")
 
     def write_chunk(
         self, run_id: str, model: str, version: int, rows: Sequence[Row],
@@ -382,7 +298,7 @@ class Store:
         return [Reject(r.row, r.key, reason.format(r.key)) for r in rows if r.key in earlier]
 
     def _upsert(self, first_wins: bool) -> str:
-        return _upsert_sql(self.engine.dialect.name, self.engine.dialect.paramstyle, first_wins)
+        return upsert_sql(self.engine.dialect.name, self.engine.dialect.paramstyle, first_wins)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -408,7 +324,7 @@ class Store:
                 )  # fmt: skip
             return found
 
-        rows = self._attempt(lambda: _connected(self._reads, read), "look up predictions")
+        rows = self._attempt(lambda: connected(self._reads, read), "look up predictions")
         return {
             key: Stored(key, version, self.layout(run_id).decode(blob), scored_at, run_id)
             for key, version, blob, scored_at, run_id in rows
@@ -458,7 +374,7 @@ class Store:
             try:
                 return work()
             except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-                if not _transient(exc):
+                if not transient(exc):
                     raise StoreError(
                         f"could not {what} in {redact(self.url)}: {first_line(exc)}"
                     ) from exc
@@ -479,76 +395,6 @@ class Store:
         raise AssertionError("unreachable")
 
 
-_REFUSED = re.compile(
-    r"does not exist|authentication failed|no pg_hba\.conf entry|permission denied", re.I
-)
-
-
-def _transient(exc: sa.exc.DBAPIError) -> bool:
-    """Worth retrying: the connection broke or the server is busy, not a wrong database name,
-    password or query."""
-    cause = exc.orig
-    state = getattr(cause, "sqlstate", None)  # PostgreSQL's error class
-    if state:
-        # 08 connection, 40 rolled back (serialization, deadlock), 53 resources, 57 shutdown
-        return str(state)[:2] in {"08", "40", "53", "57"}
-    name = getattr(cause, "sqlite_errorname", None)
-    if name is not None:
-        return str(name) in {"SQLITE_BUSY", "SQLITE_LOCKED"}
-    # No code: a connection that could not be made or was cut, unless the server refused it
-    # for a reason that waiting does not change (psycopg has no code for those at connect).
-    return _REFUSED.search(str(cause)) is None
-
-
-@functools.cache
-def _upsert_sql(dialect: str, paramstyle: str, first_wins: bool) -> str:
-    if dialect not in ("postgresql", "sqlite"):
-        raise StoreError(f"{dialect} stores are not supported; use SQLite or PostgreSQL")
-    columns = [c.name for c in PREDICTIONS.columns]
-    mark = "?" if paramstyle == "qmark" else "%s"
-    changed = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in ("model", "key"))
-    return (
-        f"INSERT INTO {PREDICTIONS.name} ({', '.join(columns)}) "
-        f"VALUES ({', '.join([mark] * len(columns))}) "
-        f"ON CONFLICT (model, key) DO UPDATE SET {changed}"
-        # Within one run the first row of a key wins; write_chunk reports the others.
-        + (f" WHERE {PREDICTIONS.name}.run_id <> excluded.run_id" if first_wins else "")
-    )
-
-
-def _fits_in_page(layout: Layout) -> bool:
-    """Whether a row of ``layout`` surely fits in one 8 KB PostgreSQL page, whatever its key
-    (up to 512 characters, 2 KB in UTF-8) and model name. JSON rows have no bound."""
-    return layout.format == "raw" and sum(f.nbytes for f in layout.fields) <= _INLINE_OUTPUTS
-
-
-def _connected(engine: Engine, read: Callable[[Connection], T]) -> T:
-    with engine.connect() as conn:
-        return read(conn)
-
-
-def _sqlite_pragmas(connection: Any, _record: Any) -> None:
-    # WAL lets lookups read while a run writes; NORMAL sync is still durable at each commit
-    # point in WAL mode (a power cut can lose the last commits, never corrupt the file).
-    cursor = connection.cursor()
-    # Each row holds a few KB of outputs: on 64 KiB pages most rows fit in their leaf page
-    # instead of a chain of overflow pages (about 8% faster runs, a smaller file). It only
-    # takes effect while the file is still empty; an existing store keeps its page size.
-    cursor.execute("PRAGMA page_size=65536")
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()
-
-
-def _run(row: Any) -> Run:
-    return Run(
-        row["run_id"], row["model"], row["version"], row["source"], row["status"],
-        row["started_at"], row["finished_at"], row["rows_scored"], row["rows_skipped"],
-        row["rows_rejected"], Layout.from_json(row["layout"]), row["error"],
-    )  # fmt: skip
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -557,8 +403,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

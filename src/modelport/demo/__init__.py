@@ -8,6 +8,7 @@
 
 Sample inputs for each model are written to ``<repo>/_samples/<model>.json`` (for
 ``modelport predict``) and ``<model>.v2.json`` (an Open Inference Protocol request).
+What ``modelport demo`` then does with the repository is in ``tour.py``.
 """
 
 from __future__ import annotations
@@ -153,6 +154,7 @@ def build_code_model(repo: Repository) -> None:
             repo,
             "digits-code",
             folder,
+            trust_code=True,  # our own code, from modelport/demo/digits_code
             sample_input={"image": images},
             description="8x8 grayscale digits (0-255) -> digit, confidence, name",
         )

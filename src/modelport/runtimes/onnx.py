@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import os
-from pathlib import Path
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -72,6 +73,7 @@ class OnnxRuntime:
         options.intra_op_num_threads = config.intra_op_threads
         options.inter_op_num_threads = config.inter_op_threads
         providers = pick_providers(config)
+        check_external_data(path)
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:
@@ -108,20 +110,91 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def read_opsets(path: Path) -> tuple[dict[str, int], int]:
-    """The opset of each operator domain an ONNX file imports, and its IR version."""
+def _read(path: Path) -> Any:
+    """The ModelProto in ``path``, without its external data."""
     import onnx
 
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        return onnx.load(str(path), load_external_data=False)
     except Exception as exc:
         raise ModelLoadError(
             f"{path} is not a valid ONNX file ({_first_line(exc)}); it may be corrupt or "
             "truncated: export or copy it again"
         ) from exc
+
+
+def read_opsets(path: Path) -> tuple[dict[str, int], int]:
+    """The opset of each operator domain an ONNX file imports, and its IR version."""
+    model = _read(path)
     return {o.domain or "ai.onnx": int(o.version) for o in model.opset_import}, int(
         model.ir_version
     )
+
+
+def check_external_data(path: Path) -> None:
+    """Raise ModelLoadError if a tensor of the model at ``path`` keeps its data in a file
+    outside the model's folder.
+
+    Each tensor names its external file in ``location``, relative to the model's folder, and
+    onnxruntime releases before 1.24 (1.27 for sparse tensors) open whatever it names: with an
+    absolute path or ``../..`` any file the process can read becomes a weight, whose bytes a
+    crafted graph hands back as its outputs.
+    """
+    folder = path.resolve().parent
+    for name, location in _external_locations(_read(path)):
+        if not _inside(folder, location):
+            raise ModelLoadError(
+                f"{path}: tensor {name!r} keeps its data in the file {location!r}, outside the "
+                "model's folder, and loading it would read that file. External data must be a "
+                "relative path to a file beside the model: put the tensors inside the .onnx "
+                "file (onnx.save_model(model, path)) and import it again"
+            )
+
+
+def _inside(folder: Path, location: str) -> bool:
+    posix = PurePosixPath(location.replace("\\", "/"))
+    if (
+        not location
+        or posix.is_absolute()
+        or PureWindowsPath(location).anchor  # C:\..., \\server\share
+        or ".." in posix.parts
+        or "_ORT_MEM_ADDR_" in location  # onnxruntime's tag: "read from this memory address"
+    ):
+        return False
+    return folder in (folder / location).resolve().parents  # symbolic links resolved
+
+
+def _external_locations(model: Any) -> Iterator[tuple[str, str]]:
+    """(tensor name, location) of every tensor with external data: initializers, sparse
+    initializers and node attributes, in the graph, its subgraphs (If, Loop, Scan) and the
+    model's functions and training graphs."""
+    from onnx import TensorProto
+
+    graphs = [model.graph]
+    graphs += [g for info in model.training_info for g in (info.initialization, info.algorithm)]
+    nodes = [node for function in model.functions for node in function.node]
+    tensors: list[Any] = []
+    while graphs or nodes:
+        if graphs:
+            graph = graphs.pop()
+            tensors += [*graph.initializer, *_parts(graph.sparse_initializer)]
+            nodes += graph.node
+            continue
+        for attribute in nodes.pop().attribute:
+            tensors += [attribute.t] if attribute.HasField("t") else []
+            tensors += attribute.tensors
+            sparse = [attribute.sparse_tensor] if attribute.HasField("sparse_tensor") else []
+            tensors += _parts([*sparse, *attribute.sparse_tensors])
+            graphs += [attribute.g] if attribute.HasField("g") else []
+            graphs += attribute.graphs
+    for tensor in tensors:
+        entries = {entry.key: entry.value for entry in tensor.external_data}
+        if entries or tensor.data_location == TensorProto.EXTERNAL:
+            yield tensor.name, entries.get("location", "")
+
+
+def _parts(sparse_tensors: Any) -> list[Any]:
+    return [part for sparse in sparse_tensors for part in (sparse.values, sparse.indices)]
 
 
 @functools.cache

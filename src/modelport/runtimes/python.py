@@ -30,12 +30,22 @@ from typing import Any
 
 import numpy as np
 
-from modelport.errors import ModelLoadError, PredictionError
+from modelport.errors import ModelLoadError, PredictionError, UntrustedArtifactError
 from modelport.signature import Signature
 
 ENTRY_FILE = "model.py"
 
 _package_ids = itertools.count()
+
+
+def refuse_code(folder: Path, trust_code: bool) -> None:
+    """Raise UntrustedArtifactError unless ``trust_code``: loading a code model runs its code."""
+    if not trust_code:
+        raise UntrustedArtifactError(
+            f"{folder} is a code model: its {ENTRY_FILE} is Python that runs, with all your "
+            "permissions, when the model is imported or loaded. Load it only if you wrote it or "
+            "trust its source: pass trust_code=True (CLI: --trust-code)"
+        )
 
 
 class _SourceOnlyLoader(importlib.machinery.SourceFileLoader):

@@ -14,11 +14,11 @@ import logging
 import secrets
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
-from modelport.caching import LRU, Cache, cache_key, open_cache
+from modelport.caching import Cache, cache_key, open_cache
 from modelport.config import ServerConfig
 from modelport.errors import (
     DeadlineExceededError,
@@ -27,25 +27,15 @@ from modelport.errors import (
     OverloadedError,
 )
 from modelport.server import metrics
-from modelport.server.protocol import check_finite
 from modelport.server.registry import Registry, Served
+from modelport.server.requests import RequestRecord
 from modelport.server.runner import Gone
+from modelport.server.tensors import check_finite
 from modelport.signature import validate_inputs
 
 log = logging.getLogger("modelport.server")
 
 Outputs = dict[str, np.ndarray]
-
-
-class AnswerKey(NamedTuple):
-    """What an answer kept for identical requests is found by. The body itself rather than a
-    digest of it: exact, and cheaper to hash and compare."""
-
-    model: str
-    version: int
-    route: str
-    shape: str | None  # a header that shapes the answer (Inference-Header-Content-Length)
-    body: bytes
 
 
 class Engine:
@@ -58,13 +48,6 @@ class Engine:
         self.drain_started: float | None = None
         self.in_flight = 0
         self.cache: Cache | None = open_cache(config.cache, config.cache_ttl_s)
-        # With the in-process cache, whole answers to requests seen before, by their exact
-        # bytes: a hit skips parsing, the checks and encoding, which for a small model are
-        # most of a request (the prediction cache's key needs the parsed inputs). Not with
-        # Redis, whose users expect one shared cache that an outage or a flush empties.
-        self._answers: LRU[Any] | None = None
-        if config.cache == "memory":
-            self._answers = LRU(max_entries=10_000, max_bytes=64 * 2**20, ttl_s=config.cache_ttl_s)
         self._computing: dict[bytes, asyncio.Future[Outputs]] = {}
         # Request ids: random per process, then counted (a uuid4 costs a system call).
         self._id_prefix = secrets.token_hex(8)
@@ -96,38 +79,14 @@ class Engine:
             raise NotReadyError("the models are still loading", retry_after_s=1.0)
         return self.registry
 
-    def admit(self, name: str, version: int | None, info: dict[str, Any]) -> Served:
+    def admit(self, name: str, version: int | None, record: RequestRecord) -> Served:
         """The model version a request is for, refusing it at once when there is no room."""
         if self.draining:
             raise NotReadyError("the server is shutting down", retry_after_s=1.0)
         served = self.models().get(name, version)
-        info["model"], info["version"] = name, served.label
+        record.model, record.version = name, served.label
         served.runner.check_capacity()
         return served
-
-    def answer_key(
-        self, served: Served, use_cache: bool, route: str, body: bytes, shape: str | None = None
-    ) -> AnswerKey | None:
-        """The key of the answer to ``body`` at ``route`` (with ``shape``, a header that shapes
-        the answer), or None when answers are not kept for it."""
-        if self._answers is None or not use_cache or not served.cacheable:
-            return None
-        return AnswerKey(served.name, served.version, route, shape, body)
-
-    def answered(self, served: Served, key: AnswerKey | None, info: dict[str, Any]) -> Any:
-        """The answer kept for ``key`` (from ``answer_key``), counted as a cache hit."""
-        if key is None or self._answers is None:
-            return None
-        answer = self._answers.get(key)
-        if answer is not None:
-            served.measured.cache_hit.inc()
-            info["cache"] = "hit"
-        return answer
-
-    def remember(self, key: AnswerKey | None, answer: Any, size: int) -> None:
-        """Keep ``answer`` (about ``size`` bytes) for the next identical request."""
-        if key is not None and self._answers is not None:
-            self._answers.put(key, answer, size + len(key.body))
 
     @staticmethod
     def check_request(
@@ -151,7 +110,7 @@ class Engine:
                 )
 
     async def predict(
-        self, served: Served, inputs: Any, info: dict[str, Any], gone: Gone | None = None,
+        self, served: Served, inputs: Any, record: RequestRecord, gone: Gone | None = None,
         use_cache: bool = True, timeout_s: float | None = None, arrived: float | None = None,
     ) -> Outputs:  # fmt: skip
         """Validate ``inputs``, then answer from the cache or the model's runner.
@@ -169,14 +128,17 @@ class Engine:
         if self.cache is None or not use_cache or not served.cacheable:
             return await self._infer_now(served, batch, deadline, gone, arrived)
         measured = served.measured
-        key = cache_key(served.name, served.version, batch)
+        key = cache_key(
+            served.name, served.version, batch, digest=served.digest,
+            namespace=self.config.cache_namespace,
+        )  # fmt: skip
         cached = await self.cache.get(key)
         if cached is not None:
             measured.cache_hit.inc()
-            info["cache"] = "hit"
+            record.cache = "hit"
             return cached
         measured.cache_miss.inc()
-        info["cache"] = "miss"
+        record.cache = "miss"
         running = self._computing.get(key)
         if running is not None:  # the same inputs are being computed now: share the answer
             try:
@@ -232,5 +194,6 @@ class Engine:
         if self.cache is not None:
             await self.cache.close()
         if self.registry is not None:
+            await self.registry.stop_batching()
             await asyncio.to_thread(self.registry.close)
             log.info("models unloaded")

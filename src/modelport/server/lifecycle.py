@@ -7,18 +7,22 @@ With several workers uvicorn's supervisor shares one socket and replaces a worke
 With ``grpc_port`` each worker also runs a gRPC server on its own event loop, started once its
 models are loaded (several workers: SO_REUSEPORT on Linux, the kernel spreads connections).
 From the signal gRPC refuses new calls too, and its calls in flight share the grace period.
+With ``tls_cert`` and ``tls_key`` both REST and gRPC speak TLS only.
+
+Secrets (the token, the cache's and the store's URLs) never travel in an environment variable,
+which every process the models start would inherit: see ``_CONFIG_ENV``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import json
 import logging
 import logging.config
 import os
 import shutil
 import signal
+import ssl
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -33,30 +37,30 @@ from modelport.config import (
     RuntimeConfig,
     ServerConfig,
     ServerLimits,
+    is_loopback,
 )
 from modelport.errors import ModelportError, installed
 
 log = logging.getLogger("modelport.server")
 
-# How a worker process learns its configuration: the parent writes it, each spawned worker
-# reads it once in worker_app(). Nothing else reads it.
+# How a worker process learns its configuration: the parent writes it to a file only this user
+# may read (0600, in a 0700 folder removed at exit) and names the file in this variable; each
+# worker reads it once in worker_app() and drops the variable, so nothing a model starts
+# inherits even the name. Nothing else reads it.
 _CONFIG_ENV = "MODELPORT_SERVE_CONFIG"
+_OUR_HTTP = "modelport.server.protocols.http1:H1Protocol"
 _services: list[Any] = []  # this process's service, asked at exit whether its models loaded
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_security(config: ServerConfig) -> None:
     """Refuse to listen beyond loopback without a token, unless --no-auth says so (which is
     logged at every start, on loopback too)."""
     if config.token:
+        if not is_loopback(config.host) and config.tls_cert is None:
+            log.warning(
+                "the token travels in clear text to %s: pass --tls-cert and --tls-key, or put "
+                "a TLS-terminating proxy in front", config.host,
+            )  # fmt: skip
         return
     if config.no_auth:
         log.warning(
@@ -93,6 +97,21 @@ def check_grpc_port(config: ServerConfig) -> None:
                 f"cannot listen for gRPC on {config.host}:{config.grpc_port}: {exc.strerror}; "
                 "pick another --grpc-port"
             ) from None
+
+
+def check_tls(config: ServerConfig) -> None:
+    """Fail at once, with a clear message, when the certificate or its key cannot be used
+    (rather than in every worker, each replaced as it dies)."""
+    if config.tls_cert is None or config.tls_key is None:
+        return
+    try:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ModelportError(
+            f"cannot serve TLS with --tls-cert {config.tls_cert} and --tls-key "
+            f"{config.tls_key}: {exc}; pass a PEM certificate (chain) and its unencrypted key"
+        ) from None
 
 
 def log_config(access_log: bool) -> dict[str, Any]:
@@ -159,9 +178,9 @@ def config_from_json(text: str) -> tuple[Path, ServerConfig]:
 
 def worker_app() -> Any:
     """The ASGI app of one worker process (uvicorn factory)."""
-    from modelport.server.app import create_app
+    from modelport.server.service import create_app
 
-    source, config = config_from_json(os.environ[_CONFIG_ENV])
+    source, config = config_from_json(Path(os.environ.pop(_CONFIG_ENV)).read_text())
     service = create_app(source, config)
     _services.append(service)
     # uvicorn has installed its signal handlers by now (it loads the app inside them): run
@@ -185,6 +204,7 @@ def serve(source: Path, config: ServerConfig, access_log: bool = True) -> None:
     """Serve ``source`` (a repository or one model) until SIGTERM/SIGINT; blocks."""
     logging.config.dictConfig(log_config(access_log))
     check_security(config)
+    check_tls(config)
     if config.grpc_port is not None:
         check_grpc_port(config)
     # Metrics from several worker processes are summed from files in this folder; one process
@@ -193,10 +213,16 @@ def serve(source: Path, config: ServerConfig, access_log: bool = True) -> None:
     if config.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         metrics_dir = tempfile.mkdtemp(prefix="modelport-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    os.environ[_CONFIG_ENV] = config_to_json(source, config)
+    private = tempfile.mkdtemp(prefix="modelport-serve-")  # mode 0700
+    path = Path(private) / "config.json"
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
+        file.write(config_to_json(source, config))
+    os.environ[_CONFIG_ENV] = str(path)
     try:
         _run(source, config, access_log)
     finally:
+        os.environ.pop(_CONFIG_ENV, None)
+        shutil.rmtree(private, ignore_errors=True)
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
@@ -210,10 +236,13 @@ def _run(source: Path, config: ServerConfig, access_log: bool) -> None:
         "log_config": log_config(access_log),
         "access_log": False,
         "timeout_graceful_shutdown": config.grace_s,
-        "http": "modelport.server.http1:H1Protocol" if config.http == "modelport" else "httptools",
+        "limit_concurrency": config.limits.max_connections,  # both protocols answer 503 beyond
+        "http": _OUR_HTTP if config.http == "modelport" else "httptools",
         "loop": "uvloop" if installed("uvloop") else "asyncio",
         "server_header": False,
         "proxy_headers": False,  # X-Forwarded-* are trusted only behind a known proxy
+        "ssl_certfile": config.tls_cert,
+        "ssl_keyfile": config.tls_key,
     }
     app = "modelport.server.lifecycle:worker_app"
     # uvicorn re-raises the stop signal once it has shut down gracefully; with these handlers

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from modelport.config import LookupConfig
+from modelport.config import LookupConfig, ServerLimits
 from modelport.errors import (
     InvalidInputError,
     ModelNotFoundError,
@@ -33,10 +33,13 @@ from modelport.errors import (
 from modelport.server import metrics
 from modelport.server.engine import Engine, Outputs
 from modelport.server.registry import Served
+from modelport.server.requests import RequestRecord
+from modelport.server.tensors import check_strings, json_inputs
 from modelport.signature import validate_inputs
 
 log = logging.getLogger("modelport.server")
 _MAX_KEYS = 1000
+_MAX_LIVE_KEYS = 100  # keys one request may have computed (and written back) live
 _MAX_KEY_CHARS = 512  # the store's key column
 _REFRESH_S = 5.0  # how often the runs table is re-read (ages for /metrics, model names)
 
@@ -52,8 +55,9 @@ class Lookups:
 
     def __init__(self, config: LookupConfig, engine: Engine) -> None:
         require("sqlalchemy", "batch")
+        from modelport.batch.database import redact
         from modelport.batch.freshness import MaxAge
-        from modelport.batch.store import Store, redact
+        from modelport.batch.store import Store
 
         self.store = Store(config.store, create=False)
         log.info("serving stored predictions from %s", redact(self.store.url))
@@ -68,10 +72,10 @@ class Lookups:
     def close(self) -> None:
         self.store.close()
 
-    async def get(self, name: str, key: str, info: dict[str, Any]) -> dict[str, Any]:
+    async def get(self, name: str, key: str, record: RequestRecord) -> dict[str, Any]:
         if len(key) > _MAX_KEY_CHARS:
             raise InvalidInputError(f"a key has at most {_MAX_KEY_CHARS} characters")
-        (answer,) = await self.lookup(name, [key], {}, info)
+        (answer,) = await self.lookup(name, [key], {}, record)
         if not answer["found"]:
             raise NotStoredError(
                 f"no stored prediction of model {name!r} for key {key!r}; POST its features "
@@ -80,7 +84,7 @@ class Lookups:
         return answer
 
     async def lookup(
-        self, name: str, keys: list[str], features: dict[str, Any], info: dict[str, Any]
+        self, name: str, keys: list[str], features: dict[str, Any], record: RequestRecord
     ) -> list[dict[str, Any]]:
         if self.engine.draining:
             raise NotReadyError("the server is shutting down", retry_after_s=1.0)
@@ -89,18 +93,28 @@ class Lookups:
             raise ModelNotFoundError(
                 f"no model {name!r} here: it is neither served nor in the prediction store"
             )
-        info["model"], info["version"] = name, "store"
+        record.model, record.version = name, "store"
+        if len(features) > _MAX_LIVE_KEYS:
+            raise InvalidInputError(
+                f"inputs carries features for {len(features)} keys; a request computes at most "
+                f"{_MAX_LIVE_KEYS} keys live: send the others in further requests"
+            )
         # Every key's features are checked before anything is computed or written back.
-        batches = {key: self._features(served, name, key, row) for key, row in features.items()}
+        limits = self.engine.config.limits
+        batches = {
+            key: self._features(served, name, key, row, limits) for key, row in features.items()
+        }
+        check_strings(((n, a) for b in batches.values() for n, a in b.items()), limits)
         found = await asyncio.to_thread(self.store.lookup, name, keys)
         now = time.time()
         max_age = self.max_age.of(name)
-        answers = []
+        answers: list[dict[str, Any]] = []
+        live: list[tuple[str, dict[str, Any], Outputs]] = []  # to write back
         for key in keys:
             stored = found.get(key)
             why = None if stored is None else _stale(stored, now, max_age, served)
             if (stored is None or why) and served is not None and key in batches:
-                answers.append(await self._live(served, key, batches[key], info))
+                answers.append(await self._live(served, key, batches[key], record, live))
                 continue
             result = "miss" if stored is None else "stale" if why else "hit"
             metrics.LOOKUPS.labels(name, result).inc()
@@ -113,6 +127,8 @@ class Lookups:
                 "model_version": str(stored.version), "scored_at": _iso(stored.scored_at),
                 "age_s": round(now - stored.scored_at, 3), "outputs": stored.outputs,
             })  # fmt: skip
+        if live and served is not None:  # one transaction for all of them
+            await asyncio.to_thread(self._store, served.name, served.version, live)
         return answers
 
     def _served(self, name: str) -> Served | None:
@@ -130,7 +146,9 @@ class Lookups:
         return self._models
 
     @staticmethod
-    def _features(served: Served | None, name: str, key: str, row: Any) -> dict[str, np.ndarray]:
+    def _features(
+        served: Served | None, name: str, key: str, row: Any, limits: ServerLimits
+    ) -> dict[str, np.ndarray]:
         if served is None:
             raise ModelNotFoundError(
                 f"model {name!r} is not served here, so key {key!r} cannot be computed live; "
@@ -140,20 +158,21 @@ class Lookups:
             raise InvalidInputError(
                 f"inputs[{key!r}] must be an object of input name -> one row of features"
             )
-        batch = {n: [v] for n, v in row.items()}  # one row -> a batch of one
         try:
+            batch = json_inputs({n: [v] for n, v in row.items()}, limits)  # a batch of one row
             return validate_inputs(served.model.signature, batch, served.model.limits)
         except InvalidInputError as exc:
             raise InvalidInputError(f"inputs[{key!r}]: {exc}", exc.input_name) from None
 
     async def _live(
-        self, served: Served, key: str, batch: dict[str, np.ndarray], info: dict[str, Any]
-    ) -> dict[str, Any]:
-        served = self.engine.admit(served.name, served.version, info)
-        outputs = await self.engine.predict(served, batch, info)
+        self, served: Served, key: str, batch: dict[str, np.ndarray], record: RequestRecord,
+        written: list[tuple[str, dict[str, Any], Outputs]],
+    ) -> dict[str, Any]:  # fmt: skip
+        served = self.engine.admit(served.name, served.version, record)
+        outputs = await self.engine.predict(served, batch, record)
         metrics.LOOKUPS.labels(served.name, "live").inc()
         if self.write_back:
-            await asyncio.to_thread(self._store, served.name, served.version, key, batch, outputs)
+            written.append((key, batch, outputs))
         return {
             "key": key, "found": True, "source": "live", "stale": False,
             "model_version": str(served.version), "scored_at": _iso(time.time()), "age_s": 0.0,
@@ -161,22 +180,26 @@ class Lookups:
         }  # fmt: skip
 
     def _store(
-        self, name: str, version: int, key: str, batch: dict[str, Any], outputs: Outputs
+        self, name: str, version: int, answers: list[tuple[str, dict[str, Any], Outputs]]
     ) -> None:
         from modelport.batch.codec import Layout
         from modelport.batch.features import input_hashes
-        from modelport.batch.store import Row
+        from modelport.batch.tables import Row
 
         run = self._live_runs.get((name, version))
         if run is None:
-            layout = Layout.of(outputs)
+            layout = Layout.of(answers[0][2])
             source = f"live answers of {socket.gethostname()} pid {os.getpid()}"
             run = _LiveRun(self.store.start_run(name, version, source, layout, "live"), layout)
             self._live_runs[(name, version)] = run
-        (blob,) = run.layout.encode(outputs)
-        (digest,) = input_hashes(batch)
-        row = Row(key, blob, digest, None)
-        self.store.write_chunk(run.run_id, name, version, [row], [], 0, first_wins=False)
+        rows = {}
+        for key, batch, outputs in answers:  # a key asked twice keeps its last answer
+            (blob,) = run.layout.encode(outputs)
+            (digest,) = input_hashes(batch)
+            rows[key] = Row(key, blob, digest, None)
+        self.store.write_chunk(
+            run.run_id, name, version, list(rows.values()), [], 0, first_wins=False
+        )
 
     def refresh_ages(self) -> None:
         """Set the age gauges from the runs table (at most every few seconds)."""
@@ -198,8 +221,14 @@ def parse_lookup(message: Any) -> tuple[list[str], dict[str, Any]]:
     keys = message["keys"]
     if not keys or len(keys) > _MAX_KEYS:
         raise InvalidInputError(f"keys must hold 1 to {_MAX_KEYS} keys, got {len(keys)}")
-    if not all(isinstance(k, str) and 0 < len(k) <= _MAX_KEY_CHARS for k in keys):
-        raise InvalidInputError(f"each key must be a string of 1 to {_MAX_KEY_CHARS} characters")
+    for key in keys:
+        if not isinstance(key, str):
+            raise InvalidInputError(f"each key must be a string, got {type(key).__name__}")
+        if not 0 < len(key) <= _MAX_KEY_CHARS:
+            raise InvalidInputError(
+                f"each key must have 1 to {_MAX_KEY_CHARS} characters: key {key[:16]!r}... has "
+                f"{len(key)} characters"
+            )
     features = message.get("inputs", {})
     if not isinstance(features, dict):
         raise InvalidInputError('"inputs" must be an object: key -> {input name: row}')

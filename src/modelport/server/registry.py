@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -16,10 +17,9 @@ from modelport.config import (
     ServerConfig,
 )
 from modelport.errors import ModelNotFoundError
-from modelport.manifest import MANIFEST
-from modelport.model import Model, load
-from modelport.repository import Repository, VersionPolicy, check_name, is_number
-from modelport.runtimes.python import ENTRY_FILE
+from modelport.manifest import MANIFEST, hash_artifacts, read_manifest, sha256
+from modelport.model import Model
+from modelport.repository import Repository, VersionPolicy, check_name, is_model_folder, load
 from modelport.server import metrics
 from modelport.server.runner import Runner, batchable
 
@@ -35,6 +35,7 @@ class Served:
     model: Model
     runner: Runner
     cacheable: bool = True  # a manifest's "serving": {"cache": false} opts a model out
+    digest: str = ""  # sha256 of its artifacts: cache keys tell other weights of it apart
     label: str = field(init=False)  # the version as text, as logs and metrics show it
     measured: metrics.ModelMetrics = field(init=False, repr=False)  # looked up once
 
@@ -80,19 +81,20 @@ class Registry:
         return versions
 
     def close(self) -> None:
+        """Unload every model (blocking: inference threads finish their calls)."""
         for versions in self._models.values():
             for served in versions.values():
                 served.runner.close()
 
+    async def stop_batching(self) -> None:
+        """Stop the batchers' tasks and timers, on the loop that runs them."""
+        for versions in self._models.values():
+            for served in versions.values():
+                await served.runner.stop_batching()
+
 
 def _single_model(path: Path) -> bool:
-    if path.is_file():
-        return True
-    return (
-        (path / MANIFEST).is_file()
-        or (path / ENTRY_FILE).is_file()
-        or any(is_number(p.name) for p in path.iterdir() if p.is_dir())
-    )
+    return path.is_file() or is_model_folder(path)
 
 
 def load_registry(source: Path, config: ServerConfig) -> Registry:
@@ -101,6 +103,7 @@ def load_registry(source: Path, config: ServerConfig) -> Registry:
         runtime=config.runtime,
         limits=InputLimits(max_elements=config.limits.max_elements),
         trust_pickle=config.trust_pickle,
+        trust_code=config.trust_code,
     )
     if not source.exists():
         raise ModelNotFoundError(f"{source} does not exist: pass a model repository or model")
@@ -108,17 +111,19 @@ def load_registry(source: Path, config: ServerConfig) -> Registry:
     if _single_model(source):
         model = load(source, options=options)
         name = check_name(model.name)
-        served.append(_serve(name, model.version or 1, model, config))
+        served.append(_serve(name, model.version or 1, model, config, _digest(source, model)))
     else:
         repo = Repository.open(source)
         for name, versions in repo.select(VersionPolicy.parse(config.version_policy)).items():
             for version in versions:
-                instances = int(repo.manifest(name, version).serving.get("instances", 1) or 1)
+                manifest = repo.manifest(name, version)
+                instances = int(manifest.serving.get("instances", 1) or 1)
                 runtime = threads_for(config, instances)
                 model = repo.load(
                     name, version=version, options=dataclasses.replace(options, runtime=runtime)
                 )
-                served.append(_serve(name, version, model, config))
+                digest = _artifacts_digest(manifest.artifacts)
+                served.append(_serve(name, version, model, config, digest))
     return Registry(served)
 
 
@@ -133,7 +138,24 @@ def threads_for(config: ServerConfig, instances: int) -> RuntimeConfig:
     return dataclasses.replace(config.runtime, intra_op_threads=share)
 
 
-def _serve(name: str, version: int, model: Model, config: ServerConfig) -> Served:
+def _artifacts_digest(artifacts: dict[str, str]) -> str:
+    """One sha256 for a version's files (relative path -> sha256, as a manifest lists them)."""
+    listed = "".join(f"{path}\0{digest}\n" for path, digest in sorted(artifacts.items()))
+    return hashlib.sha256(listed.encode()).hexdigest()
+
+
+def _digest(source: Path, model: Model) -> str:
+    """The artifacts' digest of a single model: a file, a version or model folder, or code."""
+    if source.is_file():
+        return sha256(source)
+    for folder in (source, source / str(model.version)):
+        if (folder / MANIFEST).is_file():  # verified against the files when loaded
+            return _artifacts_digest(read_manifest(folder).artifacts)
+    files = hash_artifacts(source)  # a code folder; Python's own bytecode cache aside
+    return _artifacts_digest({p: d for p, d in files.items() if "__pycache__" not in p})
+
+
+def _serve(name: str, version: int, model: Model, config: ServerConfig, digest: str = "") -> Served:
     serving = model.metadata.get("serving", {})
     instances = int(serving.get("instances", 1) or 1)
     batching = config.batching
@@ -144,4 +166,4 @@ def _serve(name: str, version: int, model: Model, config: ServerConfig) -> Serve
         batching = None
     on_batch = metrics.for_model(name, str(version)).batch_size.observe
     runner = Runner(model, config.limits.max_queue, instances, batching, on_batch)
-    return Served(name, version, model, runner, bool(serving.get("cache", True)))
+    return Served(name, version, model, runner, bool(serving.get("cache", True)), digest)

@@ -242,6 +242,11 @@ class Runner:
         self._calls += 1
         return outputs
 
+    async def stop_batching(self) -> None:
+        """Stop the batcher's workers and their timers (at shutdown, before ``close``)."""
+        if self._batcher is not None:
+            await self._batcher.close()
+
     def close(self) -> None:
         self._executor.shutdown(wait=True)
         self.model.close()

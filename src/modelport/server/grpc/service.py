@@ -10,19 +10,16 @@ expected as the metadata ``authorization: Bearer <token>``; health and liveness 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-import orjson
 from grpc_health.v1 import health_pb2
 
 from modelport import __version__
-from modelport.config import ServerConfig
+from modelport.config import ServerConfig, url_host
 from modelport.errors import (
     DeadlineExceededError,
     InvalidInputError,
@@ -34,13 +31,11 @@ from modelport.errors import (
 )
 from modelport.repository import check_name, check_version
 from modelport.runtimes import PLATFORMS
-from modelport.server import metrics
 from modelport.server.engine import Engine
-from modelport.server.grpc_protocol import encode_infer_response, parse_infer_request
-from modelport.server.http import url_host
-from modelport.server.proto import grpc_predict_v2_pb2 as pb
+from modelport.server.grpc.proto import grpc_predict_v2_pb2 as pb
+from modelport.server.grpc.protocol import encode_infer_response, parse_infer_request
+from modelport.server.requests import RequestRecord, bearer_ok, cache_wanted, client_request_id
 
-access_log = logging.getLogger("modelport.access")
 log = logging.getLogger("modelport.server")
 
 Code = grpc.StatusCode
@@ -83,7 +78,9 @@ class _Refused(Exception):
         self.code = code
 
 
-Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any], dict[str, Any]], Awaitable[Any]]
+Handler = Callable[
+    [Any, grpc.aio.ServicerContext[Any, Any], RequestRecord, dict[str, str]], Awaitable[Any]
+]
 Call = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 
 
@@ -104,7 +101,8 @@ class GRPCDoor:
     async def start(self, share_port: bool) -> None:
         """Listen; with ``share_port`` (several workers) the port is shared with SO_REUSEPORT.
 
-        Without it a port already in use is an error rather than silently shared.
+        Without it a port already in use is an error rather than silently shared. With
+        ``config.tls_cert`` and ``tls_key`` the port speaks TLS only.
         """
         limit = self.config.limits.max_body_bytes
         server = grpc.aio.server(
@@ -115,8 +113,14 @@ class GRPCDoor:
             ]
         )
         server.add_generic_rpc_handlers((self._inference_handler(), self._health_handler()))
+        cert, key = self.config.tls_cert, self.config.tls_key
         try:
-            server.add_insecure_port(self.address)
+            if cert is None or key is None:
+                server.add_insecure_port(self.address)
+            else:
+                with open(cert, "rb") as c, open(key, "rb") as k:
+                    pair = (k.read(), c.read())
+                server.add_secure_port(self.address, grpc.ssl_server_credentials([pair]))
         except RuntimeError as exc:
             raise OSError(
                 f"cannot listen for gRPC on {self.address}: {exc}; is the port in use?"
@@ -124,7 +128,7 @@ class GRPCDoor:
         await server.start()
         self._server = server
         self._loop = asyncio.get_running_loop()
-        log.info("gRPC listening on %s", self.address)
+        log.info("gRPC listening on %s%s", self.address, "" if cert is None else " (TLS)")
 
     def begin_stop(self, grace_s: float) -> None:
         """Refuse new calls from now on (safe in a signal handler); see ``stop``.
@@ -189,16 +193,29 @@ class GRPCDoor:
         )
 
     def _wrap(self, method: str, function: Handler, open_: bool) -> Call:
+        path = f"/{SERVICE}/{method}"
+
         async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             started = time.monotonic()
             metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
-            request_id = metadata.get("x-request-id") or self.engine.new_request_id()
-            info: dict[str, Any] = {"metadata": metadata, "arrived": started}  # both not logged
+            request_id = client_request_id(metadata.get("x-request-id"))
+            if request_id is None:
+                request_id = self.engine.new_request_id()
+            record = RequestRecord(request_id, started)
             code = Code.CANCELLED  # unless set below: the client left or its deadline passed
             try:
-                if not open_:
-                    self._authorize(metadata)
-                response = await function(request, context, info)
+                token = self.config.token
+                if (
+                    not open_
+                    and token is not None
+                    and not bearer_ok(metadata.get("authorization"), token)
+                ):
+                    raise _Refused(
+                        Code.UNAUTHENTICATED,
+                        "missing or wrong access token: send the metadata "
+                        "'authorization: Bearer <token>'",
+                    )
+                response = await function(request, context, record, metadata)
                 code = Code.OK
                 context.set_trailing_metadata((("x-request-id", request_id),))
                 return response
@@ -211,22 +228,10 @@ class GRPCDoor:
                 remaining = context.time_remaining()
                 if code is Code.CANCELLED and remaining is not None and remaining <= 0:
                     code = Code.DEADLINE_EXCEEDED
-                self._record(method, request_id, code, started, info)
+                fields = {"method": "gRPC", "path": path, "grpc_status": code.name}
+                record.finish(HTTP_STATUS.get(code, 500), fields)
 
         return call
-
-    def _authorize(self, metadata: dict[str, str]) -> None:
-        token = self.config.token
-        if token is None:
-            return
-        scheme, _, credentials = metadata.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            credentials.encode(), token.encode()
-        ):
-            raise _Refused(
-                Code.UNAUTHENTICATED,
-                "missing or wrong access token: send the metadata 'authorization: Bearer <token>'",
-            )
 
     @staticmethod
     def _status(exc: Exception, request_id: str) -> tuple[grpc.StatusCode, str]:
@@ -243,33 +248,6 @@ class GRPCDoor:
             if isinstance(exc, PredictionError)
             else f"internal server error; the server log has the details (request id {request_id})"
         )
-
-    def _record(
-        self, method: str, request_id: str, code: grpc.StatusCode, started: float,
-        info: dict[str, Any],
-    ) -> None:  # fmt: skip
-        elapsed = time.monotonic() - started
-        status = HTTP_STATUS.get(code, 500)
-        info.pop("metadata", None)
-        info.pop("arrived", None)
-        if "model" in info:
-            metrics.for_model(info["model"], info["version"]).finished(status, elapsed)
-        if access_log.isEnabledFor(logging.INFO):
-            access_log.info(
-                orjson.dumps(
-                    {
-                        "ts": time.time(),
-                        "request_id": request_id,
-                        "method": "gRPC",
-                        "path": f"/{SERVICE}/{method}",
-                        "status": status,
-                        "grpc_status": code.name,
-                        "duration_ms": round(elapsed * 1000, 3),
-                        "pid": os.getpid(),
-                        **info,
-                    }
-                ).decode()
-            )
 
     # -- the RPCs ------------------------------------------------------------------------------
 
@@ -324,26 +302,26 @@ class GRPCDoor:
 
     async def _model_infer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any],
-        info: dict[str, Any],
+        record: RequestRecord, metadata: dict[str, str],
     ) -> pb.ModelInferResponse:  # fmt: skip
         name, version = _model_ref(request.model_name, request.model_version)
-        served = self.engine.admit(name, version, info)
+        served = self.engine.admit(name, version, record)
         size = request.ByteSize()
         served.measured.body.observe(size)
         limits = self.config.limits
-        if size > _INLINE_PARSE_BYTES and not request.raw_input_contents:
+        if size > _INLINE_PARSE_BYTES:  # raw too: BYTES elements decode one by one
             parsed = await asyncio.to_thread(parse_infer_request, request, limits)
-        else:  # raw contents are a copy per input, cheap enough for the loop
+        else:
             parsed = parse_infer_request(request, limits)
         requested = [o.name for o in parsed.outputs] if parsed.outputs else None
         self.engine.check_request(served, parsed.datatypes, requested)
         outputs = await self.engine.predict(
-            served, parsed.inputs, info, None, _cache_wanted(info["metadata"]),
-            context.time_remaining(), info["arrived"],
+            served, parsed.inputs, record, None, cache_wanted(metadata.get("cache-control")),
+            context.time_remaining(), record.started,
         )  # fmt: skip
-        if not parsed.binary_output and sum(a.size for a in outputs.values()) > (
-            _INLINE_ENCODE_ELEMENTS
-        ):
+        # Typed contents cost per element, and so does BYTES packed raw: those off the loop.
+        costly = [a for a in outputs.values() if not parsed.binary_output or a.dtype.kind in "OUS"]
+        if sum(a.size for a in costly) > _INLINE_ENCODE_ELEMENTS:
             return await asyncio.to_thread(
                 encode_infer_response, name, served.version, parsed, outputs
             )
@@ -352,11 +330,3 @@ class GRPCDoor:
 
 def _model_ref(name: str, version: str) -> tuple[str, int | None]:
     return check_name(name), check_version(version) if version else None
-
-
-def _cache_wanted(metadata: dict[str, str]) -> bool:
-    """Metadata ``cache-control: no-cache`` (or ``no-store``) asks for a fresh computation."""
-    control = metadata.get("cache-control")
-    return control is None or not (
-        {"no-cache", "no-store"} & set(control.replace(",", " ").split())
-    )

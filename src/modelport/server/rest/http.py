@@ -1,7 +1,7 @@
 """The little HTTP plumbing the service needs on raw ASGI: requests, responses, errors.
 
 Raw ASGI rather than a framework: the hot path is one dict lookup and a few awaits, which is
-where Python model servers otherwise lose most of their time (see shared/PERFORMANCE.md).
+where Python model servers otherwise lose most of their time (benchmarks/serving.py measures it).
 """
 
 from __future__ import annotations
@@ -13,31 +13,18 @@ from typing import Any
 
 import orjson
 
-from modelport.errors import (
-    DeadlineExceededError,
-    InvalidInputError,
-    InvalidNameError,
-    ModelNotFoundError,
-    NotStoredError,
-    OverloadedError,
-    PredictionError,
-)
+from modelport.errors import OverloadedError, PredictionError
+from modelport.server.requests import status_of
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-# Domain errors -> HTTP status: the only place that knows both.
-STATUS: tuple[tuple[type[Exception], int], ...] = (
-    (InvalidInputError, 400),
-    (InvalidNameError, 400),
-    (ModelNotFoundError, 404),
-    (NotStoredError, 404),
-    (OverloadedError, 503),
-    (DeadlineExceededError, 504),
-    (PredictionError, 500),
-)
+# An ASGI scope extension for a server that can time the wait for a request's body itself
+# (our HTTP/1.1 protocol): the app sets ``["at"]``, a time.monotonic() deadline, before it reads
+# the body, and receive() raises TimeoutError past it. Without it the app times the read.
+BODY_DEADLINE = "modelport.body_deadline"
 
 
 class HTTPError(Exception):
@@ -56,7 +43,7 @@ class Response:
     content_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
     # The headers as sent, made on first use: a response kept for identical requests (see
-    # Engine.answered) is sent many times.
+    # answers.py) is sent many times.
     encoded: list[tuple[bytes, bytes]] | None = field(default=None, repr=False, compare=False)
 
 
@@ -70,18 +57,18 @@ def error_response(exc: Exception, request_id: str) -> Response:
     """The status and ``{"error": ...}`` body for ``exc``; 500s never show internals."""
     if isinstance(exc, HTTPError):
         return json_response({"error": str(exc)}, exc.status, exc.headers)
-    for kind, status in STATUS:
-        if isinstance(exc, kind):
-            message = str(exc)
-            if status == 500:  # the model's own words may hold paths, secrets, object names
-                message = (
-                    f"the model failed on this request; the server log has the details "
-                    f"(request id {request_id})"
-                )
-            headers = {}
-            if isinstance(exc, OverloadedError):
-                headers["retry-after"] = str(max(1, round(exc.retry_after_s)))
-            return json_response({"error": message}, status, headers)
+    status = status_of(exc)
+    if status != 500:
+        headers = {}
+        if isinstance(exc, OverloadedError):
+            headers["retry-after"] = str(max(1, round(exc.retry_after_s)))
+        return json_response({"error": str(exc)}, status, headers)
+    if isinstance(exc, PredictionError):  # the model's own words may hold paths, secrets, names
+        message = (
+            "the model failed on this request; the server log has the details "
+            f"(request id {request_id})"
+        )
+        return json_response({"error": message}, 500)
     message = f"internal server error; the server log has the details (request id {request_id})"
     return json_response({"error": message}, 500)
 
@@ -146,11 +133,6 @@ async def send_response(send: Send, response: Response, extra: list[tuple[bytes,
     start = {"type": "http.response.start", "status": response.status, "headers": encoded + extra}
     await send(start)
     await send({"type": "http.response.body", "body": response.body})
-
-
-def url_host(host: str) -> str:
-    """``host`` as it goes in a URL or a host:port address: an IPv6 literal in brackets."""
-    return f"[{host}]" if ":" in host else host
 
 
 _HEADERS = "modelport.headers"  # scope key: the request's headers by name, made on first use

@@ -1,6 +1,6 @@
 """Open Inference Protocol gRPC messages: ModelInferRequest in, ModelInferResponse out.
 
-Pure functions over protobuf messages and numpy arrays, like modelport.server.protocol for
+Pure functions over protobuf messages and numpy arrays, like modelport.server.rest.protocol for
 REST; nothing here knows about the gRPC server. Every malformed request raises
 InvalidInputError naming the input, the field and what was expected.
 """
@@ -14,15 +14,17 @@ import numpy as np
 
 from modelport.config import ServerLimits
 from modelport.errors import InvalidInputError
-from modelport.server.proto import grpc_predict_v2_pb2 as pb
-from modelport.server.protocol import (
+from modelport.server.grpc.proto import grpc_predict_v2_pb2 as pb
+from modelport.server.tensors import (
     DTYPES,
     InferRequest,
     RequestedOutput,
     check_shape,
+    check_strings,
     datatype_of,
     from_bytes,
     pack_bytes,
+    strings_error,
 )
 
 # The typed field of InferTensorContents that carries each datatype; FP16 has none.
@@ -96,11 +98,12 @@ def parse_infer_request(message: pb.ModelInferRequest, limits: ServerLimits) -> 
             )
         shape = check_shape(name, list(tensor.shape), limits)
         if raw:
-            array = from_bytes(name, datatype, shape, raw[i], f"raw_input_contents[{i}]")
+            array = from_bytes(name, datatype, shape, raw[i], limits, f"raw_input_contents[{i}]")
         else:
-            array = _from_contents(name, datatype, shape, tensor.contents)
+            array = _from_contents(name, datatype, shape, tensor.contents, limits)
         inputs[name] = array
         datatypes[name] = datatype
+    check_strings(inputs.items(), limits)
     outputs = [RequestedOutput(o.name) for o in message.outputs] or None
     return InferRequest(
         inputs=inputs,
@@ -112,8 +115,9 @@ def parse_infer_request(message: pb.ModelInferRequest, limits: ServerLimits) -> 
 
 
 def _from_contents(
-    name: str, datatype: str, shape: tuple[int, ...], contents: pb.InferTensorContents
-) -> np.ndarray:
+    name: str, datatype: str, shape: tuple[int, ...], contents: pb.InferTensorContents,
+    limits: ServerLimits,
+) -> np.ndarray:  # fmt: skip
     field = CONTENTS.get(datatype)
     if field is None:
         raise _fail(
@@ -136,6 +140,8 @@ def _from_contents(
             name,
         )
     if datatype == "BYTES":
+        if sum(map(len, values)) > limits.max_string_bytes:  # before decoding any
+            raise strings_error(name, limits)
         items: list[str | bytes] = []
         for item in values:
             try:  # text for string models; anything else (an image, say) stays bytes

@@ -17,6 +17,7 @@ import shlex
 from typing import Any
 from urllib.parse import quote
 
+from modelport.server.rest.routes import ENDPOINTS, Endpoint
 from modelport.signature import DATATYPES
 
 _ERRORS = {
@@ -103,25 +104,11 @@ _SCHEMAS: dict[str, Any] = {
         description="inputs: key -> {input name: one row}; used for stale or missing keys.",
     ),
     "LookupResponse": _schema("model_name! predictions!:[]StoredPrediction"),
+    "GraphQLRequest": _schema("query! variables:any operationName"),
+    "GraphQLResponse": _schema(
+        "data:any errors:[]any", description="GraphQL's own shape; errors carry extensions.code"
+    ),
 }
-# method, path, request, response (schema or media type), errors, tag, summary. A "*" marks a
-# model path that also exists for one version: "*" -> "" and "*" -> "/versions/{model_version}".
-_ENDPOINTS = """
-get /v2/health/live - ServerLive - health Is the server process alive
-get /v2/health/ready - ServerReady 503 health Are the models loaded and work accepted
-get /v2 - ServerMetadata 401 server Server name, version and protocol extensions
-get /v2/models/{model_name}* - ModelMetadata 401,404 models Model metadata and signature
-get /v2/models/{model_name}*/ready - ModelReady 401,404,503 models Is the model ready
-post /v2/models/{model_name}*/infer InferRequest InferResponse all inference Run inference
-post /v1/models/{model_name}:predict PredictRequest PredictResponse all inference Predict instances
-get /metrics - text/plain 401 ops Prometheus metrics (text exposition format)
-get /openapi.json - application/json 401 ops This OpenAPI document
-get /docs - text/html 401 ops Human-readable API documentation
-"""
-_LOOKUP_ENDPOINTS = """
-get /v2/models/{model_name}/predictions/{key} - StoredPrediction 401,404 predictions A prediction
-post /v2/models/{model_name}/predictions LookupRequest LookupResponse all predictions Many keys
-"""
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 
 
@@ -160,8 +147,9 @@ def _json(schema: str, examples: dict[str, Any]) -> dict[str, Any]:
     return {"schema": _type(schema), **_examples(examples)}
 
 
-def _operation(line: str, path: str, metadata: dict[str, Any]) -> dict[str, Any]:
-    method, _, request, response, errors, tag, summary = line.split(maxsplit=6)
+def _operation(endpoint: Endpoint, path: str, metadata: dict[str, Any]) -> dict[str, Any]:
+    method, request, response = endpoint.method, endpoint.request, endpoint.response
+    errors, tag, summary = endpoint.errors, endpoint.tag, endpoint.summary
     params: list[dict[str, Any]] = []
     if "{model_name}" in path:
         names = {name: name for name in metadata}
@@ -197,6 +185,11 @@ def _operation(line: str, path: str, metadata: dict[str, Any]) -> dict[str, Any]
             n: {"keys": ["customer-1", "customer-2"], "inputs": {"customer-2": _row(m)}}
             for n, m in metadata.items()
         })}}  # fmt: skip
+    elif request == "GraphQLRequest":
+        query = "{ models { name versions { version inputs { name datatype shape } } } }"
+        op["requestBody"] = {"required": True, "content": {"application/json": _json(
+            request, {"models": {"query": query}}
+        )}}  # fmt: skip
     elif request != "-":
         make = _infer_example if request == "InferRequest" else _predict_example
         body = {"application/json": _json(request, {n: make(m) for n, m in metadata.items()})}
@@ -211,7 +204,7 @@ def _operation(line: str, path: str, metadata: dict[str, Any]) -> dict[str, Any]
         }
         if code == "503":
             op["responses"][code]["headers"] = {"Retry-After": {"schema": _type("int")}}
-    if path.startswith("/v2/health/"):
+    if endpoint.open:
         op["security"] = []
     return op
 
@@ -221,8 +214,9 @@ def _row(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def openapi_spec(
-    server_version: str, models: dict[str, dict[str, Any]], lookups: bool = False
-) -> dict[str, Any]:
+    server_version: str, models: dict[str, dict[str, Any]], lookups: bool = False,
+    graphql: bool = False,
+) -> dict[str, Any]:  # fmt: skip
     """The OpenAPI 3.1 document of the modelport server, with examples for every model.
 
     openapi_spec("0.1.0", {"digits": {"versions": [1], "platform": "onnx_onnxv1",
@@ -239,14 +233,14 @@ def openapi_spec(
         for name, m in copy.deepcopy(models).items()
     }
     paths: dict[str, dict[str, Any]] = {}
-    lines = _ENDPOINTS.strip().splitlines()
-    if lookups:  # serve --store
-        lines += _LOOKUP_ENDPOINTS.strip().splitlines()
-    for line in lines:
-        template = line.split()[1]
+    served = {"": True, "lookups": lookups, "graphql": graphql}  # serve --store; graphql-core
+    for endpoint in ENDPOINTS:
+        if not served[endpoint.needs]:
+            continue
+        template = endpoint.path
         for version in ("", "/versions/{model_version}") if "*" in template else ("",):
             path = template.replace("*", version)
-            paths.setdefault(path, {})[line.split()[0]] = _operation(line, path, metadata)
+            paths.setdefault(path, {})[endpoint.method] = _operation(endpoint, path, metadata)
     bearer = {
         "type": "http",
         "scheme": "bearer",
@@ -264,8 +258,8 @@ def openapi_spec(
         },
         "tags": [
             {"name": t}
-            for t in ("health", "server", "models", "inference", "predictions", "ops")
-            if lookups or t != "predictions"
+            for t in ("health", "server", "models", "inference", "predictions", "graphql", "ops")
+            if (lookups or t != "predictions") and (graphql or t != "graphql")
         ],
         "security": [{"bearer": []}],
         "paths": paths,

@@ -1,0 +1,344 @@
+"""Hostile requests against a real `modelport serve`, each at the largest size the default
+limits allow, with a well-behaved client watching.
+
+    .venv/bin/python benchmarks/attacks.py
+    .venv/bin/python benchmarks/attacks.py --only graphql-aliases,json-quotes
+
+One server (no token, on loopback, the default limits, gRPC on), a numeric model (`tiny`, an
+MLP) and a string model (`text`, Identity on a string tensor). Per attack it prints the
+status (or gRPC code), the server's CPU time while it ran (all its threads), its peak RSS
+growth (VmHWM, reset before each attack), and the slowest answer a concurrent client got
+from /v2/health/ready and a small inference meanwhile. The targets (issue 23): an answer in
+the 4xx range within 100 ms of server time, under 64 MB of RSS growth, and no concurrent
+request past 50 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import struct
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+import modelport
+from modelport.demo import mlp_onnx
+from modelport.testing import free_port, run_server
+
+MIB = 2**20
+BODY_LIMIT = 64 * MIB  # `modelport serve`'s default --max-body-bytes
+TINY = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+
+
+def text_model() -> bytes:
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("text", TensorProto.STRING, [-1])
+    y = helper.make_tensor_value_info("same", TensorProto.STRING, [-1])
+    graph = helper.make_graph([helper.make_node("Identity", ["text"], ["same"])], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return bytes(model.SerializeToString())
+
+
+# -- what is measured ---------------------------------------------------------------------------
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def reset_peak(pid: int) -> None:
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM back to the current RSS
+
+
+class Watcher:
+    """A well-behaved client: readiness and a small inference, back to back, timed."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.worst_ms = 0.0
+        self.failures = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=10) as client:
+            while not self._stop.is_set():
+                for call in (
+                    lambda: client.get("/v2/health/ready"),
+                    lambda: client.post("/v2/models/tiny/infer", json=TINY),
+                ):
+                    started = time.perf_counter()
+                    try:
+                        ok = call().status_code == 200
+                    except httpx.HTTPError:
+                        ok = False
+                    self.worst_ms = max(self.worst_ms, (time.perf_counter() - started) * 1000)
+                    self.failures += not ok
+                time.sleep(0.005)
+
+    def __enter__(self) -> Watcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# -- the attacks ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    url: str
+    port: int
+    grpc_port: int
+
+
+def raw(port: int, data: bytes, read_s: float = 10.0) -> str:
+    """Send raw bytes; the first status line answered, or what the connection did."""
+    with socket.create_connection(("127.0.0.1", port), timeout=read_s) as conn:
+        try:
+            conn.sendall(data)
+            answer = conn.recv(4096)
+        except (ConnectionResetError, BrokenPipeError):
+            return "reset"
+        except TimeoutError:
+            return "no answer"
+    return answer.split(b"\r\n", 1)[0].split(b" ", 2)[1].decode() if answer else "closed"
+
+
+def post(url: str, path: str, body: bytes, **headers: str) -> str:
+    answer = httpx.post(url + path, content=body, headers=headers, timeout=120)
+    return str(answer.status_code)
+
+
+def json_quotes(t: Target) -> str:
+    body = b"[" * 100 + b'"' + b'\\"' * ((BODY_LIMIT - 200) // 2) + b'"' + b"]" * 100
+    return post(t.url, "/v2/models/tiny/infer", body)
+
+
+def long_and_empty_strings(t: Target) -> str:
+    count = (BODY_LIMIT - 2 * MIB) // 3
+    data = ["x" * MIB] + [""] * count
+    body = json.dumps(
+        {"inputs": [{"name": "input", "shape": [1, len(data)], "datatype": "FP32", "data": data}]}
+    ).encode()
+    return post(t.url, "/v2/models/tiny/infer", body)
+
+
+def v1_long_and_empty_strings(t: Target) -> str:
+    count = (BODY_LIMIT - 2 * MIB) // 3
+    body = json.dumps({"instances": ["x" * MIB] + [""] * count}).encode()
+    return post(t.url, "/v1/models/text:predict", body)
+
+
+def graphql_aliases(t: Target) -> str:
+    one = (
+        'p{i}: predict(model: "tiny", inputs: [{{name: "input", data: [[1,2,3,4]]}}]) {{ version }}'
+    )
+    query = "mutation { " + " ".join(one.format(i=i) for i in range(1000)) + " }"
+    return post(t.url, "/graphql", json.dumps({"query": query}).encode())
+
+
+def graphql_huge_query(t: Target) -> str:
+    query = "{ models { " + "name " * ((BODY_LIMIT - MIB) // 5) + "} }"
+    return post(t.url, "/graphql", json.dumps({"query": query}).encode())
+
+
+def bytes_count(t: Target) -> str:
+    blob = struct.pack("<I", 0) * ((BODY_LIMIT - 4096) // 4)
+    tensor = {"name": "text", "shape": [1], "datatype": "BYTES"}
+    tensor["parameters"] = {"binary_data_size": len(blob)}
+    header = json.dumps({"inputs": [tensor]}).encode()
+    length = {"Inference-Header-Content-Length": str(len(header))}
+    return post(t.url, "/v2/models/text/infer", header + blob, **length)
+
+
+def zero_then_huge_dim(t: Target) -> str:
+    body = json.dumps(
+        {"inputs": [{"name": "input", "shape": [0, 2**63 + 5], "datatype": "FP32", "data": []}]}
+    ).encode()
+    return post(t.url, "/v2/models/tiny/infer", body)
+
+
+def unique_long_paths(t: Target) -> str:
+    statuses = set()
+    with httpx.Client(base_url=t.url, timeout=10) as client:
+        for i in range(20_000):
+            path = f"/v2/models/{'m' * 60}{i}/versions/1/ready"
+            statuses.add(client.get(path).status_code)
+    return ",".join(map(str, sorted(statuses)))
+
+
+def prediction_key(t: Target) -> str:
+    return str(httpx.get(f"{t.url}/v2/models/tiny/predictions/{'k' * 60_000}").status_code)
+
+
+def cross_site_post(t: Target) -> str:
+    body = json.dumps(TINY).encode()
+    return post(t.url, "/v2/models/tiny/infer", body, origin="http://evil.example",
+                **{"content-type": "text/plain"})  # fmt: skip
+
+
+def rebound_host(t: Target) -> str:
+    return str(httpx.get(f"{t.url}/v2/health/ready", headers={"host": "evil.example"}).status_code)
+
+
+def pipelined_not_read(t: Target) -> str:
+    request = b"GET /v2/health/live HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", t.port), timeout=10) as conn:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        try:
+            for _ in range(200):
+                conn.sendall(request * 500)
+        except (ConnectionResetError, BrokenPipeError, TimeoutError):
+            return "closed by server"
+    return "all sent"
+
+
+def unterminated_trailer(t: Target) -> str:
+    head = b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: localhost\r\n"
+    head += b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nX-Long: "
+    return raw(t.port, head + b"a" * (16 * MIB))
+
+
+def huge_head(t: Target) -> str:
+    return raw(t.port, b"GET / HTTP/1.1\r\nHost: localhost\r\nX-A: " + b"a" * (16 * MIB))
+
+
+def grpc_request_id(t: Target) -> str:
+    import grpc
+
+    from modelport.server.grpc.proto import grpc_predict_v2_pb2 as pb
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{t.grpc_port}")
+    call = channel.unary_unary(
+        "/inference.GRPCInferenceService/ServerLive",
+        request_serializer=pb.ServerLiveRequest.SerializeToString,
+        response_deserializer=pb.ServerLiveResponse.FromString,
+    )
+    _, state = call.with_call(pb.ServerLiveRequest(), metadata=(("x-request-id", "x" * 6000),))
+    ids = dict(state.trailing_metadata() or ())
+    channel.close()
+    return "OK, id replaced" if len(ids.get("x-request-id", "")) == 32 else "OK, id kept"
+
+
+def grpc_zero_dim(t: Target) -> str:
+    import grpc
+
+    from modelport.server.grpc.proto import grpc_predict_v2_pb2 as pb
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{t.grpc_port}")
+    call = channel.unary_unary(
+        "/inference.GRPCInferenceService/ModelInfer",
+        request_serializer=pb.ModelInferRequest.SerializeToString,
+        response_deserializer=pb.ModelInferResponse.FromString,
+    )
+    tensor = pb.ModelInferRequest.InferInputTensor(
+        name="input", datatype="FP32", shape=[0, 2**63 - 1]
+    )
+    try:
+        call(pb.ModelInferRequest(model_name="tiny", inputs=[tensor]), timeout=30)
+        return "OK"
+    except grpc.RpcError as exc:
+        return exc.code().name
+    finally:
+        channel.close()
+
+
+ATTACKS: dict[str, Callable[[Target], str]] = {
+    "json-quotes": json_quotes,
+    "v2-long-and-empty-strings": long_and_empty_strings,
+    "v1-long-and-empty-strings": v1_long_and_empty_strings,
+    "graphql-aliases": graphql_aliases,
+    "graphql-huge-query": graphql_huge_query,
+    "bytes-count": bytes_count,
+    "zero-then-huge-dim": zero_then_huge_dim,
+    "grpc-zero-then-huge-dim": grpc_zero_dim,
+    "unique-long-paths-x20k": unique_long_paths,
+    "long-prediction-key": prediction_key,
+    "cross-site-post": cross_site_post,
+    "rebound-host": rebound_host,
+    "pipelined-not-read": pipelined_not_read,
+    "unterminated-trailer": unterminated_trailer,
+    "huge-head": huge_head,
+    "grpc-long-request-id": grpc_request_id,
+}
+
+
+@dataclass
+class Outcome:
+    name: str
+    status: str
+    server_ms: float
+    rss_mb: float
+    worst_ms: float
+    failures: int
+
+    def row(self) -> str:
+        ok = self.server_ms <= 100 and self.rss_mb < 64 and self.worst_ms <= 50
+        return (
+            f"{self.name:>28} {self.status:>18} {self.server_ms:>10.0f} {self.rss_mb:>8.1f} "
+            f"{self.worst_ms:>10.1f} {self.failures:>5}  {'yes' if ok else 'NO'}"
+        )
+
+
+def attack(name: str, pid: int, target: Target) -> Outcome:
+    reset_peak(pid)
+    time.sleep(0.2)
+    rss, cpu = peak_rss_mb(pid), cpu_s(pid)
+    with Watcher(target.url) as watcher:
+        try:
+            status = ATTACKS[name](target)
+        except Exception as exc:  # the attack's own failure is a result too
+            status = type(exc).__name__
+        time.sleep(0.1)
+    # The watcher's own requests are in the server's CPU time too (a fraction of a ms each).
+    return Outcome(
+        name, status, (cpu_s(pid) - cpu) * 1000, peak_rss_mb(pid) - rss,
+        watcher.worst_ms, watcher.failures,
+    )  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--only", help="comma-separated attack names (default: all)")
+    args = parser.parse_args()
+    names = args.only.split(",") if args.only else list(ATTACKS)
+    work = Path(tempfile.mkdtemp(prefix="modelport-attacks-"))
+    repo = modelport.Repository.init(work / "models")
+    modelport.add_model(repo, "tiny", mlp_onnx((4, 8, 3), seed=1))
+    modelport.add_model(repo, "text", text_model())
+    grpc_port = free_port()
+    print(f"{'attack':>28} {'answer':>18} {'server ms':>10} {'RSS MB':>8} "
+          f"{'others ms':>10} {'fail':>5}  targets met")  # fmt: skip
+    with run_server(repo.root, "--grpc-port", str(grpc_port), "--no-access-log") as server:
+        for name in names:
+            target = Target(server.url, server.port, grpc_port)
+            print(attack(name, server.process.pid, target).row(), flush=True)
+        if server.process.poll() is not None:
+            sys.exit("the server died")
+    print("server still up after every attack")
+
+
+if __name__ == "__main__":
+    main()

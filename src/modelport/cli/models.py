@@ -1,0 +1,124 @@
+"""Commands on a model repository: repo init, import, list, show, predict."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import click
+
+from modelport.cli.options import REPO_OPTION, TRUST_CODE_OPTION, TRUST_OPTION, echo_json
+from modelport.config import LoadOptions
+from modelport.errors import ModelportError
+from modelport.repository import Repository
+
+
+@click.group()
+def repo() -> None:
+    """Manage a model repository."""
+
+
+@repo.command("init")
+@click.argument("path", type=click.Path(file_okay=False, path_type=Path), default="models")
+def repo_init(path: Path) -> None:
+    """Create a model repository folder (existing models are kept)."""
+    Repository.init(path)
+    click.echo(f"model repository ready at {path}")
+
+
+@click.command("import")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("--name", required=True, help="Model name; the import becomes its next version.")
+@click.option(
+    "--sample-input",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A few real input rows (JSON, .npy, .npz, CSV): needed to convert scikit-learn and "
+    "PyTorch models (parity check) and code models without a declared signature.",
+)
+@click.option("--description", default="", help="Free text stored in the manifest.")
+@REPO_OPTION
+@TRUST_OPTION
+@TRUST_CODE_OPTION
+def import_(
+    source: Path,
+    name: str,
+    sample_input: Path | None,
+    description: str,
+    repo_path: Path,
+    trust_pickle: bool,
+    trust_code: bool,
+) -> None:
+    """Import an ONNX file, a scikit-learn/PyTorch model file or a code-model folder."""
+    from modelport.datafiles import read_sample
+    from modelport.importing import add_model
+
+    sample = read_sample(sample_input) if sample_input else None
+    created = not repo_path.exists()
+    try:
+        manifest = add_model(
+            Repository.init(repo_path),
+            name,
+            source,
+            sample_input=sample,
+            trust_pickle=trust_pickle,
+            trust_code=trust_code,
+            description=description,
+        )
+    except BaseException:
+        if created:  # a mistyped --repo should not leave a new empty folder behind
+            shutil.rmtree(repo_path, ignore_errors=True)
+        raise
+    click.echo(f"imported {manifest.name}:{manifest.version} ({manifest.runtime}) into {repo_path}")
+
+
+@click.command("list")
+@REPO_OPTION
+def list_(repo_path: Path) -> None:
+    """List the models and versions in the repository."""
+    repository = Repository.open(repo_path)
+    names = repository.names()
+    if not names:
+        click.echo(f"no models in {repo_path}; add one with 'modelport import'")
+    for name in names:
+        versions = ",".join(map(str, repository.versions(name)))
+        try:
+            manifest = repository.manifest(name)
+            about = f"{manifest.runtime:7} {manifest.created_at}"
+        except ModelportError as exc:  # one broken version must not hide the others
+            about = f"BROKEN: {exc}"
+        click.echo(f"{name:24} versions {versions:12} {about}")
+
+
+@click.command()
+@click.argument("ref", metavar="NAME[:VERSION]")
+@REPO_OPTION
+def show(ref: str, repo_path: Path) -> None:
+    """Print a model version's manifest (latest version when none is given)."""
+    echo_json(Repository.open(repo_path).manifest(ref).to_dict())
+
+
+@click.command()
+@click.argument("ref", metavar="NAME[:VERSION]")
+@click.option(
+    "--input",
+    "input_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Inputs as JSON, .npy, .npz or CSV.",
+)
+@REPO_OPTION
+@TRUST_OPTION
+@TRUST_CODE_OPTION
+def predict(
+    ref: str, input_path: Path, repo_path: Path, trust_pickle: bool, trust_code: bool
+) -> None:
+    """Run a one-off prediction offline and print the outputs as JSON."""
+    from modelport.datafiles import read_inputs, to_json
+
+    options = LoadOptions(trust_pickle=trust_pickle, trust_code=trust_code)
+    with Repository.open(repo_path).load(ref, options=options) as model:
+        outputs = model.predict(read_inputs(input_path, model.signature))
+        echo_json({"model": model.name, "version": model.version, "outputs": to_json(outputs)})
+
+
+COMMANDS = (repo, import_, list_, show, predict)

@@ -1,0 +1,226 @@
+"""``modelport serve``: one option per setting of ServerConfig and ServerLimits."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from modelport.cli.options import TRUST_CODE_OPTION, TRUST_OPTION
+from modelport.config import (
+    BatchingConfig,
+    LookupConfig,
+    RuntimeConfig,
+    ServerConfig,
+    ServerLimits,
+)
+from modelport.repository import VersionPolicy
+
+
+def _limit_options(function: Any) -> Any:
+    """One option per ServerLimits field, named after it (a test keeps them in step)."""
+    defaults = ServerLimits()
+    helps = {
+        "max_body_bytes": "Largest request body accepted (413 beyond).",
+        "max_json_depth": "Deepest JSON nesting accepted.",
+        "max_elements": "Most elements in one input tensor.",
+        "max_string_bytes": "Most bytes of text (BYTES inputs) in one request.",
+        "request_timeout_s": "Deadline per request, queueing included (504 beyond).",
+        "max_queue": "Requests waiting per model version before 503 (Retry-After).",
+        "max_connections": "Open connections (or requests in progress) per worker at which "
+        "requests get 503.",
+    }
+    for name, text in reversed(helps.items()):
+        function = click.option(
+            f"--{name.replace('_', '-')}", name, default=getattr(defaults, name),
+            show_default=True, type=type(getattr(defaults, name)), help=text,
+        )(function)  # fmt: skip
+    return click.option(
+        "--allow-non-finite", "allow_non_finite", is_flag=True,
+        help="Accept NaN and Infinity in float inputs.",
+    )(function)  # fmt: skip
+
+
+@click.command()
+@click.argument("source", type=click.Path(exists=True, path_type=Path), default="models")
+@click.option(
+    "--host",
+    default=ServerConfig.host,
+    show_default=True,
+    help="Address to listen on; beyond loopback a token is required.",
+)
+@click.option("--port", default=ServerConfig.port, show_default=True, type=int)
+@click.option(
+    "--grpc-port",
+    default=ServerConfig.grpc_port,
+    type=int,
+    help="Also serve the Open Inference Protocol over gRPC on this port, on the same host "
+    "(needs modelport[grpc]).",
+)
+@click.option(
+    "--workers",
+    default=ServerConfig.workers,
+    show_default=True,
+    type=int,
+    help="Processes on the same port, each with its own model instances.",
+)
+@click.option(
+    "--token",
+    envvar="MODELPORT_TOKEN",
+    help="Access token clients must send as 'Authorization: Bearer ...' (env MODELPORT_TOKEN).",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Read the access token from this file.",
+)
+@click.option("--no-auth", is_flag=True, help="Allow listening beyond loopback without a token.")
+@click.option(
+    "--grace-s",
+    default=ServerConfig.grace_s,
+    show_default=True,
+    type=float,
+    help="Seconds requests in flight may take to finish at shutdown.",
+)
+@click.option(
+    "--version-policy",
+    default=ServerConfig.version_policy,
+    show_default=True,
+    help="Versions to serve: latest, latest:N, all, specific:1,3.",
+)
+@click.option(
+    "--threads",
+    "intra_op_threads",
+    default=0,
+    type=int,
+    help="onnxruntime threads per model instance (0: one per core).",
+)
+@click.option(
+    "--access-log/--no-access-log",
+    default=True,
+    show_default=True,
+    help="JSON-lines access log on stdout.",
+)
+@click.option(
+    "--max-batch-size",
+    type=int,
+    default=None,
+    help="Batch every model's requests into calls of up to N rows (overrides the "
+    "manifests' batching settings).",
+)
+@click.option(
+    "--max-delay-ms",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="With --max-batch-size: how long a batch waits for more rows.",
+)
+@click.option(
+    "--latency-budget-ms",
+    type=float,
+    default=None,
+    help="With --max-batch-size: choose window and batch size from the model's measured cost "
+    "to keep p99 within this budget (replaces --max-delay-ms).",
+)
+@click.option(
+    "--cache",
+    default=ServerConfig.cache,
+    show_default=True,
+    help="Prediction cache: memory (per process), off, or a redis:// URL shared by "
+    "all workers and replicas.",
+)
+@click.option(
+    "--cache-ttl-s",
+    default=ServerConfig.cache_ttl_s,
+    show_default=True,
+    type=float,
+    help="Seconds a cached prediction stays valid.",
+)
+@click.option(
+    "--cache-namespace",
+    default=ServerConfig.cache_namespace,
+    show_default=True,
+    help="Starts every cache key: deployments sharing a Redis share answers only within one.",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PEM certificate (chain), with --tls-key: REST and gRPC speak TLS only.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PEM private key of --tls-cert (unencrypted; keep it readable by this user only).",
+)
+@click.option(
+    "--store",
+    default=None,
+    help="Also serve stored batch predictions from this store (SQLite file or postgresql:// "
+    "URL) at /v2/models/NAME/predictions.",
+)
+@click.option(
+    "--max-age", "max_age", multiple=True, metavar="[MODEL=]AGE",
+    help="With --store: stored predictions older than this are stale (24h; fraud=1h).",
+)  # fmt: skip
+@click.option(
+    "--write-back",
+    is_flag=True,
+    help="With --store: store predictions computed live for stale or missing keys.",
+)
+@click.option(
+    "--http",
+    type=click.Choice(["modelport", "uvicorn"]),
+    default=ServerConfig.http,
+    envvar="MODELPORT_HTTP",
+    show_default=True,
+    help="HTTP/1.1 implementation: modelport's own (faster per request) or uvicorn's "
+    "(env MODELPORT_HTTP).",
+)
+@_limit_options
+@TRUST_OPTION
+@TRUST_CODE_OPTION
+def serve(
+    source: Path, host: str, port: int, grpc_port: int | None, workers: int, token: str | None,
+    token_file: Path | None, no_auth: bool, grace_s: float, version_policy: str,
+    intra_op_threads: int, access_log: bool, trust_pickle: bool, max_batch_size: int | None,
+    max_delay_ms: float, latency_budget_ms: float | None, cache: str, cache_ttl_s: float,
+    store: str | None, max_age: tuple[str, ...], write_back: bool, http: str, trust_code: bool,
+    cache_namespace: str, tls_cert: Path | None, tls_key: Path | None, **limits: Any,
+) -> None:  # fmt: skip
+    """Serve a model repository (or one model) over the Open Inference Protocol."""
+    from modelport.caching import open_cache
+    from modelport.server.lifecycle import serve as run_server
+
+    if token_file is not None:
+        token = token_file.read_text().strip()
+    try:
+        VersionPolicy.parse(version_policy)  # fail now, not in every worker
+        if (max_age or write_back) and store is None:
+            raise ValueError("--max-age and --write-back need --store")
+        if max_age:
+            from modelport.batch.freshness import MaxAge
+
+            MaxAge.parse(max_age)
+        open_cache(cache, cache_ttl_s)  # the judge of what --cache accepts; connects to nothing
+        config = ServerConfig(
+            host=host, port=port, grpc_port=grpc_port, workers=workers, token=token or None,
+            no_auth=no_auth,
+            grace_s=grace_s, version_policy=version_policy, limits=ServerLimits(**limits),
+            runtime=RuntimeConfig(intra_op_threads=intra_op_threads), trust_pickle=trust_pickle,
+            trust_code=trust_code,
+            cache=cache, cache_ttl_s=cache_ttl_s, http=http, cache_namespace=cache_namespace,
+            tls_cert=None if tls_cert is None else str(tls_cert.resolve()),
+            tls_key=None if tls_key is None else str(tls_key.resolve()),
+            lookups=None if store is None else LookupConfig(store, max_age, write_back),
+            batching=None if max_batch_size is None else BatchingConfig(
+                max_batch_size=max_batch_size, max_delay_s=max_delay_ms / 1000,
+                latency_budget_s=None if latency_budget_ms is None else latency_budget_ms / 1000,
+            ),
+        )  # fmt: skip
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    # Read: nothing the server starts (workers, the models' own processes) inherits it.
+    os.environ.pop("MODELPORT_TOKEN", None)
+    run_server(source, config, access_log=access_log)

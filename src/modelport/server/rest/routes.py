@@ -1,0 +1,114 @@
+"""The REST door's endpoints, one table: the app routes by it and the OpenAPI document
+describes it, so that the two cannot disagree.
+
+    handler, params = route("POST", "/v2/models/digits/infer", "/v2/models/digits/infer")
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+from modelport.errors import InvalidInputError
+from modelport.repository import check_name, check_version
+from modelport.server.rest.http import HTTPError
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    handler: str  # the app's method _<handler>
+    method: str  # lower case, as OpenAPI writes it
+    path: str  # an OpenAPI path template; "*" marks where "/versions/{model_version}" may go
+    request: str  # a schema name, or "-" for no body
+    response: str  # a schema name or a media type
+    errors: str  # error statuses it documents: "all", "-" or "401,404"
+    tag: str
+    summary: str
+    needs: str = ""  # "lookups" or "graphql": served only by a server that has it
+
+    @property
+    def open(self) -> bool:
+        """Probes need no token."""
+        return self.path.startswith("/v2/health/")
+
+
+# handler, method, path, request, response, errors, tag, summary [| needs]
+_TABLE = """
+live get /v2/health/live - ServerLive - health Is the server process alive
+ready get /v2/health/ready - ServerReady 503 health Are the models loaded and work accepted
+server_metadata get /v2 - ServerMetadata 401 server Server name, version and protocol extensions
+model_metadata get /v2/models/{model_name}* - ModelMetadata 401,404 models Model metadata and signature
+model_ready get /v2/models/{model_name}*/ready - ModelReady 401,404,503 models Is the model ready
+infer post /v2/models/{model_name}*/infer InferRequest InferResponse all inference Run inference
+predict_v1 post /v1/models/{model_name}*:predict PredictRequest PredictResponse all inference Predict instances
+metrics get /metrics - text/plain 401 ops Prometheus metrics (text exposition format)
+openapi get /openapi.json - application/json 401 ops This OpenAPI document
+docs get /docs - text/html 401 ops Human-readable API documentation
+prediction get /v2/models/{model_name}/predictions/{key} - StoredPrediction 400,401,404 predictions A prediction | lookups
+predictions post /v2/models/{model_name}/predictions LookupRequest LookupResponse all predictions Many keys | lookups
+graphql post /graphql GraphQLRequest GraphQLResponse 400,401,504 graphql Query the models and predict with GraphQL | graphql
+"""  # noqa: E501
+
+
+def _endpoint(line: str) -> Endpoint:
+    described, _, needs = line.partition(" | ")
+    handler, method, path, request, response, errors, tag, summary = described.split(maxsplit=7)
+    return Endpoint(handler, method, path, request, response, errors, tag, summary, needs)
+
+
+ENDPOINTS = tuple(_endpoint(line) for line in _TABLE.strip().splitlines())
+
+MAX_KEY_CHARS = 512  # a stored prediction's key: the store's key column, OpenAPI's maxLength
+_VERSIONS = r"(?:/versions/(?P<version>[^/]+))?"
+_PLACEHOLDER = re.compile(r"\{(\w+)\}|\*")
+_GROUP = {"model_name": "name", "key": "key"}
+
+
+def _pattern(path: str) -> re.Pattern[str]:
+    parts, at = [], 0
+    for match in _PLACEHOLDER.finditer(path):
+        parts.append(re.escape(path[at : match.start()]))
+        parts.append(_VERSIONS if match[0] == "*" else rf"(?P<{_GROUP[match[1]]}>[^/]+)")
+        at = match.end()
+    parts.append(re.escape(path[at:]))
+    pattern = "".join(parts)
+    if path == "/v2" or path == "/docs":  # a trailing slash is forgiven here
+        pattern += "/?"
+    return re.compile(pattern)
+
+
+_ROUTES = tuple((e.method.upper(), _pattern(e.path), e) for e in ENDPOINTS)
+
+
+def route(method: str, path: str, shown: str) -> tuple[Endpoint, dict[str, Any]]:
+    """The endpoint and checked parameters for a request line, or the HTTP error to answer."""
+    allowed = []
+    for verb, pattern, endpoint in _ROUTES:
+        match = pattern.fullmatch(path)
+        if match is None:
+            continue
+        if verb != method:
+            allowed.append(verb)
+            continue
+        groups = match.groupdict().items()
+        params: dict[str, Any] = {k: unquote(v) for k, v in groups if v is not None}
+        if "name" in params:
+            check_name(params["name"])
+        if "version" in params:
+            params["version"] = check_version(params["version"])
+        if "key" in params:
+            check_key(params["key"])
+        return endpoint, params
+    if allowed:
+        raise HTTPError(405, f"{method} is not allowed here; use {', '.join(allowed)}")
+    raise HTTPError(404, f"no such endpoint: {method} {shown}")
+
+
+def check_key(key: str) -> None:
+    """Refuse a stored prediction's key longer than any the store holds, naming it briefly."""
+    if len(key) > MAX_KEY_CHARS:
+        raise InvalidInputError(
+            f"key {key[:16]!r}... has {len(key)} characters, over the limit of {MAX_KEY_CHARS}"
+        )
