@@ -184,7 +184,7 @@ def _unpack_bytes(
         offset += 4
         if offset + length > len(raw):
             raise _fail(f"input {name!r}: a BYTES element runs past its binary data", name)
-        text += length
+        text += length + STRING_OVERHEAD
         if text > limits.max_string_bytes:
             raise strings_error(name, limits)
         item = bytes(raw[offset : offset + length])
@@ -196,10 +196,16 @@ def _unpack_bytes(
     return items
 
 
+# What a string costs the server beyond its text: a Python object and a pointer to it. Counted
+# in the string budget, so that millions of empty strings cost what they really do.
+STRING_OVERHEAD = 64
+
+
 def strings_error(name: str, limits: ServerLimits) -> InvalidInputError:
     return _fail(
         f"input {name!r}: the request's strings add up to more than the limit of "
-        f"{limits.max_string_bytes} bytes (max_string_bytes)",
+        f"{limits.max_string_bytes} bytes (max_string_bytes; each string counts its UTF-8 "
+        f"bytes and {STRING_OVERHEAD} for the object that holds it)",
         name,
     )
 
@@ -213,11 +219,12 @@ def check_strings(inputs: Iterable[tuple[str, Any]], limits: ServerLimits) -> No
             continue
         items = array.ravel().tolist()
         try:
-            size = sum(map(len, items))  # characters, at C speed: no more than the bytes
+            # Characters, at C speed: no more than the bytes.
+            size = sum(map(len, items)) + STRING_OVERHEAD * len(items)
         except TypeError:  # numbers too wide for int64, not text
             continue
         if size <= left < 4 * size:  # a character takes up to 4 bytes: count them exactly
-            size = sum(
+            size = STRING_OVERHEAD * len(items) + sum(
                 len(v.encode("utf-8", "surrogatepass")) if isinstance(v, str) else len(v)
                 for v in items
             )

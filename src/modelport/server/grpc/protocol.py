@@ -17,6 +17,7 @@ from modelport.errors import InvalidInputError
 from modelport.server.grpc.proto import grpc_predict_v2_pb2 as pb
 from modelport.server.tensors import (
     DTYPES,
+    STRING_OVERHEAD,
     InferRequest,
     RequestedOutput,
     check_shape,
@@ -140,7 +141,8 @@ def _from_contents(
             name,
         )
     if datatype == "BYTES":
-        if sum(map(len, values)) > limits.max_string_bytes:  # before decoding any
+        # Before decoding any.
+        if sum(map(len, values)) + STRING_OVERHEAD * len(values) > limits.max_string_bytes:
             raise strings_error(name, limits)
         items: list[str | bytes] = []
         for item in values:
