@@ -73,7 +73,7 @@ def cache_wanted(control: str | None) -> bool:
     )
 
 
-@dataclass
+@dataclass(slots=True)  # one per request: slots make it cheaper to fill in
 class RequestRecord:
     """One request, filled in as it goes (which model, whether the cache answered) and
     counted and logged once it has been answered."""
@@ -83,21 +83,24 @@ class RequestRecord:
     model: str | None = None
     version: str | None = None  # a version number, or "store" for stored predictions
     cache: str | None = None  # "hit" or "miss" when the prediction cache was asked
+    elapsed_s: float = 0.0  # set by finish()
 
-    def finish(self, status: int, fields: dict[str, Any]) -> None:
-        """Count the request in its model's metrics and write its access-log line, which
-        has ``fields`` (method, path...) besides what every door logs."""
-        elapsed = time.monotonic() - self.started
+    def finish(self, status: int) -> bool:
+        """Count the request in its model's metrics; True when the access log wants its
+        line (``log``), which a door then builds."""
+        self.elapsed_s = time.monotonic() - self.started
         if self.model is not None:
-            metrics.for_model(self.model, self.version or "").finished(status, elapsed)
-        if not access_log.isEnabledFor(logging.INFO):
-            return
+            metrics.for_model(self.model, self.version or "").finished(status, self.elapsed_s)
+        return access_log.isEnabledFor(logging.INFO)
+
+    def log(self, status: int, fields: dict[str, Any]) -> None:
+        """Write the access-log line: ``fields`` (method, path...) and what every door logs."""
         entry = {
             "ts": time.time(),
             "request_id": self.request_id,
             **fields,
             "status": status,
-            "duration_ms": round(elapsed * 1000, 3),
+            "duration_ms": round(self.elapsed_s * 1000, 3),
             "pid": os.getpid(),
         }
         if self.model is not None:

@@ -228,8 +228,10 @@ class GRPCDoor:
                 remaining = context.time_remaining()
                 if code is Code.CANCELLED and remaining is not None and remaining <= 0:
                     code = Code.DEADLINE_EXCEEDED
-                fields = {"method": "gRPC", "path": path, "grpc_status": code.name}
-                record.finish(HTTP_STATUS.get(code, 500), fields)
+                status = HTTP_STATUS.get(code, 500)
+                if record.finish(status):
+                    fields = {"method": "gRPC", "path": path, "grpc_status": code.name}
+                    record.log(status, fields)
 
         return call
 

@@ -99,15 +99,11 @@ class RestApp:
             if response.status == 500:
                 log.error("request %s failed: %s", request_id, exc, exc_info=exc)
         await send_response(send, response, [(b"x-request-id", request_id.encode())])
-        record.finish(
-            response.status,
-            {
-                "method": scope["method"],
-                "path": scope["path"],
-                "bytes_out": len(response.body),
-                "client": (scope.get("client") or ["", 0])[0],
-            },
-        )
+        if record.finish(response.status):
+            client = (scope.get("client") or ["", 0])[0]
+            method, path, size = scope["method"], scope["path"], len(response.body)
+            fields = {"method": method, "path": path, "bytes_out": size, "client": client}
+            record.log(response.status, fields)
 
     async def _dispatch(self, scope: Scope, receive: Receive, record: RequestRecord) -> Response:
         # Route on the raw path so that an encoded '/' (%2F) stays inside one segment.

@@ -43,6 +43,9 @@ class Gate:
     def _check_local(self, scope: Scope) -> None:
         # Health endpoints too: they tell nothing, but a page has no business probing them.
         host = header(scope, b"host")
+        origin = header(scope, b"origin")  # browsers send it on cross-site requests
+        if origin is None and host in self._local_hosts:  # most requests, once seen
+            return
         if host is not None and host not in self._local_hosts:
             if not _loopback_host(host):
                 raise HTTPError(
@@ -54,7 +57,6 @@ class Gate:
                 )
             if len(self._local_hosts) < _LOCAL_HOSTS_KEPT:
                 self._local_hosts.add(host)
-        origin = header(scope, b"origin")  # browsers send it on cross-site requests
         if origin is not None:
             server = scope.get("server")
             port = server[1] if server and isinstance(server[1], int) else self.config.port

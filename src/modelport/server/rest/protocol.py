@@ -165,6 +165,12 @@ def _from_json(
         raise _fail(
             f"input {name!r}: data must be {_describe(datatype)} for datatype {datatype}", name
         )
+    if datatype in _FLOATS and bool not in found.kinds:  # most requests: numbers to floats
+        try:
+            with np.errstate(over="ignore"):  # too large for the type: inf, refused as such
+                return np.array(found.values, dtype=DTYPES[datatype]).reshape(shape)
+        except OverflowError:  # an integer beyond any float: refused below
+            pass
     loose = json_array(found, (len(found.values),))
     if loose.size and loose.dtype.kind not in _KINDS.get(datatype, "iu"):
         raise _fail(
@@ -179,6 +185,9 @@ def _from_json(
                 name,
             )
     return loose.astype(target, copy=False).reshape(shape)
+
+
+_FLOATS = frozenset({"FP16", "FP32", "FP64"})
 
 
 def _describe(datatype: str) -> str:

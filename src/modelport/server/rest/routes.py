@@ -27,11 +27,10 @@ class Endpoint:
     tag: str
     summary: str
     needs: str = ""  # "lookups" or "graphql": served only by a server that has it
+    open: bool = False  # probes need no token: the /v2/health/ endpoints
 
-    @property
-    def open(self) -> bool:
-        """Probes need no token."""
-        return self.path.startswith("/v2/health/")
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "open", self.path.startswith("/v2/health/"))
 
 
 # handler, method, path, request, response, errors, tag, summary [| needs]
