@@ -1,14 +1,16 @@
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 
 import modelport
 from modelport.demo import mlp_onnx
+from modelport.testing import RunningServer, free_port
 
 
 @pytest.fixture(scope="session")
@@ -64,6 +66,19 @@ def one_node_onnx(tmp_path: Path) -> Callable[[str, int], Path]:
 @pytest.fixture
 def repo(tmp_path: Path) -> modelport.Repository:
     return modelport.Repository.init(tmp_path / "models")
+
+
+@pytest.fixture(scope="module")
+def grpc_port() -> int:
+    """A free port for the module's ``server`` to serve gRPC on."""
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def wire(server: RunningServer) -> Iterator[httpx.Client]:
+    """A client of the module's own ``server`` fixture, a real process, over a loopback socket."""
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        yield client
 
 
 CODE_MODEL = """

@@ -18,7 +18,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 import server_models
 from modelport.config import ServerConfig
 from modelport.server.service import create_app
-from modelport.testing import RunningServer, free_port, run_server
+from modelport.testing import RunningServer, run_server
 
 ROW = [[1.0, 2.0, 3.0, 4.0]]
 INFER = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": ROW}]}
@@ -30,23 +30,12 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def grpc_port() -> int:
-    return free_port()
-
-
-@pytest.fixture(scope="module")
 def server(repo: Path, grpc_port: int) -> Iterator[RunningServer]:
     """On loopback without a token, as `modelport serve` starts by default."""
     with run_server(
         repo, "--trust-code", "--grpc-port", str(grpc_port), "--request-timeout-s", "2"
     ) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def http(server: RunningServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=30) as client:
-        yield client
 
 
 def assert_serving(url: str, headers: dict[str, str] | None = None) -> None:
@@ -64,20 +53,20 @@ PREDICT = 'predict(model: "tiny", inputs: $inputs) { version }'
 INPUTS = {"inputs": [{"name": "input", "data": ROW}]}
 
 
-def graphql(http: httpx.Client, query: str, variables: Any = None, **headers: str) -> Any:
-    return http.post("/graphql", json={"query": query, "variables": variables}, headers=headers)
+def graphql(wire: httpx.Client, query: str, variables: Any = None, **headers: str) -> Any:
+    return wire.post("/graphql", json={"query": query, "variables": variables}, headers=headers)
 
 
 @pytest.mark.parametrize(("aliases", "refusal"), [
     (17, "at most 16 times"), (300, "runs it 300 times"), (1000, "more than 5000 tokens"),
 ])  # fmt: skip
 def test_aliased_predicts_are_refused_before_any_runs(
-    http: httpx.Client, server: RunningServer, aliases: int, refusal: str
+    wire: httpx.Client, server: RunningServer, aliases: int, refusal: str
 ) -> None:
     fields = " ".join(f"p{i}: {PREDICT}" for i in range(aliases))
     query = f"mutation($inputs: [TensorInput!]!) {{ {fields} }}"
     started = time.monotonic()
-    response = graphql(http, query, INPUTS)
+    response = graphql(wire, query, INPUTS)
     assert response.status_code == 400, response.text[:300]
     (error,) = response.json()["errors"]
     assert refusal in error["message"]
@@ -86,7 +75,7 @@ def test_aliased_predicts_are_refused_before_any_runs(
 
 
 def test_predicts_reached_through_fragments_count_too(
-    http: httpx.Client, server: RunningServer
+    wire: httpx.Client, server: RunningServer
 ) -> None:
     nine = " ".join(f"a{i}: {PREDICT}" for i in range(9))
     other_nine = " ".join(f"b{i}: {PREDICT}" for i in range(9))
@@ -94,7 +83,7 @@ def test_predicts_reached_through_fragments_count_too(
         "mutation($inputs: [TensorInput!]!) { ...A ... on Mutation { ...B } }\n"
         f"fragment A on Mutation {{ {nine} }}\nfragment B on Mutation {{ {other_nine} }}"
     )
-    response = graphql(http, query, INPUTS)
+    response = graphql(wire, query, INPUTS)
     assert response.status_code == 400, response.text[:300]
     assert "runs it 18 times" in response.json()["errors"][0]["message"]
     # Sixteen run: the limit is per operation, and a fragment spread twice runs once.
@@ -103,42 +92,42 @@ def test_predicts_reached_through_fragments_count_too(
         "mutation($inputs: [TensorInput!]!) { ...A ...A }\n"
         f"fragment A on Mutation {{ {sixteen} }}"
     )
-    response = graphql(http, allowed, INPUTS)
+    response = graphql(wire, allowed, INPUTS)
     assert response.status_code == 200, response.text[:300]
     assert len(response.json()["data"]) == 16
     assert_serving(server.url)
 
 
-def test_a_query_over_64_kib_is_refused(http: httpx.Client, server: RunningServer) -> None:
+def test_a_query_over_64_kib_is_refused(wire: httpx.Client, server: RunningServer) -> None:
     query = "{ models { name } }" + " " * 70_000
-    response = graphql(http, query)
+    response = graphql(wire, query)
     assert response.status_code == 400
     assert "65536" in response.json()["errors"][0]["message"]
     assert_serving(server.url)
 
 
-def test_a_query_of_too_many_tokens_is_refused(http: httpx.Client, server: RunningServer) -> None:
+def test_a_query_of_too_many_tokens_is_refused(wire: httpx.Client, server: RunningServer) -> None:
     data = " ".join(["1"] * 12_000)  # 24 KB: under the size limit, over the token limit
     query = (
         f'mutation {{ predict(model: "tiny", inputs: [{{name: "input", data: [{data}], '
         f"shape: [3000, 4]}}]) {{ version }} }}"
     )
-    response = graphql(http, query)
+    response = graphql(wire, query)
     assert response.status_code == 400, response.text[:300]
     assert "tokens" in response.json()["errors"][0]["message"]
     assert_serving(server.url)
 
 
-def test_a_large_query_under_the_limits_still_runs(http: httpx.Client) -> None:
+def test_a_large_query_under_the_limits_still_runs(wire: httpx.Client) -> None:
     fields = " ".join(f'm{i}: model(name: "tiny") {{ name }}' for i in range(400))
-    response = graphql(http, "{ " + fields + " }")  # 15 KB: parsed off the event loop
+    response = graphql(wire, "{ " + fields + " }")  # 15 KB: parsed off the event loop
     assert response.status_code == 200, response.text[:300]
     assert response.json()["data"]["m399"] == {"name": "tiny"}
 
 
-def test_validation_stops_after_a_few_errors(http: httpx.Client, server: RunningServer) -> None:
+def test_validation_stops_after_a_few_errors(wire: httpx.Client, server: RunningServer) -> None:
     query = "{ " + " ".join(f"nope{i}" for i in range(500)) + " }"
-    response = graphql(http, query)
+    response = graphql(wire, query)
     assert response.status_code == 400
     errors = response.json()["errors"]
     assert len(errors) <= 21
@@ -147,7 +136,7 @@ def test_validation_stops_after_a_few_errors(http: httpx.Client, server: Running
 
 
 def test_the_whole_operation_runs_under_the_request_deadline(
-    http: httpx.Client, server: RunningServer
+    wire: httpx.Client, server: RunningServer
 ) -> None:
     # Five predicts of 0.6 s each, serially: each within the 2 s deadline, together not.
     fields = " ".join(
@@ -156,7 +145,7 @@ def test_the_whole_operation_runs_under_the_request_deadline(
         for i in range(5)
     )
     started = time.monotonic()
-    response = graphql(http, "mutation { " + fields + " }", **{"Cache-Control": "no-cache"})
+    response = graphql(wire, "mutation { " + fields + " }", **{"Cache-Control": "no-cache"})
     elapsed = time.monotonic() - started
     assert response.status_code == 504, response.text[:300]
     (error,) = response.json()["errors"]
@@ -195,6 +184,29 @@ def test_unauthenticated_requests_do_not_grow_the_route_table(repo: Path) -> Non
             await service.stop()
 
     asyncio.run(attack())
+
+
+def test_without_the_token_names_are_not_judged_and_with_it_echoed_short(repo: Path) -> None:
+    async def probe() -> None:
+        service = create_app(repo, ServerConfig(token="s3cret", trust_code=True))
+        await service.start()
+        try:
+            while not service.ready:
+                await asyncio.sleep(0.02)
+            transport = httpx.ASGITransport(app=service)  # type: ignore[arg-type]
+            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+                long_name = "/v2/models/" + "n" * 60_000 + "/infer"
+                for path in ("/v2/models/a..b/infer", "/v2/models/tiny/versions/x/infer"):
+                    assert (await c.post(path, json=INFER)).status_code == 401
+                assert (await c.post(long_name, json=INFER)).status_code == 401
+                token = {"Authorization": "Bearer s3cret"}
+                refused = await c.post(long_name, json=INFER, headers=token)
+                assert refused.status_code == 400
+                assert len(refused.content) < 500  # the name is shown, not echoed whole
+        finally:
+            await service.stop()
+
+    asyncio.run(probe())
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from modelport.errors import InvalidInputError
 from modelport.server.grpc.proto import grpc_predict_v2_pb2 as pb
 from modelport.server.grpc.proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from modelport.server.tensors import check_depth, parse_json
-from modelport.testing import RunningServer, free_port, run_server
+from modelport.testing import RunningServer, run_server
 
 T = TypeVar("T")
 X = [[1.0, 2.0, 3.0, 4.0]]
@@ -43,11 +43,6 @@ def text_onnx() -> bytes:
     graph = helper.make_graph([node], "text", [text], [out])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     return bytes(model.SerializeToString())
-
-
-@pytest.fixture(scope="module")
-def grpc_port() -> int:
-    return free_port()
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +106,15 @@ def during(server: RunningServer, attack: Callable[[], T]) -> tuple[T, float, fl
         took = time.monotonic() - started
     waits.append(served_normally(server))
     return result, took, max(waits)
+
+
+def grpc_refusal(
+    stub: pb_grpc.GRPCInferenceServiceStub, request: pb.ModelInferRequest
+) -> grpc.RpcError:
+    """The error ModelInfer is refused with; a request that is answered fails the test."""
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.ModelInfer(request, timeout=60)
+    return refused.value
 
 
 def _status(pid: int, field: str) -> int:
@@ -359,13 +363,7 @@ def test_grpc_raw_bytes_beyond_the_declared_count_are_not_decoded(
     request = pb.ModelInferRequest(model_name="text")
     request.inputs.add(name="text", datatype="BYTES", shape=[2, 2])
     request.raw_input_contents.append(MANY_EMPTY)
-
-    def attack() -> grpc.RpcError:
-        with pytest.raises(grpc.RpcError) as refused:
-            stub.ModelInfer(request, timeout=60)
-        return refused.value
-
-    error, took, waited = during(server, attack)
+    error, took, waited = during(server, lambda: grpc_refusal(stub, request))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert took < 2.0, f"the attack took {took:.2f} s"
     assert waited < 1.0, f"another client waited {waited:.2f} s"
@@ -378,13 +376,7 @@ def test_a_big_raw_grpc_request_is_parsed_off_the_event_loop(
     # A second or more of decoding BYTES elements, refused only after (the model wants rank 2);
     # 200k of them are within the string budget (64 bytes each besides their text).
     request = _grpc_text([b"ab"] * 200_000, [200_000], raw=True)
-
-    def attack() -> grpc.RpcError:
-        with pytest.raises(grpc.RpcError) as refused:
-            stub.ModelInfer(request, timeout=60)
-        return refused.value
-
-    error, _, waited = during(server, attack)
+    error, _, waited = during(server, lambda: grpc_refusal(stub, request))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "input 'text': expected rank 2" in str(error.details())
     assert waited < 0.5, f"another client waited {waited:.2f} s"

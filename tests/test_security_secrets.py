@@ -8,15 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import signal
 import ssl
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -297,39 +291,6 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return folder / "cert.pem", folder / "key.pem"
 
 
-@contextmanager
-def run_tls_server(source: Path, cert: Path, *args: str) -> Iterator[RunningServer]:
-    """run_server, over https: ready once the health check answers through TLS."""
-    port = free_port()
-    command = [sys.executable, "-m", "modelport", "serve", str(source), "--port", str(port)]
-    context = ssl.create_default_context(cafile=str(cert))
-    with tempfile.TemporaryDirectory(prefix="modelport-tls-") as folder:
-        logs = Path(folder)
-        with (logs / "stdout").open("wb") as out, (logs / "stderr").open("wb") as err:
-            process = subprocess.Popen([*command, *args], stdout=out, stderr=err)
-        server = RunningServer(f"https://127.0.0.1:{port}", port, process, logs)
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                assert process.poll() is None, server.log
-                try:
-                    ready = httpx.get(f"{server.url}/v2/health/ready", verify=context, timeout=1)
-                    if ready.status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, server.log
-                time.sleep(0.05)
-            yield server
-        finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
 def test_rest_and_grpc_over_tls(repo: Path, certificate: tuple[Path, Path]) -> None:
     import grpc
     import tritonclient.grpc as triton
@@ -339,9 +300,9 @@ def test_rest_and_grpc_over_tls(repo: Path, certificate: tuple[Path, Path]) -> N
     grpc_port = free_port()
     context = ssl.create_default_context(cafile=str(cert))
     headers = {"Authorization": f"Bearer {TOKEN}"}
-    with run_tls_server(
-        repo, cert, "--tls-cert", str(cert), "--tls-key", str(key), "--token", TOKEN,
-        "--grpc-port", str(grpc_port), *TRUST,
+    with run_server(
+        repo, "--tls-cert", str(cert), "--tls-key", str(key), "--token", TOKEN,
+        "--grpc-port", str(grpc_port), *TRUST, tls=context,
     ) as server:  # fmt: skip
         answer = v1(server.url, ["hi"], headers=headers, verify=context)
         with pytest.raises(httpx.HTTPError):  # plain HTTP to the TLS port

@@ -34,13 +34,6 @@ def server(repo: Path) -> Iterator[RunningServer]:
 
 
 @pytest.fixture(scope="module")
-def wire(server: RunningServer) -> Iterator[httpx.Client]:
-    """A client of the real server process, over a loopback socket."""
-    with httpx.Client(base_url=server.url, timeout=30) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
 def http(repo: Path) -> Iterator[httpx.Client]:
     """The service in this process, configured as ``server`` is: no socket, no process."""
     limits = ServerLimits(max_body_bytes=1_000_000)

@@ -37,20 +37,14 @@ def server(repo: Path) -> Iterator[RunningServer]:
         yield running
 
 
-@pytest.fixture(scope="module")
-def http(server: RunningServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=30) as client:
-        yield client
-
-
-def ask(http: httpx.Client, query: str, **variables: Any) -> tuple[int, dict[str, Any]]:
-    response = http.post("/graphql", json={"query": query, "variables": variables})
+def ask(wire: httpx.Client, query: str, **variables: Any) -> tuple[int, dict[str, Any]]:
+    response = wire.post("/graphql", json={"query": query, "variables": variables})
     return response.status_code, response.json()
 
 
-def test_models_versions_and_signatures(http: httpx.Client) -> None:
+def test_models_versions_and_signatures(wire: httpx.Client) -> None:
     status, body = ask(
-        http,
+        wire,
         "{ models { name versions { version platform inputs { name datatype shape } "
         "outputs { name datatype shape } } } }",
     )
@@ -67,13 +61,13 @@ def test_models_versions_and_signatures(http: httpx.Client) -> None:
         for version in (1, 2)
     ]
     assert models["slow"]["versions"][0]["platform"] == "python"
-    status, one = ask(http, '{ model(name: "tiny") { name } nope: model(name: "nope") { name } }')
+    status, one = ask(wire, '{ model(name: "tiny") { name } nope: model(name: "nope") { name } }')
     assert one == {"data": {"model": {"name": "tiny"}, "nope": None}}
 
 
-def test_predict_nested_flat_and_per_version(http: httpx.Client, repo: Path) -> None:
+def test_predict_nested_flat_and_per_version(wire: httpx.Client, repo: Path) -> None:
     for version in (1, 2):
-        status, body = ask(http, PREDICT, model="tiny", version=version,
+        status, body = ask(wire, PREDICT, model="tiny", version=version,
                            inputs=[{"name": "input", "data": X}])  # fmt: skip
         assert status == 200, body
         prediction = body["data"]["predict"]
@@ -82,14 +76,14 @@ def test_predict_nested_flat_and_per_version(http: httpx.Client, repo: Path) -> 
         assert (output["name"], output["datatype"], output["shape"]) == ("logits", "FP32", [2, 3])
         np.testing.assert_allclose(output["data"], reference(repo, version, X), rtol=1e-6)
     flat = [v for row in X for v in row]
-    _, shaped = ask(http, PREDICT, model="tiny", inputs=[{"name": "input", "data": flat,
+    _, shaped = ask(wire, PREDICT, model="tiny", inputs=[{"name": "input", "data": flat,
                                                            "shape": [2, 4]}])  # fmt: skip
     np.testing.assert_allclose(
         shaped["data"]["predict"]["outputs"][0]["data"], reference(repo, 2, X), rtol=1e-6
     )
 
 
-def test_predict_with_literals_and_an_output_subset(http: httpx.Client) -> None:
+def test_predict_with_literals_and_an_output_subset(wire: httpx.Client) -> None:
     inputs = (
         ", ".join(
             f'{{name: "in_{t}", data: [[1, 0]]}}'
@@ -99,7 +93,7 @@ def test_predict_with_literals_and_an_output_subset(http: httpx.Client) -> None:
         + ', {name: "in_BOOL", data: [[true, false]]}, {name: "in_BYTES", data: [["a", "b"]]}'
     )
     status, body = ask(
-        http,
+        wire,
         f'mutation {{ predict(model: "types", inputs: [{inputs}], '
         f'outputs: ["out_BYTES", "out_INT8"]) {{ outputs {{ name data }} }} }}',
     )
@@ -144,23 +138,23 @@ BAD: list[tuple[str, dict[str, Any], str, str]] = [
     ("variables", "code", "message"), [c[1:] for c in BAD], ids=[c[0] for c in BAD]
 )
 def test_bad_predictions_are_graphql_errors(
-    http: httpx.Client, variables: dict[str, Any], code: str, message: str
+    wire: httpx.Client, variables: dict[str, Any], code: str, message: str
 ) -> None:
-    status, body = ask(http, PREDICT, **variables)
+    status, body = ask(wire, PREDICT, **variables)
     assert status == 200
     assert body["data"] is None
     (error,) = body["errors"]
     assert error["path"] == ["predict"]
     assert error["extensions"]["code"] == code
     assert message in error["message"]
-    ok, _ = ask(http, PREDICT, model="tiny", inputs=[{"name": "input", "data": X}])
+    ok, _ = ask(wire, PREDICT, model="tiny", inputs=[{"name": "input", "data": X}])
     assert ok == 200
 
 
 def test_a_model_that_raises_is_internal_without_internals(
-    http: httpx.Client, server: RunningServer
+    wire: httpx.Client, server: RunningServer
 ) -> None:
-    _, body = ask(http, PREDICT, model="slow", inputs=[{"name": "seconds", "data": [-1.0]}])
+    _, body = ask(wire, PREDICT, model="slow", inputs=[{"name": "seconds", "data": [-1.0]}])
     (error,) = body["errors"]
     assert error["extensions"]["code"] == "INTERNAL"
     assert re.fullmatch(
@@ -184,25 +178,25 @@ def test_a_model_that_raises_is_internal_without_internals(
     ids=["syntax", "unknown field", "missing variable", "no query", "bad variables", "deep"],
 )
 def test_documents_that_cannot_run_are_400s(
-    http: httpx.Client, body: dict[str, Any], status: int, message: str
+    wire: httpx.Client, body: dict[str, Any], status: int, message: str
 ) -> None:
-    response = http.post("/graphql", json=body)
+    response = wire.post("/graphql", json=body)
     assert response.status_code == status
     assert message in response.json()["errors"][0]["message"]
 
 
-def test_body_limit_and_method(http: httpx.Client) -> None:
-    response = http.post("/graphql", content=b" " * 100_001)
+def test_body_limit_and_method(wire: httpx.Client) -> None:
+    response = wire.post("/graphql", content=b" " * 100_001)
     assert response.status_code == 413
     assert "over the limit of 100000" in response.json()["errors"][0]["message"]
-    assert http.get("/graphql").status_code == 405
+    assert wire.get("/graphql").status_code == 405
 
 
-def test_predictions_share_the_cache_and_metrics(http: httpx.Client) -> None:
+def test_predictions_share_the_cache_and_metrics(wire: httpx.Client) -> None:
     data = [[7.0, 7.0, 7.0, 7.0]]
     for _ in range(2):
-        ask(http, PREDICT, model="tiny", version=1, inputs=[{"name": "input", "data": data}])
-    metrics = http.get("/metrics").text
+        ask(wire, PREDICT, model="tiny", version=1, inputs=[{"name": "input", "data": data}])
+    metrics = wire.get("/metrics").text
     hits = re.search(
         r'modelport_cache_total\{event="hit",model="tiny",version="1"\} (\S+)', metrics
     )

@@ -64,11 +64,6 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def grpc_port() -> int:
-    return free_port()
-
-
-@pytest.fixture(scope="module")
 def server(repo: Path, grpc_port: int) -> Iterator[RunningServer]:
     with run_server(
         repo, "--trust-code", "--grpc-port", str(grpc_port), "--version-policy", "all",

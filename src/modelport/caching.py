@@ -262,4 +262,7 @@ def open_cache(spec: str, ttl_s: float = 600.0) -> Cache | None:
         return MemoryCache(ttl_s=ttl_s)
     if spec.startswith(("redis://", "rediss://", "unix://")):
         return RedisCache(spec, ttl_s)
-    raise ValueError(f"unknown cache {redact(spec)!r}: use 'memory', 'off' or a redis:// URL")
+    raise ValueError(
+        f"unknown cache {redact(spec)!r}: use 'memory', 'off' or a redis://, rediss:// or "
+        "unix:// URL"
+    )

@@ -169,7 +169,7 @@ class ServerConfig:
     trust_pickle: bool = False
     trust_code: bool = False  # serve code models (their model.py runs in the server)
     batching: BatchingConfig | None = None  # set: overrides every model's own batching
-    cache: str = "memory"  # "memory", "off" or a redis:// URL shared by workers and replicas
+    cache: str = "memory"  # "memory", "off" or a Redis URL shared by workers and replicas
     cache_ttl_s: float = 600.0
     cache_namespace: str = "modelport"  # starts every cache key: deployments sharing a Redis
     tls_cert: str | None = None  # PEM certificate (chain) and key: REST and gRPC speak TLS
@@ -191,7 +191,10 @@ class ServerConfig:
         if self.grace_s < 0:
             raise ValueError("grace_s must be >= 0")
         if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("tls_cert and tls_key go together: pass both, or neither")
+            raise ValueError(
+                "a TLS certificate and its key go together (--tls-cert and --tls-key, "
+                "ServerConfig.tls_cert and tls_key): pass both, or neither"
+            )
         if not self.cache_namespace or any(c.isspace() for c in self.cache_namespace):
             raise ValueError("cache_namespace must be non-empty, without spaces")
 

@@ -50,7 +50,7 @@ def check_name(name: str) -> str:
     """Return ``name`` if it is a valid model name, else raise InvalidNameError."""
     if not is_valid_name(name):
         raise InvalidNameError(
-            f"invalid model name {name!r}: use 1-64 letters, digits, '_', '-' or '.', starting "
+            f"invalid model name {name!r:.80}: use 1-64 letters, digits, '_', '-' or '.', starting "
             "with a letter or digit, with no '..' and not ending in '.'"
         )
     return name
@@ -66,7 +66,7 @@ def check_version(version: int | str) -> int:
     """Return ``version`` as a positive int, else raise InvalidNameError."""
     text = str(version)
     if not is_number(text) or int(text) < 1 or len(text) > 9:
-        raise InvalidNameError(f"invalid version {text!r}: versions are integers from 1")
+        raise InvalidNameError(f"invalid version {text!r:.40}: versions are integers from 1")
     return int(text)
 
 

@@ -18,7 +18,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import ssl
 
 
 @dataclass
@@ -66,15 +69,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_until_ready(server: RunningServer, timeout_s: float) -> None:
+def _wait_until_ready(server: RunningServer, timeout_s: float, tls: ssl.SSLContext | None) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout_s
+    verify = True if tls is None else tls
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             raise RuntimeError(f"the server exited with {server.process.returncode}:\n{server.log}")
         try:
-            if httpx.get(f"{server.url}/v2/health/ready", timeout=1).status_code == 200:
+            ready = httpx.get(f"{server.url}/v2/health/ready", timeout=1, verify=verify)
+            if ready.status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -84,9 +89,16 @@ def _wait_until_ready(server: RunningServer, timeout_s: float) -> None:
 
 @contextmanager
 def run_server(
-    source: str | os.PathLike[str], *args: str, timeout_s: float = 60.0
+    source: str | os.PathLike[str],
+    *args: str,
+    timeout_s: float = 60.0,
+    tls: ssl.SSLContext | None = None,
 ) -> Iterator[RunningServer]:
-    """Start ``modelport serve SOURCE ARGS`` on a free loopback port; stop it afterwards."""
+    """Start ``modelport serve SOURCE ARGS`` on a free loopback port; stop it afterwards.
+
+    For a server given ``--tls-cert`` and ``--tls-key``, pass ``tls``, a context that trusts
+    that certificate: the url is then https, and readiness is checked through the context.
+    """
     port = free_port()
     command = [sys.executable, "-m", "modelport", "serve", str(source), "--port", str(port)]
     # Files, not pipes: a full pipe would block a chatty server in the middle of a test.
@@ -94,9 +106,10 @@ def run_server(
         logs = Path(folder)
         with (logs / "stdout").open("wb") as out, (logs / "stderr").open("wb") as err:
             process = subprocess.Popen([*command, *args], stdout=out, stderr=err)
-        server = RunningServer(f"http://127.0.0.1:{port}", port, process, logs)
+        scheme = "http" if tls is None else "https"
+        server = RunningServer(f"{scheme}://127.0.0.1:{port}", port, process, logs)
         try:
-            _wait_until_ready(server, timeout_s)
+            _wait_until_ready(server, timeout_s, tls)
             yield server
         finally:
             if process.poll() is None:

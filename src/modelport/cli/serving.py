@@ -128,8 +128,8 @@ def _limit_options(function: Any) -> Any:
     "--cache",
     default=ServerConfig.cache,
     show_default=True,
-    help="Prediction cache: memory (per process), off, or a redis:// URL shared by "
-    "all workers and replicas.",
+    help="Prediction cache: memory (per process), off, or a redis://, rediss:// or unix:// "
+    "URL shared by all workers and replicas.",
 )
 @click.option(
     "--cache-ttl-s",

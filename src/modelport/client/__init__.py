@@ -6,8 +6,8 @@
 ``Client`` and ``AsyncClient`` share everything but their I/O:
 
     _protocol.py   request bodies, decoded outputs, the status -> error table
-    _calls.py      deadlines, retries, input naming and fallbacks, as generators that yield
-                   what to send and when to wait
+    _calls.py      the checks of a client's arguments; deadlines, retries, input naming and
+                   fallbacks, as generators that yield what to send and when to wait
     _sync.py       Client: drives those with httpx.Client and time.sleep
     _async.py      AsyncClient: with httpx.AsyncClient and asyncio.sleep
 """

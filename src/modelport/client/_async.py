@@ -9,7 +9,15 @@ from typing import Any, TypeVar
 
 import httpx
 
-from modelport.client._calls import Calls, Fallback, Flow, Inputs, Options, Sleep
+from modelport.client._calls import (
+    Calls,
+    Fallback,
+    Flow,
+    Inputs,
+    Options,
+    Sleep,
+    check_transport,
+)
 from modelport.client._protocol import Outputs, Version, auth_headers
 
 T = TypeVar("T")
@@ -48,11 +56,7 @@ class AsyncClient:
         fallback: Fallback = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
-            raise TypeError(
-                f"{type(transport).__name__} is not an async httpx transport: pass it to "
-                "modelport.Client, or give AsyncClient an httpx.AsyncBaseTransport"
-            )
+        check_transport(transport, httpx.AsyncBaseTransport)
         options = Options(timeout_s, retries, backoff_s, fallback)
         self._http = httpx.AsyncClient(
             base_url=url, headers=auth_headers(token), transport=transport

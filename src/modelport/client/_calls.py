@@ -45,6 +45,17 @@ Fallback: TypeAlias = "FallbackFunction | Mapping[str, npt.ArrayLike] | None"
 # caller's to fix, so they are always raised.
 _OUTAGES = (OverloadedError, DeadlineExceededError, PredictionError)
 _JSON = {"Content-Type": "application/json"}
+# A transport of the other kind than its client's: what to say, by the kind the client wants.
+_OTHER_KIND = {
+    httpx.BaseTransport: (
+        "is not a blocking httpx transport (it is async only): "
+        "pass it to modelport.AsyncClient, or give Client an httpx.BaseTransport"
+    ),
+    httpx.AsyncBaseTransport: (
+        "is not an async httpx transport: "
+        "pass it to modelport.Client, or give AsyncClient an httpx.AsyncBaseTransport"
+    ),
+}
 
 T = TypeVar("T")
 
@@ -136,6 +147,12 @@ class Options:
             raise error
         answer = self.fallback(name, inputs, error) if callable(self.fallback) else self.fallback
         return {key: np.asarray(value) for key, value in answer.items()}  # as the service's
+
+
+def check_transport(transport: object, kind: type[Any]) -> None:
+    """TypeError at once for a transport that is not a ``kind``, naming the client it suits."""
+    if transport is not None and not isinstance(transport, kind):
+        raise TypeError(f"{type(transport).__name__} {_OTHER_KIND[kind]}")
 
 
 class Calls:

@@ -9,7 +9,15 @@ from typing import Any, TypeVar
 
 import httpx
 
-from modelport.client._calls import Calls, Fallback, Flow, Inputs, Options, Sleep
+from modelport.client._calls import (
+    Calls,
+    Fallback,
+    Flow,
+    Inputs,
+    Options,
+    Sleep,
+    check_transport,
+)
 from modelport.client._protocol import Outputs, Version, auth_headers
 
 T = TypeVar("T")
@@ -52,11 +60,7 @@ class Client:
         fallback: Fallback = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        if transport is not None and not isinstance(transport, httpx.BaseTransport):
-            raise TypeError(
-                f"{type(transport).__name__} is not a blocking httpx transport (it is async "
-                "only): pass it to modelport.AsyncClient, or give Client an httpx.BaseTransport"
-            )
+        check_transport(transport, httpx.BaseTransport)
         options = Options(timeout_s, retries, backoff_s, fallback)
         self._http = httpx.Client(base_url=url, headers=auth_headers(token), transport=transport)
         self._calls = Calls(self._http.base_url, options)

@@ -145,7 +145,7 @@ MAX_QUERY_BYTES = 64 * 1024  # the document itself: tensor data belongs in varia
 MAX_TOKENS = 5_000  # lexical tokens of the document, counted while it is parsed
 MAX_PREDICTS = 16  # predict fields one operation runs, aliases and fragments included
 _MAX_VALIDATION_ERRORS = 20  # validation stops looking after these
-_INLINE_QUERY_BYTES = 8 * 1024  # larger documents are parsed and validated in a thread
+_INLINE_QUERY_BYTES = 1024  # larger documents are parsed and validated in a thread
 _INLINE_BODY_BYTES = 256 * 1024  # larger bodies are decoded in a thread, as REST does
 
 
@@ -199,15 +199,18 @@ async def _execute(engine: Engine, body: bytes, use_cache: bool) -> tuple[int, d
         # Brackets in the document nest too (list literals, selections): bound them as JSON.
         check_depth(encoded, limits.max_json_depth)
     except InvalidInputError as exc:
-        return 400, {"errors": [{"message": str(exc)}]}
+        return 400, {"errors": [{"message": str(exc), "extensions": {"code": "INVALID_INPUT"}}]}
     schema = _schema()
     try:
         if len(encoded) > _INLINE_QUERY_BYTES:  # pure Python: the loop goes on serving meanwhile
             document = await asyncio.to_thread(_document, schema, query)
         else:
             document = _document(schema, query)
-    except _Refused as refused:
-        return 400, {"errors": [error.formatted for error in refused.errors]}
+    except _Refused as refused:  # every error with a code, as the executor's carry
+        errors: list[dict[str, Any]] = [dict(error.formatted) for error in refused.errors]
+        for error in errors:
+            error["extensions"] = {"code": "INVALID_INPUT", **error.get("extensions", {})}
+        return 400, {"errors": errors}
     result = execute_document(
         schema,
         document,
@@ -228,13 +231,18 @@ def _document(schema: GraphQLSchema, query: str) -> DocumentNode:
         document = parse(query, max_tokens=MAX_TOKENS)
     except GraphQLError as error:  # a syntax error, or more tokens than the limit
         raise _Refused([error]) from None
-    errors = validate(schema, document, max_errors=_MAX_VALIDATION_ERRORS)
-    if errors:
-        raise _Refused(list(errors))
+    # Counted before validation, whose cost grows with the square of the fields: a document of
+    # many aliased predicts is refused before any of it. One that cannot be counted (a
+    # fragment that is not defined) is left to validation to explain.
     try:
         predicts = _most_predicts(document)
     except RecursionError:
         raise _Refused([GraphQLError("the document nests fragments too deeply")]) from None
+    except (KeyError, AttributeError):
+        predicts = 0
+    errors = validate(schema, document, max_errors=_MAX_VALIDATION_ERRORS)
+    if errors:
+        raise _Refused(list(errors))
     if predicts > MAX_PREDICTS:
         raise _Refused([
             GraphQLError(

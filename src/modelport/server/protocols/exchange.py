@@ -11,6 +11,8 @@ import http
 import time
 from typing import Any, Protocol
 
+import orjson
+
 from modelport.server.rest.http import BODY_DEADLINE
 
 
@@ -44,12 +46,14 @@ def status_line(status: int) -> bytes:
 
 
 def closing_answer(status: int, message: str, default_headers: list[tuple[bytes, bytes]]) -> bytes:
-    """A plain-text error answer that says the connection closes after it."""
-    body = message.encode()
+    """An error answer, ``{"error": message}`` as the app's, that closes the connection."""
+    body = orjson.dumps({"error": message})
     head = [status_line(status)]
     for name, value in default_headers:
         head += (name, b": ", value, b"\r\n")
-    head.append(b"content-type: text/plain; charset=utf-8\r\nconnection: close\r\n")
+    head.append(b"content-type: application/json\r\nconnection: close\r\n")
+    if status in (429, 503):  # too many at once: worth another try shortly
+        head.append(b"retry-after: 1\r\n")
     head.append(b"content-length: %d\r\n\r\n" % len(body))
     return b"".join(head) + body
 

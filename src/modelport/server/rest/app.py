@@ -46,7 +46,7 @@ from modelport.server.rest.http import (
     send_response,
 )
 from modelport.server.rest.protocol import encode_infer_response, parse_infer_request
-from modelport.server.rest.routes import Endpoint, route
+from modelport.server.rest.routes import Endpoint, checked, route
 from modelport.server.tensors import check_strings, json_inputs, parse_json
 from modelport.signature import Signature
 
@@ -112,16 +112,20 @@ class RestApp:
         routed = self._routes.get((method, raw))
         fresh = routed is None
         if routed is None:
-            routed = route(method, bytes(raw).decode("latin-1").split("?", 1)[0], scope["path"])
-        endpoint, params = routed
+            line = bytes(raw).decode("latin-1").split("?", 1)[0]
+            endpoint, found = route(method, line, scope["path"])
+        else:
+            endpoint, params = routed
         if endpoint.handler not in _SELF_AUTHORIZED and (
             self._gate.local_only or (self.config.token is not None and not endpoint.open)
         ):
             self._authorize(scope)
-        # Kept only once authorized, and only short paths: the regexes run once per path, and
-        # a client sending random paths can neither fill the table nor grow it without bound.
-        if fresh and len(raw) <= _ROUTE_CACHE_PATH and len(self._routes) < _ROUTE_CACHE_SIZE:
-            self._routes[(method, raw)] = routed
+        if fresh:
+            params = checked(found)
+            # Kept only once authorized, and only short paths: the regexes run once per path,
+            # and a client sending random paths can neither fill the table nor grow it.
+            if len(raw) <= _ROUTE_CACHE_PATH and len(self._routes) < _ROUTE_CACHE_SIZE:
+                self._routes[(method, raw)] = endpoint, params
         handler = self._handlers.get(endpoint.handler)
         if handler is None:
             handler = self._handlers[endpoint.handler] = getattr(self, f"_{endpoint.handler}")

@@ -119,7 +119,7 @@ def _parse_tensor(
 ) -> tuple[str, str, np.ndarray, int]:
     """One input tensor: name, datatype, array, and the bytes of the binary part it used."""
     if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
-        raise _fail(f"inputs[{index}] needs a string 'name'")
+        raise _fail(f"inputs[{index}] must be an object with a string 'name'")
     name = tensor["name"]
     datatype = tensor.get("datatype")
     if datatype not in DTYPES:

@@ -81,8 +81,12 @@ def _pattern(path: str) -> re.Pattern[str]:
 _ROUTES = tuple((e.method.upper(), _pattern(e.path), e) for e in ENDPOINTS)
 
 
-def route(method: str, path: str, shown: str) -> tuple[Endpoint, dict[str, Any]]:
-    """The endpoint and checked parameters for a request line, or the HTTP error to answer."""
+def route(method: str, path: str, shown: str) -> tuple[Endpoint, dict[str, str]]:
+    """The endpoint and raw parameters for a request line, or the HTTP error to answer.
+
+    The parameters are checked by ``checked``, once the request is authorized: a client
+    without the token learns nothing from how its names are refused.
+    """
     allowed = []
     for verb, pattern, endpoint in _ROUTES:
         match = pattern.fullmatch(path)
@@ -92,17 +96,22 @@ def route(method: str, path: str, shown: str) -> tuple[Endpoint, dict[str, Any]]
             allowed.append(verb)
             continue
         groups = match.groupdict().items()
-        params: dict[str, Any] = {k: unquote(v) for k, v in groups if v is not None}
-        if "name" in params:
-            check_name(params["name"])
-        if "version" in params:
-            params["version"] = check_version(params["version"])
-        if "key" in params:
-            check_key(params["key"])
-        return endpoint, params
+        return endpoint, {k: unquote(v) for k, v in groups if v is not None}
     if allowed:
         raise HTTPError(405, f"{method} is not allowed here; use {', '.join(allowed)}")
     raise HTTPError(404, f"no such endpoint: {method} {shown}")
+
+
+def checked(params: dict[str, str]) -> dict[str, Any]:
+    """The parameters of ``route`` checked: a valid model name, a version number, a key
+    within the store's bound."""
+    if "name" in params:
+        check_name(params["name"])
+    if "key" in params:
+        check_key(params["key"])
+    if "version" in params:
+        return {**params, "version": check_version(params["version"])}
+    return params
 
 
 def check_key(key: str) -> None:
