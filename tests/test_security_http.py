@@ -274,3 +274,26 @@ def _rss_bytes() -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise AssertionError("no VmRSS in /proc/self/status")
+
+
+@pytest.mark.parametrize(
+    "start",
+    [
+        b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Long: ",
+        b"POST / HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"2\r\n{}\r\n0\r\nX-Trailer: ",
+    ],
+    ids=["header", "trailer"],
+)
+def test_a_head_or_trailer_over_the_limit_in_the_read_it_began_is_refused(
+    port: int, start: bytes
+) -> None:
+    # Past the limit in one write: the request begins in the read that carries it all (the
+    # piece of it the parser was given when the request began is not counted).
+    with connect(port) as conn:
+        conn.send(start + b"a" * (http1.MAX_HEAD_BYTES + http1._FEED_BYTES + 4096))
+        started = time.monotonic()
+        status, _, _ = conn.response()
+        assert (status, conn.closed()) == (431, True)
+        assert time.monotonic() - started < 2
+    assert served(port)

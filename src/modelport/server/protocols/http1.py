@@ -1,17 +1,11 @@
 """HTTP/1.1 connections for ``modelport serve``: uvicorn runs the process, this runs the wire.
 
-uvicorn still binds the sockets, runs the workers, the lifespan, the signals and the graceful
-shutdown; it builds one of these protocols per connection (``uvicorn.Config(http=...)``).
-Why our own: it costs less CPU per request than uvicorn's httptools protocol, and for a small
-model the HTTP layer is a large part of a request (``benchmarks/http_protocol.py``). It does
-less per request: one write per response (head and body together), no event object, one timer
-per connection, and a task started eagerly on Python 3.12+ (a small request is answered before
-the task is ever scheduled).
-
-Nothing in modelport imports it: ``modelport serve --http uvicorn`` runs uvicorn's own
-protocol instead, and the tests run the server suite and the same raw bytes through both.
-It relies on uvicorn's protocol interface (``config.loaded_app``, ``server_state``), so
-uvicorn is pinned to the releases it is tested with (pyproject.toml).
+uvicorn binds the sockets, runs the workers, the lifespan, the signals and the graceful shutdown,
+and builds one of these per connection (``uvicorn.Config(http=...)``). Ours because it costs
+less CPU per request than uvicorn's httptools protocol (``benchmarks/http_protocol.py``): one
+write per response, no event objects, one timer per connection, eager tasks on Python 3.12+.
+Nothing imports it (``serve --http uvicorn`` runs uvicorn's instead; the tests run both); it
+relies on uvicorn's protocol interface, so uvicorn is pinned to the tested releases.
 
 What it speaks: keep-alive, pipelining (requests run one at a time, in order, reading paused
 while any wait), chunked request bodies, ``Expect: 100-continue``, HEAD, chunked responses when
@@ -44,6 +38,7 @@ WRITE_STALL_S = 30.0  # a client that takes none of its answers for this long is
 # Requests parsed ahead of the one being answered: reading pauses behind them, but one read may
 # hold thousands of small ones. Deep enough for any pipelining client (benchmarks use 16-64).
 MAX_PIPELINE = 256
+_FEED_BYTES = 8 * 1024  # reads go to the parser in pieces of this: the head limit's slack
 
 
 class H1Protocol(asyncio.Protocol):
@@ -119,6 +114,17 @@ class H1Protocol(asyncio.Protocol):
             self._writable.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        if len(data) <= _FEED_BYTES:
+            self._feed(data)
+        else:  # so that a head or trailer that begins in a large read is counted from there
+            view = memoryview(data)
+            for start in range(0, len(data), _FEED_BYTES):
+                if self._refusal is not None:
+                    break
+                self._feed(view[start : start + _FEED_BYTES])
+        self._start_ready()
+
+    def _feed(self, data: bytes | memoryview) -> None:
         if self._refusal is not None:
             return  # refused: nothing more is read from this stream
         self._began = False
@@ -134,14 +140,17 @@ class H1Protocol(asyncio.Protocol):
             self._refuse(400, f"malformed HTTP request: {exc}")  # unless a callback refused
         else:
             # The parser keeps a header or trailer line that never ends to itself: counted here,
-            # per read. A read in which no request began belongs whole to the one being read;
-            # of a chunked body, framing beyond the data it carries counts (as Go's net/http).
+            # per piece fed. A piece in which no request began belongs whole to the one being
+            # read; of a chunked body, framing beyond the data it carries counts (as Go's
+            # net/http). A large read is fed in pieces, so at most one piece goes uncounted.
             if self._open and not self._began:
                 framing = self._framing + len(data) - 2 * self._body_read
                 if framing > MAX_HEAD_BYTES:
                     self._refuse(431, f"the request's head, chunk lines and trailers are over "
                                       f"{MAX_HEAD_BYTES} bytes")  # fmt: skip
                 self._framing = framing if framing > 0 else 0
+
+    def _start_ready(self) -> None:
         if self._ready is not None:
             exchange, self._ready = self._ready, None
             if len(self.server_state.connections) == 1:  # no other client's request to await
