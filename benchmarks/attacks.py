@@ -40,6 +40,7 @@ MIB = 2**20
 Send = Callable[[], str]  # sends a prepared attack, returns what came back
 Prepared = tuple[Send, int]  # and the bytes of the body it sends, which the server must hold
 BODY_LIMIT = 64 * MIB  # `modelport serve`'s default --max-body-bytes; --max-body-mb sets it
+JSON_LIMIT = 4 * MIB  # its default --max-json-bytes (a body of JSON only); --max-json-mb
 TINY = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
 
 
@@ -146,19 +147,19 @@ def post(url: str, path: str, body: bytes, **headers: str) -> str:
 
 
 def json_quotes(t: Target) -> Prepared:
-    body = b"[" * 100 + b'"' + b'\\"' * ((BODY_LIMIT - 1024) // 2) + b'"' + b"]" * 100
+    body = b"[" * 100 + b'"' + b'\\"' * ((JSON_LIMIT - 1024) // 2) + b'"' + b"]" * 100
     return (lambda: post(t.url, "/v2/models/tiny/infer", body)), len(body)
 
 
 def long_and_empty_strings(t: Target) -> Prepared:
-    data = ["x" * MIB] + [""] * ((BODY_LIMIT - 2 * MIB) // 4)  # '"", ' is 4 bytes
+    data = ["x" * MIB] + [""] * ((JSON_LIMIT - 2 * MIB) // 4)  # '"", ' is 4 bytes
     tensor = {"name": "input", "shape": [1, len(data)], "datatype": "FP32", "data": data}
     body = json.dumps({"inputs": [tensor]}).encode()
     return (lambda: post(t.url, "/v2/models/tiny/infer", body)), len(body)
 
 
 def v1_long_and_empty_strings(t: Target) -> Prepared:
-    instances = ["x" * MIB] + [""] * ((BODY_LIMIT - 2 * MIB) // 4)
+    instances = ["x" * MIB] + [""] * ((JSON_LIMIT - 2 * MIB) // 4)
     body = json.dumps({"instances": instances}).encode()
     return (lambda: post(t.url, "/v1/models/text:predict", body)), len(body)
 
@@ -172,7 +173,7 @@ def graphql_aliases(t: Target) -> Prepared:
 
 
 def graphql_huge_query(t: Target) -> Prepared:
-    query = "{ models { " + "name " * ((BODY_LIMIT - MIB) // 5) + "} }"
+    query = "{ models { " + "name " * ((JSON_LIMIT - MIB) // 5) + "} }"
     body = json.dumps({"query": query}).encode()
     return (lambda: post(t.url, "/graphql", body)), len(body)
 
@@ -356,20 +357,24 @@ def main() -> None:
     parser.add_argument(
         "--max-body-mb", type=float, default=64, help="the server's --max-body-bytes, in MiB"
     )
+    parser.add_argument(
+        "--max-json-mb", type=float, default=4, help="the server's --max-json-bytes, in MiB"
+    )
     args = parser.parse_args()
-    global BODY_LIMIT
-    BODY_LIMIT = int(args.max_body_mb * MIB)
+    global BODY_LIMIT, JSON_LIMIT
+    BODY_LIMIT, JSON_LIMIT = int(args.max_body_mb * MIB), int(args.max_json_mb * MIB)
     names = args.only.split(",") if args.only else list(ATTACKS)
     work = Path(tempfile.mkdtemp(prefix="modelport-attacks-"))
     repo = modelport.Repository.init(work / "models")
     modelport.add_model(repo, "tiny", mlp_onnx((4, 8, 3), seed=1))
     modelport.add_model(repo, "text", text_model())
     grpc_port = free_port()
-    print(f"body limit {BODY_LIMIT / MIB:g} MiB")
+    print(f"body limit {BODY_LIMIT / MIB:g} MiB, of which JSON {JSON_LIMIT / MIB:g} MiB")
     print(f"{'attack':>28} {'answer':>18} {'server ms':>10} {'body MB':>8} {'RSS MB':>8} "
           f"{'others ms':>10} {'fail':>5}  targets met")  # fmt: skip
-    options = ["--grpc-port", str(grpc_port), "--no-access-log", "--max-body-bytes"]
-    with run_server(repo.root, *options, str(BODY_LIMIT)) as server:
+    options = ["--grpc-port", str(grpc_port), "--no-access-log"]
+    options += ["--max-body-bytes", str(BODY_LIMIT), "--max-json-bytes", str(JSON_LIMIT)]
+    with run_server(repo.root, *options) as server:
         warm_up(server.url, grpc_port)
         for name in names:
             target = Target(server.url, server.port, grpc_port)

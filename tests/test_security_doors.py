@@ -359,3 +359,22 @@ def test_a_bad_grpc_request_id_is_replaced(
     assert given not in server.access_log
     assert given not in server.log
     assert_serving(server.url)
+
+
+def test_a_body_of_json_has_a_smaller_limit_than_binary_tensors(server: RunningServer) -> None:
+    big = 5 * 2**20  # over the 4 MiB of JSON, under the 64 MiB of any body
+    json_body = b'{"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": ['
+    json_body += b"1.0, " * (big // 5) + b"1.0]}]}"
+    refused = httpx.post(f"{server.url}/v2/models/tiny/infer", content=json_body, timeout=30)
+    assert refused.status_code == 413
+    assert "--max-json-bytes" in refused.json()["error"]
+    assert "binary" in refused.json()["error"]
+    header = b'{"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", '
+    header += b'"parameters": {"binary_data_size": %d}}]}' % big
+    binary = httpx.post(
+        f"{server.url}/v2/models/tiny/infer", content=header + b"\0" * big, timeout=30,
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )  # fmt: skip
+    assert binary.status_code == 400  # read whole, then refused for its shape
+    assert "binary_data_size" in binary.json()["error"]
+    assert_serving(server.url)

@@ -56,8 +56,10 @@ def server(tmp_path_factory: pytest.TempPathFactory, grpc_port: int) -> Iterator
     modelport.add_model(repo, "text", text_onnx())
     store = str(folder / "predictions.db")
     Store(store).close()  # an empty prediction store: lookups compute live from features
+    # JSON as large as the body limit, so that the string budget is what refuses it.
+    json_limit = ("--max-json-bytes", str(64 * MiB))
     with run_server(
-        repo.root, "--grpc-port", str(grpc_port), "--store", store, "--no-access-log"
+        repo.root, "--grpc-port", str(grpc_port), "--store", store, "--no-access-log", *json_limit
     ) as running:  # fmt: skip
         yield running
 

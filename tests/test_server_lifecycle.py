@@ -460,6 +460,7 @@ def test_the_config_handed_to_workers_round_trips_with_every_field_set() -> None
         "version_policy": "all",
         "limits": ServerLimits(
             max_body_bytes=1000,
+            max_json_bytes=900,
             max_json_depth=7,
             max_elements=99,
             request_timeout_s=1.5,

@@ -63,6 +63,8 @@ class ServerLimits:
 
     The body and depth limits match Triton's; ``max_queue`` bounds the requests waiting for
     one model version, beyond which the server answers 503 at once instead of queueing.
+    ``max_json_bytes`` bounds a body that is all JSON (without the binary tensor extension):
+    parsing JSON costs far more than its bytes, and the worker's other requests wait for it.
     ``max_string_bytes`` bounds the text (UTF-8) of all BYTES and string inputs of a request.
     ``max_connections`` bounds a worker's open connections (and requests in progress): once
     there are that many, a request is answered 503 and its connection closed (uvicorn's
@@ -70,6 +72,7 @@ class ServerLimits:
     """
 
     max_body_bytes: int = 64 * 2**20
+    max_json_bytes: int = 4 * 2**20
     max_json_depth: int = 100
     max_elements: int = InputLimits().max_elements
     max_string_bytes: int = 16 * 2**20
@@ -79,8 +82,10 @@ class ServerLimits:
     allow_non_finite: bool = False
 
     def __post_init__(self) -> None:
-        sizes = ("max_body_bytes", "max_json_depth", "max_elements", "max_string_bytes")
-        for name in (*sizes, "max_queue", "max_connections"):
+        for name in (
+            "max_body_bytes", "max_json_bytes", "max_json_depth", "max_elements",
+            "max_string_bytes", "max_queue", "max_connections",
+        ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.request_timeout_s <= 0:

@@ -24,6 +24,8 @@ def _limit_options(function: Any) -> Any:
     defaults = ServerLimits()
     helps = {
         "max_body_bytes": "Largest request body accepted (413 beyond).",
+        "max_json_bytes": "Largest body that is all JSON (413 beyond); binary tensors (the "
+        "binary tensor extension) may fill --max-body-bytes.",
         "max_json_depth": "Deepest JSON nesting accepted.",
         "max_elements": "Most elements in one input tensor.",
         "max_string_bytes": "Most bytes of text (BYTES inputs) in one request.",

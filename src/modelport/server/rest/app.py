@@ -55,6 +55,10 @@ log = logging.getLogger("modelport.server")
 # A GraphQL executor: (engine, body, use_cache) -> (HTTP status, GraphQL response).
 GraphQL = Callable[[Engine, bytes, bool], Awaitable[tuple[int, dict[str, Any]]]]
 
+_JSON_HINT = (
+    " for a body of JSON (--max-json-bytes): send large tensors as binary data (the binary "
+    "tensor extension, tritonclient's default) or raise the limit"
+)
 _SELF_AUTHORIZED = {"graphql"}  # answers a refusal in its own error shape
 _INLINE_PARSE_BYTES = 256 * 1024
 _ROUTE_CACHE_SIZE = 4096  # request lines already routed: the regexes run once per path
@@ -296,17 +300,20 @@ class RestApp:
         length = header(scope, b"content-length")
         limits = self.config.limits
         declared = int(length) if length and is_number(length) else None
+        limit, hint = limits.max_body_bytes, ""
+        if header(scope, b"inference-header-content-length") is None:  # all JSON
+            limit, hint = min(limit, limits.max_json_bytes), _JSON_HINT
         timeout = limits.request_timeout_s
         deadline_extension = scope.get("extensions", {}).get(BODY_DEADLINE)
         if deadline_extension is not None:  # our HTTP/1.1 protocol times only a real wait
             deadline_extension["at"] = time.monotonic() + timeout
             try:
-                return await read_body(receive, declared, limits.max_body_bytes)
+                return await read_body(receive, declared, limit, hint)
             except TimeoutError:
                 raise _body_too_late(timeout) from None
         with Deadline(timeout) as deadline:
             try:
-                return await read_body(receive, declared, limits.max_body_bytes)
+                return await read_body(receive, declared, limit, hint)
             except asyncio.CancelledError:
                 if not deadline.expired:
                     raise

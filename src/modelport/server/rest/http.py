@@ -103,10 +103,11 @@ class Deadline:
             self._task.uncancel()  # the cancellation was ours and has been handled
 
 
-async def read_body(receive: Receive, length: int | None, limit: int) -> bytes:
-    """The whole request body, refusing more than ``limit`` bytes before reading them."""
+async def read_body(receive: Receive, length: int | None, limit: int, hint: str = "") -> bytes:
+    """The whole request body, refusing more than ``limit`` bytes before reading them;
+    ``hint`` ends the refusal's message."""
     if length is not None and length > limit:
-        raise HTTPError(413, f"request body of {length} bytes is over the limit of {limit}")
+        raise HTTPError(413, f"request body of {length} bytes is over the limit of {limit}{hint}")
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -116,7 +117,7 @@ async def read_body(receive: Receive, length: int | None, limit: int) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise HTTPError(413, f"request body is over the limit of {limit} bytes")
+            raise HTTPError(413, f"request body is over the limit of {limit} bytes{hint}")
         if not message.get("more_body", False):
             return b"".join((*chunks, chunk)) if chunks else chunk  # mostly one message
         chunks.append(chunk)
