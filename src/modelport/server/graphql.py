@@ -142,7 +142,7 @@ CODES: tuple[tuple[type[Exception], str], ...] = (
 
 # What one request may make the server do.
 MAX_QUERY_BYTES = 64 * 1024  # the document itself: tensor data belongs in variables
-MAX_TOKENS = 5_000  # lexical tokens of the document, counted while it is parsed
+MAX_TOKENS = 3_000  # lexical tokens of the document, counted while it is parsed
 MAX_PREDICTS = 16  # predict fields one operation runs, aliases and fragments included
 _MAX_VALIDATION_ERRORS = 20  # validation stops looking after these
 _INLINE_QUERY_BYTES = 1024  # larger documents are parsed and validated in a thread
