@@ -21,6 +21,7 @@ from modelport.server.service import create_app
 from modelport.testing import RunningServer, run_server
 
 ROW = [[1.0, 2.0, 3.0, 4.0]]
+TOKEN = {"Authorization": "Bearer s3cret"}
 INFER = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": ROW}]}
 
 
@@ -159,54 +160,29 @@ def test_the_whole_operation_runs_under_the_request_deadline(
 
 
 def test_unauthenticated_requests_do_not_grow_the_route_table(repo: Path) -> None:
-    async def attack() -> None:
-        service = create_app(repo, ServerConfig(token="s3cret", trust_code=True))
-        await service.start()
-        try:
-            while not service.ready:
-                await asyncio.sleep(0.02)
-            transport = httpx.ASGITransport(app=service)  # type: ignore[arg-type]
-            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
-                before = len(service.rest._routes)
-                for i in range(10_000):
-                    key = f"{i:05d}" + "k" * 400
-                    path = f"/v2/models/tiny/predictions/{key}"
-                    assert (await c.get(path)).status_code == 401
-                    if i % 10 == 0:  # short paths are not kept either, unauthorized
-                        assert (await c.get(f"/v2/models/m{i}")).status_code == 401
-                assert len(service.rest._routes) == before
-                token = {"Authorization": "Bearer s3cret"}
-                answer = await c.post("/v2/models/tiny/infer", json=INFER, headers=token)
-                assert answer.status_code == 200
-                assert len(service.rest._routes) == before + 1  # authorized: kept
-                assert (await c.get("/v2/health/ready")).json() == {"ready": True}
-        finally:
-            await service.stop()
-
-    asyncio.run(attack())
+    with server_models.in_process(repo, ServerConfig(token="s3cret", trust_code=True)) as http:
+        routes = http.app.rest._routes  # type: ignore[attr-defined]
+        before = len(routes)
+        for i in range(10_000):
+            key = f"{i:05d}" + "k" * 400
+            assert http.get(f"/v2/models/tiny/predictions/{key}").status_code == 401
+            if i % 10 == 0:  # short paths are not kept either, unauthorized
+                assert http.get(f"/v2/models/m{i}").status_code == 401
+        assert len(routes) == before
+        answer = http.post("/v2/models/tiny/infer", json=INFER, headers=TOKEN)
+        assert answer.status_code == 200
+        assert len(routes) == before + 1  # authorized: kept
+        assert http.get("/v2/health/ready").json() == {"ready": True}
 
 
 def test_without_the_token_names_are_not_judged_and_with_it_echoed_short(repo: Path) -> None:
-    async def probe() -> None:
-        service = create_app(repo, ServerConfig(token="s3cret", trust_code=True))
-        await service.start()
-        try:
-            while not service.ready:
-                await asyncio.sleep(0.02)
-            transport = httpx.ASGITransport(app=service)  # type: ignore[arg-type]
-            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
-                long_name = "/v2/models/" + "n" * 60_000 + "/infer"
-                for path in ("/v2/models/a..b/infer", "/v2/models/tiny/versions/x/infer"):
-                    assert (await c.post(path, json=INFER)).status_code == 401
-                assert (await c.post(long_name, json=INFER)).status_code == 401
-                token = {"Authorization": "Bearer s3cret"}
-                refused = await c.post(long_name, json=INFER, headers=token)
-                assert refused.status_code == 400
-                assert len(refused.content) < 500  # the name is shown, not echoed whole
-        finally:
-            await service.stop()
-
-    asyncio.run(probe())
+    with server_models.in_process(repo, ServerConfig(token="s3cret", trust_code=True)) as http:
+        long_name = "/v2/models/" + "n" * 60_000 + "/infer"
+        for path in ("/v2/models/a..b/infer", "/v2/models/tiny/versions/x/infer", long_name):
+            assert http.post(path, json=INFER).status_code == 401
+        refused = http.post(long_name, json=INFER, headers=TOKEN)
+        assert refused.status_code == 400
+        assert len(refused.content) < 500  # the name is shown, not echoed whole
 
 
 @pytest.fixture(scope="module")

@@ -112,7 +112,7 @@ def spec_from_array(name: str, array: np.ndarray, dynamic_batch: bool = True) ->
     return TensorSpec(name, dtype_name(array.dtype), shape)
 
 
-_NUMBERS = frozenset({bool, int, float})
+NUMBERS = frozenset({bool, int, float})  # the kinds of JSON values a numeric tensor takes
 _TEXT = frozenset({str, bytes})
 _JSON = frozenset({list, dict, str, bool, int, float, type(None)})  # what orjson makes
 
@@ -168,7 +168,7 @@ def json_array(found: Leaves, shape: tuple[int, ...] | None = None) -> np.ndarra
         array = np.empty(0)
     elif kinds == {str}:
         array = np.array(values, dtype=object)  # flat, so numpy looks no deeper
-    elif kinds <= _NUMBERS:
+    elif kinds <= NUMBERS:
         dtype = np.float64 if float in kinds else np.int64 if int in kinds else np.bool_
         array = _numbers(values, dtype)
     elif type(None) in kinds:

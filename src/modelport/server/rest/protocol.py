@@ -25,10 +25,10 @@ from modelport.server.tensors import (
     parse_json,
     shaped_values,
 )
-from modelport.signature import json_array
+from modelport.signature import NUMBERS, json_array
 
 _KINDS = {"BOOL": "b", "FP16": "biuf", "FP32": "biuf", "FP64": "biuf"}  # others: integers
-_NUMBERS = {bool, int, float}
+_FLOATS = frozenset({"FP16", "FP32", "FP64"})
 
 
 def parse_infer_request(
@@ -161,7 +161,7 @@ def _from_json(
         if not found.kinds <= {str}:
             raise _fail(f"input {name!r}: BYTES data must be strings", name)
         return np.array(found.values, dtype=object).reshape(shape)
-    if not found.kinds <= _NUMBERS:
+    if not found.kinds <= NUMBERS:
         raise _fail(
             f"input {name!r}: data must be {_describe(datatype)} for datatype {datatype}", name
         )
@@ -185,9 +185,6 @@ def _from_json(
                 name,
             )
     return loose.astype(target, copy=False).reshape(shape)
-
-
-_FLOATS = frozenset({"FP16", "FP32", "FP64"})
 
 
 def _describe(datatype: str) -> str:

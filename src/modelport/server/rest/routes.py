@@ -29,9 +29,6 @@ class Endpoint:
     needs: str = ""  # "lookups" or "graphql": served only by a server that has it
     open: bool = False  # probes need no token: the /v2/health/ endpoints
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "open", self.path.startswith("/v2/health/"))
-
 
 # handler, method, path, request, response, errors, tag, summary [| needs]
 _TABLE = """
@@ -54,7 +51,8 @@ graphql post /graphql GraphQLRequest GraphQLResponse 400,401,504 graphql Query t
 def _endpoint(line: str) -> Endpoint:
     described, _, needs = line.partition(" | ")
     handler, method, path, request, response, errors, tag, summary = described.split(maxsplit=7)
-    return Endpoint(handler, method, path, request, response, errors, tag, summary, needs)
+    open_ = path.startswith("/v2/health/")
+    return Endpoint(handler, method, path, request, response, errors, tag, summary, needs, open_)
 
 
 ENDPOINTS = tuple(_endpoint(line) for line in _TABLE.strip().splitlines())
