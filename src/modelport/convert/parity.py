@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -42,3 +43,13 @@ def assert_close(
             f"rtol={tolerance.rtol}); the converted model is not faithful: check for "
             "unsupported operators, or loosen the tolerance if the difference is acceptable"
         )
+
+
+def quiet_session(model: bytes | str) -> Any:
+    """An onnxruntime session on the CPU that keeps onnxruntime's own C++ log off the
+    terminal: its failures reach the caller as exceptions, which say the same."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])

@@ -72,6 +72,7 @@ class OnnxRuntime:
         options = ort.SessionOptions()
         options.intra_op_num_threads = config.intra_op_threads
         options.inter_op_num_threads = config.inter_op_threads
+        options.log_severity_level = 4  # failures reach callers as exceptions, not C++ log lines
         providers = pick_providers(config)
         check_external_data(path)
         try:
