@@ -149,3 +149,13 @@ def external_data_onnx() -> Callable[[str, str], bytes]:
         return bytes(model.SerializeToString())
 
     return build
+
+
+@pytest.fixture(scope="session")
+def churn() -> tuple[Any, Any, Any]:
+    """(pipeline, training frame, unseen frame): see tabular_models.py."""
+    from tabular_models import churn, churn_pipeline
+
+    frame, left = churn(400)
+    unseen, _ = churn(200, seed=1)
+    return churn_pipeline(frame, left), frame, unseen

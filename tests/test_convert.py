@@ -57,7 +57,7 @@ def test_unconvertible_estimator(digits: Any) -> None:
             return x[:, 0]
 
     with pytest.raises(
-        ConversionError, match="skl2onnx has no converter for Custom; .* code model"
+        ConversionError, match=r"skl2onnx has no converter for Custom; .* code model"
     ):
         sklearn_to_onnx(Custom(), digits[0][:8])
     with pytest.raises(ConversionError, match="2-D array"):

@@ -34,6 +34,7 @@ PUBLIC_API = [
     "RuntimeConfig",
     "ServerConfig",
     "ServerLimits",
+    "ServiceUnreachableError",
     "Signature",
     "StoreError",
     "TensorSpec",

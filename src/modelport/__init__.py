@@ -36,6 +36,7 @@ from modelport.errors import (
     OverloadedError,
     PredictionError,
     RequirementsError,
+    ServiceUnreachableError,
     StoreError,
     UntrustedArtifactError,
 )
@@ -76,6 +77,7 @@ __all__ = [
     "RuntimeConfig",
     "ServerConfig",
     "ServerLimits",
+    "ServiceUnreachableError",
     "Signature",
     "StoreError",
     "TensorSpec",

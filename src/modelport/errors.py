@@ -14,6 +14,7 @@
      ├── OverloadedError          a model's queue is full, or the server is draining
      │    └── NotReadyError           the server is still loading its models, or draining
      ├── DeadlineExceededError    a request's deadline passed before it was served
+     ├── ServiceUnreachableError  the client cannot connect to the service (also a ConnectionError)
      ├── BatchError               a batch run cannot go on: its source, mapping or reject ratio
      ├── StoreError               the prediction store cannot be reached or written
      ├── NotStoredError           no stored prediction for a key
@@ -99,6 +100,13 @@ class NotReadyError(OverloadedError):
 
 class DeadlineExceededError(ModelportError):
     """A request's deadline passed before its answer was ready."""
+
+
+class ServiceUnreachableError(ModelportError, ConnectionError):
+    """The Client cannot connect to the service: it is down, or the URL is wrong.
+
+    Retried like overload, and answered by a Client's fallback when it has one.
+    """
 
 
 class BatchError(ModelportError):

@@ -47,7 +47,7 @@ def sklearn_to_onnx(
             "the sample holds text, but the model takes one numeric matrix; a model that takes "
             "text columns must be fitted on a pandas DataFrame (so it knows its columns' names)"
         )
-    tabular.check_width(estimator, matrix)
+    tabular.check_width(getattr(estimator, "n_features_in_", None), matrix)
     inputs = [(INPUT_NAME, "float32", matrix.shape[1])]
     data = _convert(estimator, estimator, inputs, target_opset)
     _checked(estimator, data, matrix, {INPUT_NAME: matrix.astype(np.float32)}, tolerance)

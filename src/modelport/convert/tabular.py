@@ -76,10 +76,10 @@ def check_columns(estimator: Any, frame: Any) -> None:
         )
 
 
-def check_width(estimator: Any, sample: np.ndarray) -> None:
-    """ConversionError when the sample's width differs from what the estimator was fitted on."""
-    fitted = getattr(estimator, "n_features_in_", None)
-    if isinstance(fitted, int) and sample.shape[1] != fitted:
+def check_width(fitted: Any, sample: np.ndarray) -> None:
+    """ConversionError when the sample's width differs from the ``fitted`` number of features
+    (scikit-learn's ``n_features_in_``) when that is known."""
+    if isinstance(fitted, (int, np.integer)) and sample.shape[1] != fitted:
         raise ConversionError(
             f"the model was fitted on {fitted} features; the sample has {sample.shape[1]}: "
             "pass rows like those it was fitted on"

@@ -21,6 +21,7 @@ import numpy as np
 from modelport.convert.parity import Tolerance, assert_close, quiet_session
 from modelport.convert.tabular import check_width
 from modelport.errors import ConversionError, ModelLoadError, require
+from modelport.rows import is_frame
 
 LIBRARIES = ("xgboost", "lightgbm", "catboost")
 # Native model files, by suffix.
@@ -77,14 +78,16 @@ def trees_to_onnx(model: Any, sample: Any, tolerance: Tolerance = Tolerance()) -
         raise ConversionError(
             f"{type(model).__name__} is not an XGBoost, LightGBM or CatBoost model"
         )
-    matrix = np.asarray(sample.to_numpy() if hasattr(sample, "to_numpy") else sample)
+    matrix = np.asarray(sample.to_numpy() if is_frame(sample) else sample)
     if matrix.ndim != 2 or matrix.dtype.kind not in "biuf":
         raise ConversionError(
             f"the sample input must be a 2-D array of numbers (rows x features), got "
             f"{matrix.dtype} of shape {list(matrix.shape)}"
         )
-    check_width(_Width(_n_features(model, library)), matrix)
+    check_width(_n_features(model, library), matrix)
     matrix = matrix.astype(np.float32)
+    # The original sees what it was fitted on (a DataFrame keeps its names), as float32.
+    original = sample.astype(np.float32) if is_frame(sample) else matrix
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -94,13 +97,8 @@ def trees_to_onnx(model: Any, sample: Any, tolerance: Tolerance = Tolerance()) -
         except Exception as exc:
             raise ConversionError(f"cannot convert {type(model).__name__}: {exc}") from exc
     data: bytes = _plain_outputs(proto).SerializeToString()
-    _check_parity(model, library, data, matrix, tolerance)
+    _check_parity(model, library, data, original, tolerance)
     return data
-
-
-class _Width:
-    def __init__(self, n_features_in_: int | None) -> None:
-        self.n_features_in_ = n_features_in_
 
 
 def _n_features(model: Any, library: str) -> int | None:
@@ -172,11 +170,11 @@ def _plain_outputs(proto: Any) -> Any:
     return proto
 
 
-def _original(model: Any, library: str, matrix: np.ndarray, classes: bool) -> np.ndarray:
+def _original(model: Any, library: str, matrix: Any, classes: bool) -> np.ndarray:
     """The model's own probabilities (classifiers) or predictions, as a 2-D array."""
     if hasattr(model, "predict_proba") and classes:
         return np.asarray(model.predict_proba(matrix))
-    if library == "xgboost" and not hasattr(model, "predict_proba"):
+    if library == "xgboost" and type(model).__name__ == "Booster":
         import xgboost
 
         values = np.asarray(model.predict(xgboost.DMatrix(matrix)))
@@ -189,9 +187,8 @@ def _original(model: Any, library: str, matrix: np.ndarray, classes: bool) -> np
     return values.reshape(len(matrix), -1)
 
 
-def _check_parity(
-    model: Any, library: str, data: bytes, matrix: np.ndarray, tolerance: Tolerance
-) -> None:
+def _check_parity(model: Any, library: str, data: bytes, sample: Any, tolerance: Tolerance) -> None:
+    matrix = np.asarray(sample.to_numpy() if is_frame(sample) else sample, dtype=np.float32)
     try:
         session = quiet_session(data)
         results = session.run(None, {INPUT_NAME: matrix})
@@ -200,12 +197,12 @@ def _check_parity(
     values = dict(zip([o.name for o in session.get_outputs()], results, strict=True))
     classes = "probabilities" in values
     name = "probabilities" if classes else next(iter(values))
-    expected = _original(model, library, matrix, classes)
+    expected = _original(model, library, sample, classes)
     assert_close(name, expected, values[name].reshape(expected.shape), tolerance)
     if classes and hasattr(model, "predict_proba"):
         from modelport.convert.sklearn import check_labels
 
-        labels = np.asarray(model.predict(matrix)).reshape(-1)
+        labels = np.asarray(model.predict(sample)).reshape(-1)
         check_labels(expected, labels, values["label"], tolerance)
 
 

@@ -176,7 +176,7 @@ class Lookups:
         return {
             "key": key, "found": True, "source": "live", "stale": False,
             "model_version": str(served.version), "scored_at": _iso(time.time()), "age_s": 0.0,
-            "outputs": {n: v[0].tolist() for n, v in outputs.items()},
+            "outputs": {n: _row(v) for n, v in outputs.items()},
         }  # fmt: skip
 
     def _store(
@@ -246,6 +246,12 @@ def _stale(stored: Any, now: float, max_age_s: float | None, served: Served | No
     if served is not None and stored.version < served.version:
         return "version"
     return None
+
+
+def _row(array: np.ndarray) -> Any:
+    """The first row as JSON will show it: numbers stay numpy, which orjson writes at their
+    own precision (float32 as 0.1, not 0.10000000149011612)."""
+    return array[0].tolist() if array.dtype == object else array[0]
 
 
 def _iso(seconds: float) -> str:

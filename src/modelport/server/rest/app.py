@@ -23,6 +23,7 @@ from modelport.errors import (
     installed,
 )
 from modelport.repository import is_number
+from modelport.rows import records_columns
 from modelport.runtimes import PLATFORMS
 from modelport.server import metrics
 from modelport.server.engine import Engine
@@ -277,10 +278,11 @@ class RestApp:
             raise PredictionError(
                 "the model's outputs do not have one row per instance; use the V2 endpoint"
             )
+        # Numbers stay numpy for orjson, which writes float32 as float32 (0.1, not 0.100000001).
         if len(names) == 1:
-            predictions: list[Any] = outputs[names[0]].tolist()
+            predictions: Any = _json_rows(outputs[names[0]])
         else:
-            columns = {n: outputs[n].tolist() for n in names}
+            columns = {n: _json_rows(outputs[n]) for n in names}
             predictions = [{n: columns[n][i] for n in names} for i in range(count)]
         answer = json_response({"predictions": predictions})
         self._answers.keep(key, answer)
@@ -369,13 +371,8 @@ def _v1_inputs(body: bytes, signature: Signature, limits: ServerLimits) -> tuple
     instances = message.get("instances") if isinstance(message, dict) else None
     if not isinstance(instances, list) or not instances:
         raise InvalidInputError('the body must be {"instances": [...]}, a non-empty list')
-    if all(isinstance(i, dict) for i in instances):
-        names = signature.input_names
-        if any(sorted(i) != sorted(names) for i in instances):
-            raise InvalidInputError(
-                f"each instance needs exactly the inputs {', '.join(map(repr, names))}"
-            )
-        values = {n: [i[n] for i in instances] for n in names}
+    if all(isinstance(i, dict) for i in instances):  # {column: value}: names the row's fault
+        values = records_columns(instances, signature.input_names)
     elif len(signature.inputs) == 1:
         values = {signature.inputs[0].name: instances}
     else:  # validate_inputs says how many inputs the model takes
@@ -383,6 +380,10 @@ def _v1_inputs(body: bytes, signature: Signature, limits: ServerLimits) -> tuple
     inputs = json_inputs(values, limits)  # arrays before numpy may choose a dtype
     check_strings(inputs.items(), limits)
     return len(instances), inputs
+
+
+def _json_rows(array: np.ndarray) -> Any:
+    return array.tolist() if array.dtype == object else list(array)
 
 
 def _body_too_late(timeout_s: float) -> HTTPError:

@@ -1,0 +1,153 @@
+"""Tabular models: a pipeline fitted on a DataFrame, imported with one typed input per column,
+then given DataFrames, rows and files the way people hold their data."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import modelport
+from modelport.errors import ConversionError, InvalidInputError
+from test_cli import modelport as cli
+from test_cli import ok
+
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory, churn: Any) -> modelport.Repository:
+    pipeline, frame, _ = churn
+    repository = modelport.Repository.init(tmp_path_factory.mktemp("tabular") / "models")
+    modelport.add_model(repository, "churn", pipeline, sample_input=frame.head(64))
+    return repository
+
+
+def test_a_dataframe_pipeline_takes_one_typed_input_per_column(
+    repo: modelport.Repository, churn: Any
+) -> None:
+    pipeline, _, unseen = churn
+    manifest = repo.manifest("churn")
+    inputs = {s.name: (s.dtype, s.shape) for s in manifest.signature.inputs}
+    assert inputs == {
+        "plan": ("string", (-1, 1)),
+        "region": ("string", (-1, 1)),
+        # skl2onnx's SimpleImputer takes floats: integer columns come in as float32.
+        "tenure_months": ("float32", (-1, 1)),
+        "monthly_charges": ("float32", (-1, 1)),
+        "support_calls": ("float32", (-1, 1)),
+    }
+    assert manifest.metadata["framework"] == "scikit-learn"
+    assert unseen["plan"].isna().any() and unseen["monthly_charges"].isna().any()
+    with modelport.load(repo.root / "churn") as model:
+        got = model.predict(unseen)
+    np.testing.assert_allclose(got["probabilities"], pipeline.predict_proba(unseen), atol=TOLERANCE)
+    assert (got["label"] == pipeline.predict(unseen)).mean() > 0.99
+
+
+def test_rows_columns_and_frames_give_the_same_answer(
+    repo: modelport.Repository, churn: Any
+) -> None:
+    pipeline, _, unseen = churn
+    frame = unseen.head(20)
+    rows = frame.astype(object).where(frame.notna(), None).to_dict("records")
+    assert any(r["plan"] is None for r in rows)  # a missing value, as JSON's null gives it
+    columns = {name: frame[name].tolist() for name in frame.columns}
+    with repo.load("churn") as model:
+        answers = [model.predict(x)["probabilities"] for x in (frame, rows, columns)]
+    for got in answers:
+        np.testing.assert_allclose(got, pipeline.predict_proba(frame), atol=TOLERANCE)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"tenure_months": "ten"}, "column 'tenure_months', row 1: expected a number .*'ten'"),
+        ({"plan": 3}, "column 'plan', row 1: expected text, got 3"),
+        ({"plan": ...}, "row 1: missing column 'plan'"),
+        ({"age": 40}, "row 1: unknown column 'age'"),
+    ],
+)
+def test_a_bad_row_is_named_with_its_column(
+    repo: modelport.Repository, churn: Any, change: dict[str, Any], message: str
+) -> None:
+    rows = churn[2].head(3).astype(object).to_dict("records")
+    rows[1] = {k: v for k, v in {**rows[1], **change}.items() if v is not ...}
+    with repo.load("churn") as model, pytest.raises(InvalidInputError, match=message):
+        model.predict(rows)
+
+
+def test_a_frame_missing_a_column_is_refused_by_name(
+    repo: modelport.Repository, churn: Any
+) -> None:
+    with repo.load("churn") as model, pytest.raises(InvalidInputError, match="'region'"):
+        model.predict(churn[2].drop(columns="region"))
+
+
+def test_samples_that_do_not_fit_the_model_are_refused_before_onnxruntime_runs(
+    repo: modelport.Repository, churn: Any, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    pipeline, frame, _ = churn
+    with pytest.raises(ConversionError, match="fitted on columns .*; the sample lacks 'plan'"):
+        modelport.add_model(repo, "churn", pipeline, sample_input=frame.drop(columns="plan"))
+    wide = LogisticRegression().fit(np.random.default_rng(0).random((40, 30)), np.arange(40) % 2)
+    with pytest.raises(ConversionError, match="fitted on 30 features; the sample has 4"):
+        modelport.add_model(repo, "wide", wide, sample_input=np.ones((5, 4)))
+    assert capfd.readouterr().err == ""  # onnxruntime's C++ log never reaches the terminal
+
+
+def test_a_step_skl2onnx_cannot_convert_is_named(churn: Any, tmp_path: Path) -> None:
+    from sklearn.base import BaseEstimator, TransformerMixin
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+
+    class Squares(TransformerMixin, BaseEstimator):  # type: ignore[misc]
+        def fit(self, x: Any, y: Any = None) -> Squares:
+            return self
+
+        def transform(self, x: Any) -> Any:
+            return np.asarray(x) ** 2
+
+    x = np.random.default_rng(0).random((40, 3))
+    pipeline = Pipeline([("squares", Squares()), ("model", LogisticRegression())])
+    pipeline.fit(x, np.arange(40) % 2)
+    repository = modelport.Repository.init(tmp_path / "models")
+    with pytest.raises(ConversionError, match=r"step 'squares' \(Squares\).*code model"):
+        modelport.add_model(repository, "squares", pipeline, sample_input=x[:8])
+
+
+def test_the_cli_imports_from_csv_and_predicts_csv_json_rows_and_parquet(
+    churn: Any, tmp_path: Path
+) -> None:
+    pipeline, frame, unseen = churn
+    frame.head(64).to_csv(tmp_path / "sample.csv", index=False)  # NaN: an empty field
+    repo = tmp_path / "models"
+    pickled = tmp_path / "churn.joblib"
+    import joblib
+
+    joblib.dump(pipeline, pickled)
+    ok("import", pickled, "--name", "churn", "--repo", repo, "--trust-pickle",
+       "--sample-input", tmp_path / "sample.csv")  # fmt: skip
+    rows = unseen.head(8)
+    expected = pipeline.predict_proba(rows)
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    rows.to_parquet(tmp_path / "rows.parquet")
+    records = rows.astype(object).where(rows.notna(), None).to_dict("records")
+    (tmp_path / "rows.json").write_text(json.dumps({"instances": records}))
+    for name in ("rows.csv", "rows.parquet", "rows.json"):
+        out = ok("predict", "churn", "--repo", repo, "--input", tmp_path / name)
+        got = json.loads(out)["outputs"]["probabilities"]
+        np.testing.assert_allclose(got, expected, atol=TOLERANCE, err_msg=name)
+        # float32 as float32: 0.5267865, not 0.5267865061759949
+        assert not re.search(r"\d\.\d{10,}", out), out
+    bad = tmp_path / "bad.csv"
+    rows.assign(support_calls=["x"] + [1] * 7).to_csv(bad, index=False)
+    failed = cli("predict", "churn", "--repo", repo, "--input", bad)
+    assert failed.returncode == 1
+    assert "column 'support_calls', row 0: expected a number (float32), got 'x'" in failed.stderr
