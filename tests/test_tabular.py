@@ -42,7 +42,8 @@ def test_a_dataframe_pipeline_takes_one_typed_input_per_column(
         "support_calls": ("float32", (-1, 1)),
     }
     assert manifest.metadata["framework"] == "scikit-learn"
-    assert unseen["plan"].isna().any() and unseen["monthly_charges"].isna().any()
+    assert unseen["plan"].isna().any()
+    assert unseen["monthly_charges"].isna().any()
     with modelport.load(repo.root / "churn") as model:
         got = model.predict(unseen)
     np.testing.assert_allclose(got["probabilities"], pipeline.predict_proba(unseen), atol=TOLERANCE)
@@ -94,7 +95,7 @@ def test_samples_that_do_not_fit_the_model_are_refused_before_onnxruntime_runs(
     from sklearn.linear_model import LogisticRegression
 
     pipeline, frame, _ = churn
-    with pytest.raises(ConversionError, match="fitted on columns .*; the sample lacks 'plan'"):
+    with pytest.raises(ConversionError, match=r"fitted on columns .*; the sample lacks 'plan'"):
         modelport.add_model(repo, "churn", pipeline, sample_input=frame.drop(columns="plan"))
     wide = LogisticRegression().fit(np.random.default_rng(0).random((40, 30)), np.arange(40) % 2)
     with pytest.raises(ConversionError, match="fitted on 30 features; the sample has 4"):

@@ -73,11 +73,10 @@ def measure_costs(model: Model, max_batch_size: int, repeats: int = 3) -> dict[i
     costs: dict[int, float] = {}
     sizes = sorted({min(2**i, max_batch_size) for i in range(max_batch_size.bit_length() + 1)})
     for size in sizes:
-        inputs = {
-            spec.name: np.zeros(
-                [size] + [max(d, 1) for d in spec.shape[1:]],
-                dtype=object if spec.dtype == "string" else spec.dtype,
-            )
+        inputs = {  # text: empty strings (zeros of dtype object are the integer 0)
+            spec.name: np.full([size] + [max(d, 1) for d in spec.shape[1:]], "", dtype=object)
+            if spec.dtype == "string"
+            else np.zeros([size] + [max(d, 1) for d in spec.shape[1:]], dtype=spec.dtype)
             for spec in model.signature.inputs
         }
         times = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import chain
 from typing import Any, NamedTuple
 
@@ -96,6 +97,11 @@ class Signature:
     @property
     def output_names(self) -> list[str]:
         return [t.name for t in self.outputs]
+
+    @cached_property
+    def column_names(self) -> frozenset[str]:
+        """The inputs of shape ``[-1, 1]``: a tabular model's columns, one value per row."""
+        return frozenset(t.name for t in self.inputs if t.shape == (-1, 1))
 
 
 def dtype_name(dtype: np.dtype[Any]) -> str:

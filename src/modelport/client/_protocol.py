@@ -127,10 +127,11 @@ def table_inputs(metadata: Mapping[str, Any], inputs: Any) -> dict[str, Any]:
     """A DataFrame or a list of ``{column: value}`` rows as the model's named inputs, each
     column typed as the model's metadata says (rows.py reads each value)."""
     specs = {t["name"]: t for t in metadata.get("inputs", [])}
-    if is_frame(inputs):
-        if len(specs) == 1 and next(iter(specs)) not in map(str, inputs.columns):
-            return {next(iter(specs)): inputs.to_numpy()}  # one matrix, columns in order
-        given: Mapping[str, Any] = frame_columns(inputs)
+    dtypes = {name: _DTYPES.get(t.get("datatype", ""), "float64") for name, t in specs.items()}
+    if is_frame(inputs) and len(specs) == 1 and next(iter(specs)) not in map(str, inputs.columns):
+        given: Mapping[str, Any] = {next(iter(specs)): inputs.to_numpy()}  # one matrix
+    elif is_frame(inputs):
+        given = frame_columns(inputs)
         unknown = [n for n in given if n not in specs]
         if unknown:
             raise InvalidInputError(
@@ -145,11 +146,14 @@ def table_inputs(metadata: Mapping[str, Any], inputs: Any) -> dict[str, Any]:
             raise InvalidInputError(
                 f"missing column {name!r}; the model takes {', '.join(map(repr, specs))}", name
             )
-        dtype = _DTYPES.get(spec.get("datatype", ""), "float64")
+        dtype = dtypes[name]
         if list(spec.get("shape", [])) == [-1, 1]:
-            named[name] = column(name, dtype, given[name])
+            values = column(name, dtype, given[name])
         else:
-            named[name] = np.asarray(given[name])
+            values = np.asarray(given[name])
+        if dtype != "string" and np.can_cast(values.dtype, dtype, "same_kind"):
+            values = values.astype(dtype)  # the server takes the datatype it declares
+        named[name] = values
     return named
 
 

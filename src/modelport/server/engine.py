@@ -120,7 +120,7 @@ class Engine:
         """
         batch = validate_inputs(served.model.signature, inputs, served.model.limits)
         if not self.config.limits.allow_non_finite:
-            check_finite(batch)
+            check_finite(batch, served.model.signature.column_names)
         timeout = self.config.limits.request_timeout_s
         if timeout_s is not None:
             timeout = min(timeout, max(timeout_s, 0.0))

@@ -249,9 +249,9 @@ def _stale(stored: Any, now: float, max_age_s: float | None, served: Served | No
 
 
 def _row(array: np.ndarray) -> Any:
-    """The first row as JSON will show it: numbers stay numpy, which orjson writes at their
-    own precision (float32 as 0.1, not 0.10000000149011612)."""
-    return array[0].tolist() if array.dtype == object else array[0]
+    """The first row as JSON will show it: float32 stays numpy, which orjson writes as float32
+    (0.1, not 0.10000000149011612)."""
+    return array[0] if array.dtype == np.float32 else array[0].tolist()
 
 
 def _iso(seconds: float) -> str:

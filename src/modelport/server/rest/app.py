@@ -278,7 +278,6 @@ class RestApp:
             raise PredictionError(
                 "the model's outputs do not have one row per instance; use the V2 endpoint"
             )
-        # Numbers stay numpy for orjson, which writes float32 as float32 (0.1, not 0.100000001).
         if len(names) == 1:
             predictions: Any = _json_rows(outputs[names[0]])
         else:
@@ -383,7 +382,9 @@ def _v1_inputs(body: bytes, signature: Signature, limits: ServerLimits) -> tuple
 
 
 def _json_rows(array: np.ndarray) -> Any:
-    return array.tolist() if array.dtype == object else list(array)
+    # float32 stays numpy, which orjson writes as float32; the rest as Python values (orjson
+    # has no numpy.longlong, which onnxruntime's int64 outputs are).
+    return list(array) if array.dtype == np.float32 else array.tolist()
 
 
 def _body_too_late(timeout_s: float) -> HTTPError:

@@ -6,6 +6,7 @@ malformed message raises InvalidInputError naming the field and what was expecte
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,7 @@ from modelport.signature import NUMBERS, json_array
 
 _KINDS = {"BOOL": "b", "FP16": "biuf", "FP32": "biuf", "FP64": "biuf"}  # others: integers
 _FLOATS = frozenset({"FP16", "FP32", "FP64"})
+_NULLABLE = NUMBERS | {type(None)}
 
 
 def parse_infer_request(
@@ -161,6 +163,10 @@ def _from_json(
         if not found.kinds <= {str}:
             raise _fail(f"input {name!r}: BYTES data must be strings", name)
         return np.array(found.values, dtype=object).reshape(shape)
+    if datatype in _FLOATS and None.__class__ in found.kinds and found.kinds <= _NULLABLE:
+        # null: JSON's missing number, NaN (refused later except in a tabular model's column).
+        values = [math.nan if v is None else v for v in found.values]
+        return np.array(values, dtype=DTYPES[datatype]).reshape(shape)
     if not found.kinds <= NUMBERS:
         raise _fail(
             f"input {name!r}: data must be {_describe(datatype)} for datatype {datatype}", name
