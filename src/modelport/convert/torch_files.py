@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import pickle
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,9 @@ def load_torch_file(
             raise ModelLoadError(f"torch.export cannot load {path}: {exc}") from exc
     if is_torchscript(path):
         try:
-            return torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
+            with warnings.catch_warnings():  # torch deprecates TorchScript; the file is given
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
         except Exception as exc:
             raise ModelLoadError(f"TorchScript cannot load {path}: {exc}") from exc
     cls = import_class(module) if module else None

@@ -122,6 +122,11 @@ def _convert(model: Any, library: str, width: int) -> Any:
             model.save_model(str(path), format="onnx")
             proto = onnx.load(str(path))
         proto.graph.input[0].name = _rename(proto, proto.graph.input[0].name, INPUT_NAME)
+        outputs = proto.graph.output
+        if len(outputs) == 1 and outputs[0].name != "variable":  # a regressor's "predictions"
+            for node in proto.graph.node:
+                node.output[:] = ["variable" if n == outputs[0].name else n for n in node.output]
+            outputs[0].name = "variable"
         return proto
     require("onnxmltools", "trees")
     from onnxmltools.convert.common.data_types import FloatTensorType

@@ -1,0 +1,109 @@
+"""Boosted trees (XGBoost, LightGBM, CatBoost) as fitted objects and as their native files,
+converted to ONNX with the parity check and compared on rows they never saw."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import modelport
+from modelport.errors import ConversionError
+from test_cli import ok
+
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def data() -> dict[str, Any]:
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    x = pd.DataFrame(rng.normal(size=(300, 6)), columns=[f"x{i}" for i in range(6)])
+    return {
+        "x": x,
+        "binary": (x.x0 + x.x1 * x.x2 > 0).astype(int),
+        "three": np.digitize(x.x0 + x.x3, [-0.5, 0.5]),
+        "amount": 3 * x.x0 - x.x1 + x.x2 * x.x3,
+        "unseen": pd.DataFrame(rng.normal(size=(50, 6)), columns=x.columns),
+    }
+
+
+def fitted(kind: str, data: dict[str, Any]) -> Any:
+    import catboost
+    import lightgbm
+    import xgboost
+
+    x = data["x"]
+    models = {
+        "xgboost-binary": lambda: xgboost.XGBClassifier(n_estimators=20, max_depth=3),
+        "xgboost-three": lambda: xgboost.XGBClassifier(n_estimators=20, max_depth=3),
+        "xgboost-regressor": lambda: xgboost.XGBRegressor(n_estimators=20, max_depth=3),
+        "lightgbm-binary": lambda: lightgbm.LGBMClassifier(n_estimators=20, verbose=-1),
+        "lightgbm-three": lambda: lightgbm.LGBMClassifier(n_estimators=20, verbose=-1),
+        "lightgbm-regressor": lambda: lightgbm.LGBMRegressor(n_estimators=20, verbose=-1),
+        "catboost-binary": lambda: catboost.CatBoostClassifier(iterations=20, verbose=0),
+        "catboost-regressor": lambda: catboost.CatBoostRegressor(iterations=20, verbose=0),
+    }
+    target = data[kind.split("-")[1]] if not kind.endswith("regressor") else data["amount"]
+    return models[kind]().fit(x, target)
+
+
+def expected_of(model: Any, rows: Any) -> tuple[str, np.ndarray]:
+    if hasattr(model, "predict_proba"):
+        return "probabilities", model.predict_proba(rows)
+    return "variable", np.asarray(model.predict(rows)).reshape(-1, 1)
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["xgboost-binary", "xgboost-three", "xgboost-regressor", "lightgbm-binary",
+     "lightgbm-three", "lightgbm-regressor", "catboost-binary", "catboost-regressor"],
+)  # fmt: skip
+def test_a_fitted_model_matches_on_unseen_rows(
+    kind: str, data: dict[str, Any], tmp_path: Path
+) -> None:
+    model = fitted(kind, data)
+    repo = modelport.Repository.init(tmp_path / "models")
+    manifest = modelport.add_model(repo, "trees", model, sample_input=data["x"].head(64))
+    library = kind.split("-")[0]
+    assert manifest.metadata["framework"] == library
+    assert manifest.metadata[library] == __import__(library).__version__
+    output, expected = expected_of(model, data["unseen"])
+    with repo.load("trees") as served:
+        got = served.predict(data["unseen"].to_numpy(np.float32))
+    np.testing.assert_allclose(got[output].reshape(expected.shape), expected, atol=TOLERANCE)
+    if output == "probabilities":
+        np.testing.assert_array_equal(got["label"], model.predict(data["unseen"]).ravel())
+
+
+def test_native_files_import_from_the_cli(data: dict[str, Any], tmp_path: Path) -> None:
+    xgb = fitted("xgboost-three", data)
+    xgb.save_model(tmp_path / "model.json")
+    lgb = fitted("lightgbm-binary", data)
+    lgb.booster_.save_model(tmp_path / "model.txt")
+    cat = fitted("catboost-binary", data)
+    cat.save_model(str(tmp_path / "model.cbm"))
+    data["x"].head(64).to_csv(tmp_path / "sample.csv", index=False)
+    unseen = data["unseen"]
+    (tmp_path / "rows.json").write_text(json.dumps(unseen.to_numpy().tolist()))
+    repo = tmp_path / "models"
+    for name, model in (("model.json", xgb), ("model.txt", lgb), ("model.cbm", cat)):
+        ok("import", tmp_path / name, "--name", "trees", "--repo", repo,
+           "--sample-input", tmp_path / "sample.csv")  # fmt: skip
+        out = json.loads(ok("predict", "trees", "--repo", repo, "--input", tmp_path / "rows.json"))
+        np.testing.assert_allclose(
+            out["outputs"]["probabilities"], model.predict_proba(unseen), atol=TOLERANCE,
+            err_msg=name,
+        )  # fmt: skip
+
+
+def test_a_sample_of_the_wrong_width_is_named(data: dict[str, Any], tmp_path: Path) -> None:
+    repo = modelport.Repository.init(tmp_path / "models")
+    with pytest.raises(ConversionError, match="fitted on 6 features; the sample has 4"):
+        modelport.add_model(
+            repo, "trees", fitted("xgboost-binary", data), sample_input=np.ones((5, 4))
+        )
