@@ -39,7 +39,10 @@ def read_inputs(path: Path, signature: Signature) -> dict[str, Any]:
     if _is_csv(path):
         data = _csv_inputs(path, data, signature)
     if is_records(data):
-        return records_columns(data, signature.input_names)
+        try:
+            return records_columns(data, signature.input_names)
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"{path}: {exc}", exc.input_name) from None
     if isinstance(data, Mapping):
         return dict(data)
     if len(signature.inputs) != 1:
