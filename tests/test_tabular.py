@@ -152,3 +152,32 @@ def test_the_cli_imports_from_csv_and_predicts_csv_json_rows_and_parquet(
     failed = cli("predict", "churn", "--repo", repo, "--input", bad)
     assert failed.returncode == 1
     assert "column 'support_calls', row 0: expected a number (float32), got 'x'" in failed.stderr
+
+
+def test_integer_columns_stay_int64_when_every_step_takes_them(tmp_path: Path) -> None:
+    import pandas as pd
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LinearRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {"city": rng.choice(["oslo", "rome"], 100), "rooms": rng.integers(1, 6, 100)}
+    )
+    price = (frame.rooms * 100 + (frame.city == "oslo") * 50).to_numpy(float)
+    columns = ColumnTransformer(
+        [("city", OneHotEncoder(), ["city"]), ("rooms", "passthrough", ["rooms"])]
+    )
+    pipeline = Pipeline([("columns", columns), ("model", LinearRegression())]).fit(frame, price)
+    repo = modelport.Repository.init(tmp_path / "models")
+    manifest = modelport.add_model(repo, "price", pipeline, sample_input=frame.head(20))
+    assert {s.name: s.dtype for s in manifest.signature.inputs} == {
+        "city": "string",
+        "rooms": "int64",
+    }
+    with repo.load("price") as model:
+        got = model.predict([{"city": "rome", "rooms": 3}, {"city": "oslo", "rooms": 1}])
+        with pytest.raises(InvalidInputError, match="column 'rooms', row 0: expected a whole"):
+            model.predict([{"city": "rome", "rooms": 2.5}])
+    np.testing.assert_allclose(got["variable"].ravel(), [300, 150], atol=1e-3)

@@ -35,8 +35,7 @@ def frame_columns(frame: Any) -> dict[str, np.ndarray]:
     columns: dict[str, np.ndarray] = {}
     for name in frame.columns:
         series = frame[name]
-        kind = getattr(series.dtype, "kind", "O")
-        numeric = kind in "biuf" and type(series.dtype).__module__ == "numpy"
+        numeric = isinstance(series.dtype, np.dtype) and series.dtype.kind in "biuf"
         columns[str(name)] = series.to_numpy() if numeric else series.to_numpy(dtype=object)
     return columns
 
@@ -104,13 +103,15 @@ def column(name: str, dtype: str, values: Any) -> np.ndarray:
             else:
                 _refuse(name, dtype, i, value)
         return out.reshape(-1, 1)
+    floats = np.dtype(dtype).kind == "f"
     kinds = set(map(type, items))
-    if kinds <= {int, float, bool} or all(isinstance(v, (int, float, np.number)) for v in items):
+    if (floats or float not in kinds) and (
+        kinds <= {int, float, bool} or all(isinstance(v, (int, float, np.number)) for v in items)
+    ):
         try:
-            return np.array(items, dtype=_numeric(dtype, kinds)).reshape(-1, 1)
+            return np.array(items).reshape(-1, 1)
         except (OverflowError, ValueError):
             pass
-    floats = np.dtype(dtype).kind == "f"
     out = np.empty(len(items), dtype=np.float64 if floats else np.int64)
     for i, value in enumerate(items):
         if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
@@ -118,17 +119,11 @@ def column(name: str, dtype: str, values: Any) -> np.ndarray:
                 out[i] = math.nan
                 continue
             _refuse(name, dtype, i, value)
-        elif not floats and float(value) != int(value):
+        elif not floats and not float(value).is_integer():
             _refuse(name, dtype, i, value)
         else:
             out[i] = value
     return out.reshape(-1, 1)
-
-
-def _numeric(dtype: str, kinds: set[type]) -> Any:
-    if float in kinds and np.dtype(dtype).kind != "f":
-        return np.float64  # validation refuses floats for an integer input, in its own words
-    return None
 
 
 def _missing(value: Any) -> bool:

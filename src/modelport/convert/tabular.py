@@ -28,7 +28,7 @@ def column_types(frame: Any, integers: str = "int64") -> Columns:
     for name in frame.columns:
         dtype = frame[name].dtype
         kind = getattr(dtype, "kind", "O")
-        if type(dtype).__module__ != "numpy" and kind in "iuf":  # pandas' nullable numbers
+        if not isinstance(dtype, np.dtype) and kind in "iuf":  # pandas' nullable numbers
             kind = "f"
         if kind in "iub":
             types.append((str(name), integers))
