@@ -66,11 +66,14 @@ def repo(saved: Path) -> Path:
     repository, x = modelport.Repository.init(repo), np.load(saved / "sample.npy")
     modelport.add_model(repository, "program", saved / "net.pt2", sample_input=x)
     modelport.add_model(repository, "script", saved / "net_script.pt", sample_input=x)
+    net = f"{saved / 'train.py'}:Net"
+    modelport.add_model(
+        repository, "pickled", saved / "net.pt", sample_input=x, trust_pickle=True, module=net
+    )
+    # No --trust-pickle: weights alone load with torch.load(weights_only=True).
+    arguments = ("--module", net, "--init-args", '{"hidden": 12}')
     sample = ("--sample-input", saved / "sample.npy")
-    net = ("--module", f"{saved / 'train.py'}:Net", "--init-args", '{"hidden": 12}')
-    ok("import", saved / "net.pt", "--name", "pickled", "--repo", repo, *sample, "--trust-pickle",
-       *net)  # fmt: skip
-    ok("import", saved / "weights.pt", "--name", "weights", "--repo", repo, *sample, *net)
+    ok("import", saved / "weights.pt", "--name", "weights", "--repo", repo, *sample, *arguments)
     return repo
 
 
