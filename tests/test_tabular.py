@@ -181,3 +181,22 @@ def test_integer_columns_stay_int64_when_every_step_takes_them(tmp_path: Path) -
         with pytest.raises(InvalidInputError, match="column 'rooms', row 0: expected a whole"):
             model.predict([{"city": "rome", "rooms": 2.5}])
     np.testing.assert_allclose(got["variable"].ravel(), [300, 150], atol=1e-3)
+
+
+def test_a_lone_estimator_fitted_on_numbers_takes_its_columns_by_name(tmp_path: Path) -> None:
+    import pandas as pd
+    from sklearn.ensemble import RandomForestClassifier
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(200, 4)), columns=["a", "b", "c", "d"])
+    forest = RandomForestClassifier(n_estimators=10, max_depth=4, random_state=0)
+    forest.fit(frame, (frame.a + frame.b > 0).astype(int))
+    repo = modelport.Repository.init(tmp_path / "models")
+    manifest = modelport.add_model(repo, "forest", forest, sample_input=frame.head(50))
+    assert [(s.name, s.shape) for s in manifest.signature.inputs] == [
+        (name, (-1, 1)) for name in "abcd"
+    ]
+    unseen = pd.DataFrame(rng.normal(size=(30, 4)), columns=["a", "b", "c", "d"])
+    with repo.load("forest") as model:
+        got = model.predict(unseen[["d", "c", "b", "a"]])  # by name, whatever the order
+    np.testing.assert_allclose(got["probabilities"], forest.predict_proba(unseen), atol=TOLERANCE)

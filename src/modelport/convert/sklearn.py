@@ -61,12 +61,23 @@ def _from_frame(estimator: Any, frame: Any, tolerance: Tolerance, opset: int | N
     columns = tabular.column_types(frame)
     try:
         data = _convert(estimator, converted, [(n, t, 1) for n, t in columns], opset)
-    except ConversionError:
-        if not any(t == "int64" for _, t in columns):
-            raise
-        # Some converters (SimpleImputer's) take floats only: integer columns as float32.
-        columns = tabular.column_types(frame, integers="float32")
-        data = _convert(estimator, converted, [(n, t, 1) for n, t in columns], opset)
+    except ConversionError as exc:
+        numeric = [(n, "float32") for n, _ in columns]
+        if any(t == "string" for _, t in columns):
+            if not any(t == "int64" for _, t in columns):
+                raise
+            # Some converters (SimpleImputer's) take floats only: integer columns as float32.
+            columns = tabular.column_types(frame, integers="float32")
+            data = _convert(estimator, converted, [(n, t, 1) for n, t in columns], opset)
+        elif "at most 1 input" in str(exc.__cause__):
+            # A lone estimator takes one matrix: convert it so, then feed it the columns.
+            inside = "__matrix__"  # a name no column has: the Concat's output
+            matrix = _convert(estimator, converted, [(inside, "float32", len(columns))], opset)
+            data = tabular.from_columns(matrix, inside, [n for n, _ in numeric])
+            columns = numeric
+        else:
+            columns = numeric  # integer columns as float32, as above
+            data = _convert(estimator, converted, [(n, t, 1) for n, t in columns], opset)
     _checked(estimator, data, frame, tabular.feed(frame, columns), tolerance)
     return data
 

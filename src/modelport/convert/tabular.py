@@ -133,3 +133,21 @@ def unsupported_step(estimator: Any, message: str) -> str | None:
         if f"{cls.__module__}.{cls.__qualname__}" in message or f"'{cls.__name__}'" in message:
             return f"{name!r} ({cls.__name__})" if name != cls.__name__ else cls.__name__
     return None
+
+
+def from_columns(data: bytes, matrix: str, names: list[str]) -> bytes:
+    """A model of one float32 ``matrix`` input as a model of one ``[-1, 1]`` float32 input per
+    column, concatenated in ``names``' order into the matrix it takes."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load_from_string(data)
+    graph = model.graph
+    (old,) = [i for i in graph.input if i.name == matrix]
+    graph.input.remove(old)
+    for name in names:
+        graph.input.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [None, 1]))
+    graph.node.insert(0, helper.make_node("Concat", names, [matrix], axis=1, name="columns"))
+    onnx.checker.check_model(model)
+    result: bytes = model.SerializeToString()
+    return result
