@@ -25,6 +25,7 @@ class Model:
         model = modelport.load("models/digits/1")
         model.predict(x)            # one input: an array; several: a dict of arrays
         # -> {"label": array([...]), "probabilities": array([[...]])}
+        model.predict(frame)        # one input per column: a DataFrame, or [{column: value}]
 
     Raises InvalidInputError for inputs that do not match ``signature`` and PredictionError
     when the model itself fails. Safe to call from several threads at once.

@@ -127,7 +127,7 @@ def column(name: str, dtype: str, values: Any) -> np.ndarray:
 
 
 def _missing(value: Any) -> bool:
-    if value is None:
+    if value is None or type(value).__name__ == "NAType":  # pandas.NA, whose == is NA
         return True
     try:
         return bool(value != value)  # NaN, pandas' NA and NaT
