@@ -107,3 +107,20 @@ def test_a_sample_of_the_wrong_width_is_named(data: dict[str, Any], tmp_path: Pa
         modelport.add_model(
             repo, "trees", fitted("xgboost-binary", data), sample_input=np.ones((5, 4))
         )
+
+
+def test_lightgbm_at_the_end_of_a_dataframe_pipeline(churn: Any, tmp_path: Path) -> None:
+    import lightgbm
+    from sklearn.pipeline import Pipeline
+
+    pipeline, frame, unseen = churn
+    left = pipeline.predict(frame)  # any labels will do: the tree must agree with itself
+    boosted = Pipeline(
+        [("columns", pipeline.named_steps["columns"]),
+         ("model", lightgbm.LGBMClassifier(n_estimators=20, verbose=-1))]
+    ).fit(frame, left)  # fmt: skip
+    repo = modelport.Repository.init(tmp_path / "models")
+    modelport.add_model(repo, "boosted", boosted, sample_input=frame.head(64))
+    with repo.load("boosted") as model:
+        got = model.predict(unseen)
+    np.testing.assert_allclose(got["probabilities"], boosted.predict_proba(unseen), atol=TOLERANCE)

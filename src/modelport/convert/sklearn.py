@@ -20,6 +20,7 @@ import numpy as np
 
 from modelport.convert import tabular
 from modelport.convert.parity import Tolerance, assert_close, quiet_session
+from modelport.convert.trees import library_of, register_trees
 from modelport.errors import ConversionError, require
 from modelport.rows import is_frame
 
@@ -96,6 +97,12 @@ def _convert(
     }
     final = getattr(estimator, "_final_estimator", estimator)
     options = {id(final): {"zipmap": False}} if hasattr(final, "predict_proba") else None
+    opset: int | dict[str, int] | None = target_opset
+    if any(library_of(step) for _, step in tabular.steps(estimator)):
+        from skl2onnx import get_latest_tested_opset_version
+
+        register_trees()  # XGBoost or LightGBM inside a pipeline: onnxmltools' converters
+        opset = {"": target_opset or get_latest_tested_opset_version(), "ai.onnx.ml": 3}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # converter deprecation noise is not the user's concern
         try:
@@ -103,7 +110,7 @@ def _convert(
                 estimator,
                 initial_types=[(n, kinds[t]([None, width])) for n, t, width in inputs],
                 options=options,
-                target_opset=target_opset,
+                target_opset=opset,
             )
         except Exception as exc:
             step = tabular.unsupported_step(original, str(exc))

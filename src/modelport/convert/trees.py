@@ -20,7 +20,7 @@ import numpy as np
 
 from modelport.convert.parity import Tolerance, assert_close, quiet_session
 from modelport.convert.tabular import check_width
-from modelport.errors import ConversionError, ModelLoadError, require
+from modelport.errors import ConversionError, ModelLoadError, installed, require
 from modelport.rows import is_frame
 
 LIBRARIES = ("xgboost", "lightgbm", "catboost")
@@ -79,7 +79,14 @@ def trees_to_onnx(model: Any, sample: Any, tolerance: Tolerance = Tolerance()) -
             f"{type(model).__name__} is not an XGBoost, LightGBM or CatBoost model"
         )
     matrix = np.asarray(sample.to_numpy() if is_frame(sample) else sample)
-    if matrix.ndim != 2 or matrix.dtype.kind not in "biuf":
+    if matrix.ndim == 2 and matrix.dtype.kind not in "biuf":
+        raise ConversionError(
+            f"{type(model).__name__} converts to ONNX with numeric features only (neither "
+            "onnxmltools nor CatBoost's ONNX export takes categorical or text features): encode "
+            "such columns before the model (a scikit-learn pipeline with a OneHotEncoder, say), "
+            "or import it as a code model (a folder with model.py that loads and calls it)"
+        )
+    if matrix.ndim != 2:
         raise ConversionError(
             f"the sample input must be a 2-D array of numbers (rows x features), got "
             f"{matrix.dtype} of shape {list(matrix.shape)}"
@@ -221,3 +228,39 @@ def trees_metadata(model: Any) -> dict[str, str]:
 
         meta["onnxmltools"] = onnxmltools.__version__
     return meta
+
+
+def register_trees() -> None:
+    """Teach skl2onnx onnxmltools' converters, for XGBoost and LightGBM inside a pipeline."""
+    require("onnxmltools", "trees")
+    from skl2onnx import update_registered_converter
+    from skl2onnx.common.shape_calculator import (
+        calculate_linear_classifier_output_shapes,
+        calculate_linear_regressor_output_shapes,
+    )
+
+    options = {"nocl": [True, False], "zipmap": [True, False, "columns"]}
+    if installed("xgboost"):
+        import xgboost
+        from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
+
+        for cls, shapes in (
+            (xgboost.XGBClassifier, calculate_linear_classifier_output_shapes),
+            (xgboost.XGBRegressor, calculate_linear_regressor_output_shapes),
+        ):
+            update_registered_converter(
+                cls, f"XGBoost{cls.__name__}", shapes, convert_xgboost,
+                options=options if cls is xgboost.XGBClassifier else None,
+            )  # fmt: skip
+    if installed("lightgbm"):
+        import lightgbm
+        from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm
+
+        for cls, shapes in (
+            (lightgbm.LGBMClassifier, calculate_linear_classifier_output_shapes),
+            (lightgbm.LGBMRegressor, calculate_linear_regressor_output_shapes),
+        ):
+            update_registered_converter(
+                cls, f"LightGbm{cls.__name__}", shapes, convert_lightgbm,
+                options=options if cls is lightgbm.LGBMClassifier else None,
+            )  # fmt: skip
