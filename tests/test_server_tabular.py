@@ -234,3 +234,27 @@ def test_batch_answers_are_looked_up_and_new_rows_computed_live(
 
     expected = pipeline.predict_proba(pd.DataFrame([row]).astype({"monthly_charges": float}))
     np.testing.assert_allclose(live["outputs"]["probabilities"], expected[0], atol=TOLERANCE)
+
+
+def test_batch_into_postgresql_stores_the_same_answers(
+    folder: Path, store: str, churn: Any
+) -> None:
+    from batch_support import postgres_database
+
+    pipeline, _, unseen = churn
+    databases = postgres_database()
+    url = next(databases)
+    try:
+        with (
+            Store(url) as predictions,
+            modelport.Repository.open(folder / "models").load("churn") as model,
+        ):
+            source = open_source(str(folder / "customers.parquet"))
+            summary = score_table(model, source, predictions, BatchConfig(key="id"))
+            assert (summary.scored, summary.rejected) == (len(unseen), 0)
+            keys = [f"c{i}" for i in range(len(unseen))]
+            found = predictions.lookup("churn", keys)
+            stored = np.array([found[k].outputs["probabilities"] for k in keys])
+        np.testing.assert_allclose(stored, pipeline.predict_proba(unseen), atol=TOLERANCE)
+    finally:
+        databases.close()
