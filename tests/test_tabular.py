@@ -200,3 +200,17 @@ def test_a_lone_estimator_fitted_on_numbers_takes_its_columns_by_name(tmp_path: 
     with repo.load("forest") as model:
         got = model.predict(unseen[["d", "c", "b", "a"]])  # by name, whatever the order
     np.testing.assert_allclose(got["probabilities"], forest.predict_proba(unseen), atol=TOLERANCE)
+
+
+def test_a_parquet_sample_with_none_for_missing_text_imports(churn: Any, tmp_path: Path) -> None:
+    from modelport.datafiles import read_sample
+
+    pipeline, frame, unseen = churn
+    frame.head(64).to_parquet(tmp_path / "sample.parquet")
+    sample = read_sample(tmp_path / "sample.parquet")
+    assert any(v is None for v in sample["plan"])  # Parquet's null, where CSV gives NaN
+    repo = modelport.Repository.init(tmp_path / "models")
+    modelport.add_model(repo, "churn", pipeline, sample_input=sample)
+    with repo.load("churn") as model:
+        got = model.predict(unseen)
+    np.testing.assert_allclose(got["probabilities"], pipeline.predict_proba(unseen), atol=TOLERANCE)

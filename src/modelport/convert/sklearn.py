@@ -57,7 +57,7 @@ def sklearn_to_onnx(
 
 def _from_frame(estimator: Any, frame: Any, tolerance: Tolerance, opset: int | None) -> bytes:
     tabular.check_columns(estimator, frame)
-    frame = frame[tabular.fitted_columns(estimator)]
+    frame = tabular.missing_as_nan(frame[tabular.fitted_columns(estimator)])
     converted = tabular.for_onnx(estimator)
     columns = tabular.column_types(frame)
     try:

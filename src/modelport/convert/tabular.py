@@ -49,6 +49,18 @@ def feed(frame: Any, columns: Columns) -> dict[str, np.ndarray]:
     return result
 
 
+def missing_as_nan(frame: Any) -> Any:
+    """The frame with None in text columns as NaN, which scikit-learn's imputers look for (a
+    Parquet file or JSON rows give None; CSV gives NaN): both travel as "" when served."""
+    text = [c for c in frame.columns if frame[c].dtype == object and frame[c].isna().any()]
+    if not text:
+        return frame
+    frame = frame.copy()
+    for name in text:
+        frame[name] = frame[name].where(frame[name].notna(), np.nan)
+    return frame
+
+
 def fitted_columns(estimator: Any) -> list[str] | None:
     """The column names the estimator was fitted on, when it was fitted on a DataFrame."""
     names = getattr(estimator, "feature_names_in_", None)
