@@ -258,3 +258,15 @@ def test_batch_into_postgresql_stores_the_same_answers(
         np.testing.assert_allclose(stored, pipeline.predict_proba(unseen), atol=TOLERANCE)
     finally:
         databases.close()
+
+
+def test_the_docs_show_a_row_and_the_row_predicts(server: RunningServer) -> None:
+    spec = httpx.get(f"{server.url}/openapi.json").json()
+    predict = spec["paths"]["/v1/models/{model_name}:predict"]["post"]["requestBody"]
+    example = predict["content"]["application/json"]["examples"]["churn"]["value"]
+    assert example == {
+        "instances": [{"plan": "", "region": "", "tenure_months": 0.0, "monthly_charges": 0.0,
+                       "support_calls": 0.0}]
+    }  # fmt: skip
+    answer = httpx.post(f"{server.url}/v1/models/churn:predict", json=example)
+    assert answer.status_code == 200, answer.text

@@ -136,7 +136,11 @@ def _instance(t: dict[str, Any]) -> Any:  # one row: the shape without its batch
 def _predict_example(meta: dict[str, Any]) -> dict[str, Any]:
     if len(meta["inputs"]) == 1:
         return {"instances": [_instance(meta["inputs"][0])]}
-    return {"instances": [{t["name"]: _instance(t) for t in meta["inputs"]}]}
+    # A tabular model's [-1, 1] column takes one value per row, as people write rows.
+    row = {t["name"]: _instance(t) for t in meta["inputs"]}
+    row = {t["name"]: row[t["name"]][0] if t["shape"] == [-1, 1] else row[t["name"]]
+           for t in meta["inputs"]}  # fmt: skip
+    return {"instances": [row]}
 
 
 def _examples(values: dict[str, Any]) -> dict[str, Any]:
