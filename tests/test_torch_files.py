@@ -111,3 +111,16 @@ def test_a_class_from_main_is_explained_not_called_a_bug(repo: Path, saved: Path
         modelport.add_model(
             repository, "x", weights, sample_input=x, module=f"{saved}/train.py:Net"
         )
+
+
+@pytest.mark.slow
+def test_a_program_exported_for_one_batch_size_says_how_to_export_it(tmp_path: Path) -> None:
+    import torch
+
+    from modelport.errors import ConversionError
+
+    x = torch.ones(4, 3)
+    torch.export.save(torch.export.export(torch.nn.Linear(3, 2), (x,)), tmp_path / "fixed.pt2")
+    repo = modelport.Repository.init(tmp_path / "models")
+    with pytest.raises(ConversionError, match="fixed batch size.*dynamic_shapes="):
+        modelport.add_model(repo, "fixed", tmp_path / "fixed.pt2", sample_input=x.numpy())
