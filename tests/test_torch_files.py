@@ -122,5 +122,5 @@ def test_a_program_exported_for_one_batch_size_says_how_to_export_it(tmp_path: P
     x = torch.ones(4, 3)
     torch.export.save(torch.export.export(torch.nn.Linear(3, 2), (x,)), tmp_path / "fixed.pt2")
     repo = modelport.Repository.init(tmp_path / "models")
-    with pytest.raises(ConversionError, match="fixed batch size.*dynamic_shapes="):
+    with pytest.raises(ConversionError, match=r"fixed batch size.*dynamic_shapes="):
         modelport.add_model(repo, "fixed", tmp_path / "fixed.pt2", sample_input=x.numpy())
