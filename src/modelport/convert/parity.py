@@ -53,3 +53,17 @@ def quiet_session(model: bytes | str) -> Any:
     options = ort.SessionOptions()
     options.log_severity_level = 4
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def check_labels(
+    proba: np.ndarray, labels: np.ndarray, converted: np.ndarray, tolerance: Tolerance
+) -> None:
+    """Labels may differ only where two classes are tied within the tolerance."""
+    top2 = np.sort(proba, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > 2 * tolerance.atol
+    mismatched = clear & (labels != converted.reshape(labels.shape))
+    if mismatched.any():
+        raise ConversionError(
+            f"output 'label' differs from the original model on {int(mismatched.sum())} "
+            "sample rows with a clear winning class; the converted model is not faithful"
+        )

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from modelport.convert import tabular
-from modelport.convert.parity import Tolerance, assert_close, quiet_session
+from modelport.convert.parity import Tolerance, assert_close, check_labels, quiet_session
 from modelport.convert.trees import library_of, register_trees
 from modelport.errors import ConversionError, require
 from modelport.rows import is_frame
@@ -166,20 +166,6 @@ def _check_parity(
     else:
         expected = np.asarray(estimator.transform(sample), dtype=np.float64)
         assert_close(names[0], expected, values[names[0]], tolerance)
-
-
-def check_labels(
-    proba: np.ndarray, labels: np.ndarray, converted: np.ndarray, tolerance: Tolerance
-) -> None:
-    """Labels may differ only where two classes are tied within the tolerance."""
-    top2 = np.sort(proba, axis=1)[:, -2:]
-    clear = (top2[:, 1] - top2[:, 0]) > 2 * tolerance.atol
-    mismatched = clear & (labels != converted.reshape(labels.shape))
-    if mismatched.any():
-        raise ConversionError(
-            f"output 'label' differs from the original model on {int(mismatched.sum())} "
-            "sample rows with a clear winning class; the converted model is not faithful"
-        )
 
 
 def sklearn_metadata() -> dict[str, str]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from modelport.convert.parity import Tolerance, assert_close, quiet_session
+from modelport.convert.parity import Tolerance, assert_close, check_labels, quiet_session
 from modelport.convert.tabular import check_width
 from modelport.errors import ConversionError, ModelLoadError, installed, require
 from modelport.rows import is_frame
@@ -212,8 +212,6 @@ def _check_parity(model: Any, library: str, data: bytes, sample: Any, tolerance:
     expected = _original(model, library, sample, classes)
     assert_close(name, expected, values[name].reshape(expected.shape), tolerance)
     if classes and hasattr(model, "predict_proba"):
-        from modelport.convert.sklearn import check_labels
-
         labels = np.asarray(model.predict(sample)).reshape(-1)
         check_labels(expected, labels, values["label"], tolerance)
 
