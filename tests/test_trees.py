@@ -80,25 +80,30 @@ def test_a_fitted_model_matches_on_unseen_rows(
         np.testing.assert_array_equal(got["label"], model.predict(data["unseen"]).ravel())
 
 
-def test_native_files_import_from_the_cli(data: dict[str, Any], tmp_path: Path) -> None:
+def test_native_files_import(data: dict[str, Any], tmp_path: Path) -> None:
     xgb = fitted("xgboost-three", data)
     xgb.save_model(tmp_path / "model.json")
     lgb = fitted("lightgbm-binary", data)
-    lgb.booster_.save_model(tmp_path / "model.txt")
+    lgb.booster_.save_model(tmp_path / "model.txt")  # a Booster: no scikit-learn wrapper
     cat = fitted("catboost-binary", data)
     cat.save_model(str(tmp_path / "model.cbm"))
-    data["x"].head(64).to_csv(tmp_path / "sample.csv", index=False)
     unseen = data["unseen"]
+    # From the CLI, with a CSV sample and JSON rows to predict:
+    data["x"].head(64).to_csv(tmp_path / "sample.csv", index=False)
     (tmp_path / "rows.json").write_text(json.dumps(unseen.to_numpy().tolist()))
     repo = tmp_path / "models"
-    for name, model in (("model.json", xgb), ("model.txt", lgb), ("model.cbm", cat)):
-        ok("import", tmp_path / name, "--name", "trees", "--repo", repo,
-           "--sample-input", tmp_path / "sample.csv")  # fmt: skip
-        out = json.loads(ok("predict", "trees", "--repo", repo, "--input", tmp_path / "rows.json"))
-        np.testing.assert_allclose(
-            out["outputs"]["probabilities"], model.predict_proba(unseen), atol=TOLERANCE,
-            err_msg=name,
-        )  # fmt: skip
+    ok("import", tmp_path / "model.json", "--name", "xgb", "--repo", repo,
+       "--sample-input", tmp_path / "sample.csv")  # fmt: skip
+    out = json.loads(ok("predict", "xgb", "--repo", repo, "--input", tmp_path / "rows.json"))
+    got = out["outputs"]["probabilities"]
+    np.testing.assert_allclose(got, xgb.predict_proba(unseen), atol=TOLERANCE)
+    # From Python:
+    repository = modelport.Repository.open(repo)
+    for name, model in (("model.txt", lgb), ("model.cbm", cat)):
+        modelport.add_model(repository, "other", tmp_path / name, sample_input=data["x"][:64])
+        with repository.load("other") as served:
+            got = served.predict(unseen.to_numpy(np.float32))["probabilities"]
+        np.testing.assert_allclose(got, model.predict_proba(unseen), atol=TOLERANCE, err_msg=name)
 
 
 def test_a_sample_of_the_wrong_width_is_named(data: dict[str, Any], tmp_path: Path) -> None:
