@@ -129,3 +129,18 @@ def test_lightgbm_at_the_end_of_a_dataframe_pipeline(churn: Any, tmp_path: Path)
     with repo.load("boosted") as model:
         got = model.predict(unseen)
     np.testing.assert_allclose(got["probabilities"], boosted.predict_proba(unseen), atol=TOLERANCE)
+
+
+def test_a_dataframe_is_taken_in_the_fitted_column_order(
+    data: dict[str, Any], tmp_path: Path
+) -> None:
+    model = fitted("xgboost-binary", data)
+    repo = modelport.Repository.init(tmp_path / "models")
+    manifest = modelport.add_model(repo, "trees", model, sample_input=data["x"].head(64))
+    assert manifest.metadata["columns"] == [f"x{i}" for i in range(6)]
+    shuffled = data["unseen"][["x5", "x3", "x1", "x0", "x2", "x4"]]
+    with repo.load("trees") as served:
+        got = served.predict(shuffled)["probabilities"]
+        with pytest.raises(modelport.InvalidInputError, match="missing column 'x5'"):
+            served.predict(shuffled.drop(columns="x5"))
+    np.testing.assert_allclose(got, model.predict_proba(data["unseen"]), atol=TOLERANCE)

@@ -224,7 +224,7 @@ def _convert(
     if kind in ("xgboost", "lightgbm", "catboost"):
         from modelport.convert.trees import trees_metadata, trees_to_onnx
 
-        meta.update(trees_metadata(model))
+        meta.update(trees_metadata(model, sample))
         return trees_to_onnx(model, _single(sample, frames=True), tolerance)
     if kind == "sklearn" or hasattr(model, "get_params"):
         from modelport.convert.sklearn import sklearn_metadata, sklearn_to_onnx

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from modelport.config import InputLimits
-from modelport.errors import ModelportError, PredictionError
+from modelport.errors import InvalidInputError, ModelportError, PredictionError
+from modelport.rows import is_frame
 from modelport.runtimes import Runtime
 from modelport.signature import Signature, validate_inputs
 
@@ -47,6 +48,9 @@ class Model:
 
     def predict(self, inputs: Any) -> dict[str, np.ndarray]:
         """Validate ``inputs`` against the signature, run the model, return its outputs."""
+        columns = self.metadata.get("columns")
+        if columns is not None and is_frame(inputs):  # one matrix, in the fitted column order
+            inputs = _ordered(inputs, columns)
         batch = validate_inputs(self.signature, inputs, self.limits)
         try:
             return self.runtime.predict(batch)
@@ -63,6 +67,16 @@ class Model:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _ordered(frame: Any, columns: list[str]) -> Any:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise InvalidInputError(
+            f"missing column {missing[0]!r}; the model was fitted on {', '.join(columns)}",
+            missing[0],
+        )
+    return frame[columns]
 
 
 def measure_costs(model: Model, max_batch_size: int, repeats: int = 3) -> dict[int, float]:

@@ -216,15 +216,22 @@ def _check_parity(model: Any, library: str, data: bytes, sample: Any, tolerance:
         check_labels(expected, labels, values["label"], tolerance)
 
 
-def trees_metadata(model: Any) -> dict[str, str]:
+def trees_metadata(model: Any, sample: Any = None) -> dict[str, Any]:
+    """The library's version (and onnxmltools'); with a DataFrame sample, its ``columns``, the
+    order the input matrix takes them in (``Model.predict`` orders a DataFrame by them)."""
     import importlib
 
     library = library_of(model) or "trees"
-    meta = {"framework": library, library: importlib.import_module(library).__version__}
+    meta: dict[str, Any] = {
+        "framework": library,
+        library: importlib.import_module(library).__version__,
+    }
     if library != "catboost":
         import onnxmltools
 
         meta["onnxmltools"] = onnxmltools.__version__
+    if is_frame(sample):
+        meta["columns"] = [str(c) for c in sample.columns]
     return meta
 
 
