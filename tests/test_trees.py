@@ -15,6 +15,8 @@ from modelport.errors import ConversionError
 from test_cli import ok
 
 TOLERANCE = 1e-4
+# allow_writing_files=False: CatBoost writes catboost_info/ into the working folder otherwise.
+QUIET_CATBOOST = {"iterations": 20, "verbose": 0, "allow_writing_files": False}
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +47,8 @@ def fitted(kind: str, data: dict[str, Any]) -> Any:
         "lightgbm-binary": lambda: lightgbm.LGBMClassifier(n_estimators=20, verbose=-1),
         "lightgbm-three": lambda: lightgbm.LGBMClassifier(n_estimators=20, verbose=-1),
         "lightgbm-regressor": lambda: lightgbm.LGBMRegressor(n_estimators=20, verbose=-1),
-        "catboost-binary": lambda: catboost.CatBoostClassifier(iterations=20, verbose=0),
-        "catboost-regressor": lambda: catboost.CatBoostRegressor(iterations=20, verbose=0),
+        "catboost-binary": lambda: catboost.CatBoostClassifier(**QUIET_CATBOOST),
+        "catboost-regressor": lambda: catboost.CatBoostRegressor(**QUIET_CATBOOST),
     }
     target = data[kind.split("-")[1]] if not kind.endswith("regressor") else data["amount"]
     return models[kind]().fit(x, target)
