@@ -96,10 +96,18 @@ def _convert(
         "string": data_types.StringTensorType,
     }
     final = getattr(estimator, "_final_estimator", estimator)
-    options = {id(final): {"zipmap": False}} if hasattr(final, "predict_proba") else None
+    options: dict[int, dict[str, Any]] = {}
+    if hasattr(final, "predict_proba"):
+        options[id(final)] = {"zipmap": False}
     opset: int | dict[str, int] | None = target_opset
     if any(library_of(step) for _, step in tabular.steps(estimator)):
         from skl2onnx import get_latest_tested_opset_version
+
+        # Tree thresholds are data values: scale in float64, then cast, as the original does,
+        # or rows on a threshold fall on the other side of it.
+        for _, step in tabular.steps(estimator):
+            if type(step).__name__ == "StandardScaler":
+                options[id(step)] = {"div": "div_cast"}
 
         register_trees()  # XGBoost or LightGBM inside a pipeline: onnxmltools' converters
         opset = {"": target_opset or get_latest_tested_opset_version(), "ai.onnx.ml": 3}
@@ -109,7 +117,7 @@ def _convert(
             onx = convert_sklearn(
                 estimator,
                 initial_types=[(n, kinds[t]([None, width])) for n, t, width in inputs],
-                options=options,
+                options=options or None,
                 target_opset=opset,
             )
         except Exception as exc:
