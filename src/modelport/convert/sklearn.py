@@ -145,8 +145,14 @@ def _checked(
 ) -> None:
     try:
         _check_parity(estimator, data, sample, feed, tolerance)
-    except ConversionError:
-        raise
+    except ConversionError as exc:
+        if not any(library_of(step) == "xgboost" for _, step in tabular.steps(estimator)):
+            raise
+        raise ConversionError(
+            f"{exc}. XGBoost's thresholds are data values, and steps before it compute in "
+            "float32 in ONNX: rows on a threshold move across it. Trees need no scaling: leave "
+            "it out before XGBoost, or use LightGBM or a code model"
+        ) from exc
     except Exception as exc:
         raise ConversionError(
             f"{type(estimator).__name__} raised on the sample input (shape "
