@@ -63,3 +63,14 @@ def test_a_frame_is_recognized_without_importing_pandas() -> None:
     assert is_frame(pd.DataFrame({"a": [1]}))
     assert not is_frame({"a": [1]})
     assert not is_frame(np.ones((2, 2)))
+
+
+def test_a_series_is_a_column() -> None:
+    import pandas as pd
+
+    from modelport.rows import is_flat
+
+    series = pd.Series(["a", None, "c"], dtype=object)
+    assert is_flat(series)
+    assert column("s", "string", series).ravel().tolist() == ["a", "", "c"]
+    assert not is_flat(pd.DataFrame({"a": [1]}))

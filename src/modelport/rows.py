@@ -67,9 +67,11 @@ def records_columns(records: list[dict[str, Any]], names: Sequence[str]) -> dict
 
 
 def is_flat(value: Any) -> bool:
-    """One value per row: a 1-D array, or a list of scalars."""
-    if isinstance(value, np.ndarray):
-        return value.ndim == 1
+    """One value per row: a 1-D array (or pandas Series), or a list of scalars."""
+    if isinstance(value, np.ndarray) or is_frame(value):
+        return bool(value.ndim == 1)
+    if hasattr(value, "ndim") and hasattr(value, "to_numpy"):  # a Series
+        return bool(value.ndim == 1)
     return (
         isinstance(value, (list, tuple))
         and bool(value)
