@@ -214,3 +214,15 @@ def test_a_parquet_sample_with_none_for_missing_text_imports(churn: Any, tmp_pat
     with repo.load("churn") as model:
         got = model.predict(unseen)
     np.testing.assert_allclose(got["probabilities"], pipeline.predict_proba(unseen), atol=TOLERANCE)
+
+
+def test_a_pipeline_that_learned_none_as_a_category_is_refused(churn: Any, tmp_path: Path) -> None:
+    from tabular_models import churn_pipeline
+
+    _, frame, _ = churn
+    with_none = frame.astype({"plan": object}).where(frame.notna(), None)
+    with_none["region"] = frame["region"]
+    fitted = churn_pipeline(with_none, (frame.tenure_months < 12).to_numpy())
+    repo = modelport.Repository.init(tmp_path / "models")
+    with pytest.raises(ConversionError, match=r"learned None as a category of 'plan'.*fillna"):
+        modelport.add_model(repo, "churn", fitted, sample_input=with_none.head(64))

@@ -57,7 +57,9 @@ def sklearn_to_onnx(
 
 def _from_frame(estimator: Any, frame: Any, tolerance: Tolerance, opset: int | None) -> bytes:
     tabular.check_columns(estimator, frame)
-    frame = tabular.missing_as_nan(frame[tabular.fitted_columns(estimator)])
+    given = frame[tabular.fitted_columns(estimator)]
+    frame = tabular.missing_as_nan(given)  # None in text columns as NaN, as imputers expect
+    _check_none_is_nan(estimator, given)  # served, None and NaN are both "missing"
     converted = tabular.for_onnx(estimator)
     columns = tabular.column_types(frame)
     try:
@@ -81,6 +83,25 @@ def _from_frame(estimator: Any, frame: Any, tolerance: Tolerance, opset: int | N
             data = _convert(estimator, converted, [(n, t, 1) for n, t in columns], opset)
     _checked(estimator, data, frame, tabular.feed(frame, columns), tolerance)
     return data
+
+
+def _check_none_is_nan(estimator: Any, given: Any) -> None:
+    """A served model takes a missing value one way, as NaN: refuse a pipeline whose encoder
+    learned None as a category (fitted with None, which SimpleImputer does not replace)."""
+    for name, step in tabular.steps(estimator):
+        if any(any(c is None for c in categories) for categories in _categories(step)):
+            columns = [c for c in given.columns if given[c].dtype == object]
+            raise ConversionError(
+                f"step {name!r} learned None as a category of {', '.join(map(repr, columns))}: "
+                "fitted with None for missing values, which SimpleImputer does not replace, the "
+                "pipeline tells None from NaN; served, a missing value is one thing. Fit it with "
+                "NaN for missing values (frame.fillna(np.nan)), then import it again"
+            )
+
+
+def _categories(step: Any) -> list[Any]:
+    categories = getattr(step, "categories_", None)
+    return list(categories) if isinstance(categories, list) else []
 
 
 def _convert(
