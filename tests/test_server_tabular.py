@@ -270,3 +270,18 @@ def test_the_docs_show_a_row_and_the_row_predicts(server: RunningServer) -> None
     }  # fmt: skip
     answer = httpx.post(f"{server.url}/v1/models/churn:predict", json=example)
     assert answer.status_code == 200, answer.text
+
+
+def test_the_async_client_takes_rows_too(server: RunningServer, churn: Any) -> None:
+    import asyncio
+
+    pipeline, _, unseen = churn
+    rows = unseen.head(5)
+    records = rows.astype(object).where(rows.notna(), None).to_dict("records")
+
+    async def main() -> Any:
+        async with modelport.AsyncClient(server.url) as client:
+            return await client.predict("churn", records)
+
+    got = asyncio.run(main())
+    np.testing.assert_allclose(got["probabilities"], pipeline.predict_proba(rows), atol=TOLERANCE)
