@@ -226,3 +226,26 @@ def test_a_pipeline_that_learned_none_as_a_category_is_refused(churn: Any, tmp_p
     repo = modelport.Repository.init(tmp_path / "models")
     with pytest.raises(ConversionError, match=r"learned None as a category of 'plan'.*fillna"):
         modelport.add_model(repo, "churn", fitted, sample_input=with_none.head(64))
+
+
+def test_a_categorical_of_numbers_is_a_number_column(tmp_path: Path) -> None:
+    import pandas as pd
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {"floor": pd.Categorical(rng.integers(1, 4, 200)), "x": rng.normal(size=200)}
+    )
+    left = ((frame.floor.astype(int) > 1) ^ (frame.x > 0)).astype(int)
+    columns = ColumnTransformer([("floor", OneHotEncoder(), ["floor"])], remainder="passthrough")
+    pipeline = Pipeline([("columns", columns), ("model", LogisticRegression())]).fit(frame, left)
+    repo = modelport.Repository.init(tmp_path / "models")
+    manifest = modelport.add_model(repo, "floors", pipeline, sample_input=frame.head(50))
+    assert manifest.signature.inputs[0].dtype == "int64"
+    with repo.load("floors") as model:
+        got = model.predict([{"floor": 2, "x": 0.5}])["probabilities"]
+    expected = pipeline.predict_proba(frame.head(1).assign(floor=pd.Categorical([2]), x=0.5))
+    np.testing.assert_allclose(got, expected, atol=TOLERANCE)

@@ -27,6 +27,9 @@ def column_types(frame: Any, integers: str = "int64") -> Columns:
     types: Columns = []
     for name in frame.columns:
         dtype = frame[name].dtype
+        categories = getattr(dtype, "categories", None)
+        if categories is not None:  # pandas' categorical: typed as its categories are
+            dtype = categories.dtype
         kind = getattr(dtype, "kind", "O")
         if not isinstance(dtype, np.dtype) and kind in "iuf":  # pandas' nullable numbers
             kind = "f"
