@@ -80,6 +80,29 @@ _SCHEMAS: dict[str, Any] = {
         "name! versions!:[]str platform! inputs!:[]TensorMetadata outputs!:[]TensorMetadata"
     ),
     "ModelReady": _schema("name! ready!:bool"),
+    "Duration": _schema("count!:int ns!:int", description="How many, and their total in ns."),
+    "InferStatistics": _schema(
+        "success:Duration fail:Duration queue:Duration compute_input:Duration "
+        "compute_infer:Duration compute_output:Duration cache_hit:Duration cache_miss:Duration"
+    ),
+    "BatchStatistics": _schema("batch_size!:int compute_infer:Duration"),
+    "ModelStatistics": _schema(
+        "name! version! last_inference!:int inference_count!:int execution_count!:int "
+        "inference_stats!:InferStatistics batch_stats!:[]BatchStatistics",
+        description="last_inference: ms since the epoch; inference_count counts rows, "
+        "execution_count model runs.",
+    ),
+    "ModelStatisticsResponse": _schema("model_stats!:[]ModelStatistics"),
+    "ModelConfigTensor": _schema(
+        "name! data_type! dims!:[]int",
+        description="dims without the batch dimension when max_batch_size > 0",
+    ),
+    "ModelConfig": _schema(
+        "name! platform! backend! max_batch_size!:int input!:[]ModelConfigTensor "
+        "output!:[]ModelConfigTensor instance_group!:[]any dynamic_batching:any",
+        description="Triton's model configuration, the fields modelport fills; it describes "
+        "and changes nothing.",
+    ),
     "InferParameters": _schema("binary_data_output:bool", additionalProperties=True),
     "TensorParameters": _schema("binary_data_size:int binary_data:bool", additionalProperties=True),
     "RequestInput": _schema(_TENSOR, description="Either data or parameters.binary_data_size."),
