@@ -57,7 +57,8 @@ def monitor(
     """Compare a model's logged inputs and outputs with its training data."""
     from modelport.errors import require
 
-    require("sqlalchemy", "batch")
+    require("sqlalchemy", "monitor")
+    require("scipy", "monitor")
     from modelport.monitor import report, store
 
     try:
