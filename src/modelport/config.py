@@ -207,6 +207,7 @@ class ServerConfig:
     tls_key: str | None = None
     http: str = "modelport"  # the HTTP/1.1 protocol: ours, or "uvicorn" (its httptools one)
     prediction_log: PredictionLogConfig | None = None
+    otlp_endpoint: str | None = None  # OpenTelemetry traces to this OTLP/HTTP collector
 
     def __post_init__(self) -> None:
         if self.http not in ("modelport", "uvicorn"):
