@@ -1,0 +1,226 @@
+"""modelport quantize: real onnxruntime int8 (dynamic, static QDQ), the accuracy gate, lineage."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import modelport
+from modelport.demo import build_torch_cnn, mlp_onnx
+from modelport.errors import (
+    AccuracyDropError,
+    InvalidInputError,
+    ModelNotFoundError,
+    OptimizationError,
+)
+from modelport.optimize.quantize import MIN_CALIBRATION_ROWS, Measuring, quantize
+
+QUICK = Measuring(seconds=0.05)
+
+
+def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "modelport", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def mlp_repo(repo: modelport.Repository) -> modelport.Repository:
+    """The demo's MLP builder at a size a test can afford: 64-128-128-10."""
+    modelport.add_model(repo, "mlp", mlp_onnx((64, 128, 128, 10), seed=0))
+    return repo
+
+
+@pytest.fixture
+def rows(tmp_path: Path) -> Path:
+    path = tmp_path / "rows.npy"
+    np.save(path, np.random.default_rng(0).standard_normal((300, 64)).astype(np.float32))
+    return path
+
+
+@pytest.fixture(scope="module")
+def cnn_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo's digits CNN, trained for 2 epochs instead of 12 (about 98% accurate)."""
+    repo = modelport.Repository.init(tmp_path_factory.mktemp("cnn") / "models")
+    build_torch_cnn(repo, epochs=2)
+    return repo.root
+
+
+@pytest.fixture(scope="module")
+def digit_rows(tmp_path_factory: pytest.TempPathFactory, digits: Any) -> tuple[Path, Path]:
+    """Calibration rows (no labels) and eval rows with labels ``y``, as the CNN takes them."""
+    x, y = digits
+    images = (x / 16).reshape(-1, 1, 8, 8).astype(np.float32)
+    folder = tmp_path_factory.mktemp("digits")
+    np.save(folder / "calibration.npy", images[::7][:200])
+    np.savez(folder / "eval.npz", input=images[1::2], y=y[1::2])
+    return folder / "calibration.npy", folder / "eval.npz"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["dynamic", "static"])
+def test_quantized_digits_cnn_keeps_its_accuracy(
+    cnn_repo: Path, digit_rows: tuple[Path, Path], method: str
+) -> None:
+    repo = modelport.Repository.open(cnn_repo)
+    calibration, evaluation = digit_rows
+    result = quantize(repo, "digits-cnn:1", evaluation, calibration=calibration, labels="y",
+                      method=method, name=f"cnn-{method}", measuring=QUICK)  # fmt: skip
+    report = result.report
+    assert report.metric == "accuracy"
+    assert report.baseline.score > 0.9
+    (int8,) = report.candidates
+    assert int8.label == f"int8 {method}"
+    assert int8.drop <= 0.01
+    assert int8.size_bytes < report.baseline.size_bytes / 2
+    model = repo.load(f"cnn-{method}")
+    x = np.load(evaluation)["input"][:5]
+    assert model.predict(x)["output"].shape == (5, 10)
+    assert result.manifest.metadata["lineage"]["settings"]["method"] == method
+
+
+def test_auto_tries_both_and_records_lineage(
+    mlp_repo: modelport.Repository, rows: Path, tmp_path: Path
+) -> None:
+    result = quantize(mlp_repo, "mlp", rows, calibration=rows, max_drop=0.2, measuring=QUICK)
+    labels = [c.label for c in result.report.candidates]
+    assert labels == ["int8 dynamic", "int8 static"]
+    for candidate in result.report.candidates:  # weights are most of an MLP: about 4x
+        assert result.report.baseline.size_bytes / candidate.size_bytes > 3
+        assert candidate.agreement > 0.8
+    assert result.report.chosen in labels
+    manifest = mlp_repo.manifest("mlp")
+    assert manifest.version == 2
+    parent = mlp_repo.manifest("mlp:1")
+    lineage = manifest.metadata["lineage"]
+    assert lineage["parent"] == {"name": "mlp", "version": 1, "sha256": parent.artifacts}
+    assert lineage["method"] == "quantize"
+    assert lineage["settings"]["method"] == result.method
+    digest = hashlib.sha256(rows.read_bytes()).hexdigest()
+    assert lineage["data"]["eval"] == {"file": "rows.npy", "sha256": digest, "rows": 300,
+                                       "labels": None}  # fmt: skip
+    if result.method == "static":
+        assert lineage["data"]["calibration"]["sha256"] == digest
+    assert lineage["report"]["chosen"] == result.report.chosen
+    assert lineage["report"]["metric"] == "agreement"
+    assert "onnxruntime" in lineage["tools"]
+    assert manifest.serving == parent.serving
+
+
+def _outlier_mlp() -> bytes:
+    """An MLP whose first weight matrix has one huge entry: int8 with one scale per tensor
+    rounds every other weight to zero, and the model's answers fall apart."""
+    from onnx import helper, numpy_helper
+
+    model = helper.make_model(helper.make_graph([], "g", [], []))
+    model.ParseFromString(mlp_onnx((64, 64, 10), seed=1))
+    weights = numpy_helper.to_array(model.graph.initializer[0]).copy()
+    weights[0, 0] = 1000.0
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(weights, "w0"))
+    return bytes(model.SerializeToString())
+
+
+def test_max_drop_refuses_and_imports_nothing(
+    repo: modelport.Repository, rows: Path, tmp_path: Path
+) -> None:
+    modelport.add_model(repo, "fragile", _outlier_mlp())
+    page = tmp_path / "refused.html"
+    result = cli("quantize", "fragile", "--repo", repo.root, "--eval", rows, "--method",
+                 "dynamic", "--bench-seconds", "0.05", "--report", page)  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "int8 dynamic" in result.stdout
+    assert "over budget" in result.stdout
+    assert "nothing imported" in result.stderr
+    assert repo.versions("fragile") == [1]
+    assert sorted(p.name for p in repo.root.iterdir()) == ["fragile"]  # no staging left
+    assert "over budget" in page.read_text()
+    with pytest.raises(AccuracyDropError) as raised:  # the library says the same
+        quantize(repo, "fragile", rows, method="dynamic", max_drop=0.05, measuring=QUICK)
+    assert raised.value.report.candidates[0].drop > 0.05  # type: ignore[attr-defined]
+
+
+def test_cli_imports_the_result_and_prints_the_table(
+    mlp_repo: modelport.Repository, rows: Path
+) -> None:
+    result = cli("quantize", "mlp:1", "--repo", mlp_repo.root, "--eval", rows, "--method",
+                 "dynamic", "--max-drop", "0.2", "--name", "mlp-int8", "--bench-seconds",
+                 "0.05")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "imported mlp-int8:1 (int8 dynamic)" in result.stderr
+    header = result.stdout.splitlines()[1].split()
+    assert header[:4] == ["model", "size", "p50", "b1"]
+    assert mlp_repo.versions("mlp") == [1]
+    assert mlp_repo.manifest("mlp-int8").metadata["lineage"]["parent"]["name"] == "mlp"
+
+
+def test_a_model_without_quantizable_operators_stays_fp32(
+    repo: modelport.Repository, digits_pipeline: Any, digits: Any, tmp_path: Path
+) -> None:
+    x, _ = digits
+    modelport.add_model(repo, "digits", digits_pipeline, sample_input=x[:32])
+    np.save(tmp_path / "x.npy", x[:100])
+    with pytest.raises(
+        OptimizationError, match=r"quantizes none of its operators \(.*LinearClassifier"
+    ):
+        quantize(repo, "digits", tmp_path / "x.npy", calibration=tmp_path / "x.npy",
+                 measuring=QUICK)  # fmt: skip
+    assert repo.versions("digits") == [1]
+
+
+def test_bad_input_is_named_and_nothing_is_imported(
+    mlp_repo: modelport.Repository, rows: Path, tmp_path: Path
+) -> None:
+    wide = tmp_path / "wide.npy"
+    np.save(wide, np.zeros((50, 65), np.float32))
+    with pytest.raises(InvalidInputError, match=r"input 'input': expected shape \[\?, 64\]"):
+        quantize(mlp_repo, "mlp", wide, measuring=QUICK)
+    table = tmp_path / "table.csv"
+    table.write_text("a,b\n" + "1,2\n" * 30)
+    with pytest.raises(InvalidInputError, match="labels column 'digit' is not there"):
+        quantize(mlp_repo, "mlp", table, labels="digit", measuring=QUICK)
+    few = tmp_path / "few.npy"
+    np.save(few, np.zeros((5, 64), np.float32))
+    with pytest.raises(OptimizationError, match=f"5 rows is too few to calibrate; at least "
+                       f"{MIN_CALIBRATION_ROWS}"):  # fmt: skip
+        quantize(mlp_repo, "mlp", rows, calibration=few, method="static", measuring=QUICK)
+    with pytest.raises(OptimizationError, match="static quantization calibrates"):
+        quantize(mlp_repo, "mlp", rows, method="static", measuring=QUICK)
+    with pytest.raises(ModelNotFoundError):
+        quantize(mlp_repo, "nope", rows, measuring=QUICK)
+    assert mlp_repo.versions("mlp") == [1]
+
+
+def test_a_code_model_is_refused(
+    repo: modelport.Repository, code_folder: Path, tmp_path: Path
+) -> None:
+    modelport.add_model(repo, "doubler", code_folder, trust_code=True)
+    np.save(tmp_path / "x.npy", np.zeros((30, 2), np.float32))
+    result = cli("quantize", "doubler", "--repo", repo.root, "--eval", tmp_path / "x.npy")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: doubler:1 is a python model")
+
+
+def test_the_report_is_drawn_in_chromium(
+    mlp_repo: modelport.Repository, rows: Path, tmp_path: Path
+) -> None:
+    from report_browser import figures_drawn
+
+    result = quantize(mlp_repo, "mlp", rows, calibration=rows, max_drop=0.2, measuring=QUICK)
+    page = tmp_path / "report.html"
+    result.report.write_html(page)
+    drawn = figures_drawn(page)
+    assert [title for title, _, _ in drawn] == [
+        "Accuracy vs speed",
+        "Size",
+        "Latency by batch size",
+    ]
+    for title, width, marks in drawn:
+        assert width > 200, title
+        assert marks > 10, title  # axes, ticks and the data's own marks
+    assert json.loads(json.dumps(result.report.to_dict()))["chosen"] == result.report.chosen
