@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from modelport.cli.options import REPO_OPTION
+from modelport.cli.options import REPO_OPTION, TRUST_CODE_OPTION
 from modelport.errors import AccuracyDropError
 from modelport.repository import Repository
 
@@ -89,8 +90,8 @@ def quantize(
 
     Exits 1, importing nothing, when every candidate loses more than --max-drop.
     """
-    from modelport.optimize.quantize import Measuring
     from modelport.optimize.quantize import quantize as run
+    from modelport.optimize.scoring import Measuring
 
     try:
         result = run(
@@ -116,4 +117,107 @@ def quantize(
     _log(f"imported {manifest.name}:{manifest.version} (int8 {result.method}) into {repo_path}")
 
 
-COMMANDS = (quantize,)
+class _EpochBar:
+    """One line redrawn on a terminal; a line every 10 epochs (and the last) in a log."""
+
+    def __init__(self) -> None:
+        self.live = sys.stderr.isatty()
+        self.last = ""
+
+    def __call__(self, epoch: Any) -> None:
+        done = epoch.number / epoch.max_epochs
+        bar = "#" * int(done * 20) + "." * (20 - int(done * 20))
+        agreement = "" if epoch.val_agreement != epoch.val_agreement else (
+            f"  agreement {epoch.val_agreement * 100:.1f}%"
+        )  # fmt: skip
+        line = (
+            f"epoch {epoch.number}/{epoch.max_epochs} [{bar}] loss {epoch.train_loss:.4f}  "
+            f"held-out {epoch.val_loss:.4f}{agreement}  best epoch {epoch.best_epoch}"
+        )
+        if self.live:
+            click.echo("\r\x1b[K" + line, nl=False, err=True)
+        elif epoch.number % 10 == 0 or epoch.number == 1:
+            _log(line)
+            line = ""
+        self.last = line
+
+    def close(self) -> None:
+        if self.live:
+            click.echo("", err=True)
+        elif self.last:
+            _log(self.last)
+
+
+@click.command()
+@click.argument("teacher", metavar="TEACHER[:VERSION]")
+@click.option("--data", required=True, type=ROWS, help="Rows to learn from (no labels needed).")
+@click.option("--student", "student_spec", default="mlp:256,128", show_default=True,
+              help="Built-in student: mlp:W1,W2,... (hidden layer widths).")  # fmt: skip
+@click.option("--student-module", metavar="FILE.py:CLASS",
+              help="Your own student: Class(in_features, out_features), an nn.Module.")  # fmt: skip
+@click.option("--eval", "eval_path", type=ROWS,
+              help="Rows to score the student on (default: rows held out of --data).")  # fmt: skip
+@LABELS_OPTION
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=2.0,
+              show_default=True, help="Softens a classifier's targets.")  # fmt: skip
+@click.option("--max-epochs", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--patience", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Stop after this many epochs without a better held-out loss.")  # fmt: skip
+@NAME_OPTION
+@REPORT_OPTION
+@JSON_OPTION
+@SECONDS_OPTION
+@TRUST_CODE_OPTION
+@REPO_OPTION
+def distill(
+    teacher: str,
+    data: Path,
+    student_spec: str,
+    student_module: str | None,
+    eval_path: Path | None,
+    labels: str | None,
+    temperature: float,
+    max_epochs: int,
+    patience: int,
+    name: str | None,
+    report_path: Path | None,
+    as_json: bool,
+    bench_seconds: float,
+    trust_code: bool,
+    repo_path: Path,
+) -> None:
+    """Train a small PyTorch student on a teacher's outputs; import it as the next version."""
+    from modelport.optimize.distill import Training
+    from modelport.optimize.distill import distill as run
+    from modelport.optimize.scoring import Measuring
+    from modelport.optimize.students import StudentSpec
+
+    student = (
+        StudentSpec(module=student_module) if student_module else StudentSpec.parse(student_spec)
+    )
+    bar = _EpochBar()
+    try:
+        result = run(
+            Repository.open(repo_path),
+            teacher,
+            data,
+            student,
+            eval_rows=eval_path,
+            labels=labels,
+            name=name,
+            training=Training(temperature=temperature, max_epochs=max_epochs, patience=patience),
+            measuring=Measuring(seconds=bench_seconds),
+            trust_code=trust_code,
+            progress=bar,
+        )
+    finally:
+        bar.close()
+    _show(result.report, report_path, as_json)
+    manifest = result.manifest
+    _log(
+        f"imported {manifest.name}:{manifest.version} (student {student.describe()}, best of "
+        f"{result.epochs} epochs: {result.best_epoch}) into {repo_path}"
+    )
+
+
+COMMANDS = (quantize, distill)

@@ -30,14 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modelport.config import LoadOptions, RuntimeConfig
 from modelport.errors import AccuracyDropError, OptimizationError, require
 from modelport.manifest import Manifest
-from modelport.model import Model
 from modelport.optimize import lineage
 from modelport.optimize.report import Candidate, Report
 from modelport.optimize.rows import Rows, read_rows
-from modelport.optimize.scoring import Task, measure, task_of
+from modelport.optimize.scoring import Judge, Measuring, task_of
 from modelport.repository import ONNX_FILE, Repository, load, load_version, parse_ref
 
 METHODS = ("auto", "dynamic", "static")
@@ -54,22 +52,6 @@ _INT8_OPS = frozenset(
         "QGemm", "QAttention", "DynamicQuantizeLSTM", "QLinearAdd", "QLinearMul",
     }
 )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Measuring:
-    """How candidates are timed: batch sizes, seconds per measurement, onnxruntime threads
-    (1 by default: per-core cost, the same whatever else the machine runs) and providers."""
-
-    batch_sizes: tuple[int, ...] = (1, 32)
-    seconds: float = 0.5
-    threads: int = 1
-    providers: tuple[str, ...] | None = ("CPUExecutionProvider",)
-
-    def load_options(self) -> LoadOptions:
-        return LoadOptions(
-            runtime=RuntimeConfig(providers=self.providers, intra_op_threads=self.threads)
-        )
 
 
 @dataclass(frozen=True)
@@ -90,11 +72,12 @@ def quantize(
     max_drop: float = 0.01,
     name: str | None = None,
     per_channel: bool = True,
-    measuring: Measuring = Measuring(),
+    measuring: Measuring | None = None,
     log: Callable[[str], Any] = lambda _: None,
 ) -> QuantizeResult:
     """Quantize model ``ref`` ("name" or "name:version") to int8 and import the best result
     within ``max_drop`` as the next version of ``name`` (default: the same model)."""
+    measuring = measuring or Measuring()
     if method not in METHODS:
         raise OptimizationError(f"unknown method {method!r}; expected {', '.join(METHODS)}")
     if not 0 <= max_drop <= 1:
@@ -125,7 +108,7 @@ def quantize(
                 f"calibration rows (CLI: --calibration FILE, at least {MIN_CALIBRATION_ROWS})"
             )
         log(f"measuring {parent.name}:{parent.version} (fp32) on {evaluation.count} rows")
-        judge = _Judge(task, evaluation, fp32, measuring)
+        judge = Judge(task, evaluation, fp32, measuring)
         report = Report(
             f"quantize {parent.name}:{parent.version}",
             judge.metric,
@@ -195,36 +178,6 @@ def _choose(fits: list[Candidate], batch: int) -> Candidate:
     fastest = min(c.p50_ms[batch] for c in fits)
     close = [c for c in fits if c.p50_ms[batch] <= fastest * 1.2]
     return min(close, key=lambda c: (c.drop, c.p50_ms[batch]))
-
-
-class _Judge:
-    """Measures every candidate the same way against the parent's predictions."""
-
-    def __init__(self, task: Task, rows: Rows, parent: Model, measuring: Measuring) -> None:
-        self.task, self.rows, self.measuring = task, rows, measuring
-        self.reference = task.predict(parent, rows)
-        self.parent_score = (
-            task.score(self.reference, rows.labels) if rows.labels is not None else 1.0
-        )
-        self.metric = task.metric if rows.labels is not None else "agreement"
-        if task.kind == "regressor" and rows.labels is None:
-            self.metric = "r2 vs parent"
-
-    def candidate(self, label: str, model: Model, path: Path) -> Candidate:
-        predicted = self.task.predict(model, self.rows)
-        agreement = self.task.score(predicted, self.reference)
-        score = (
-            self.task.score(predicted, self.rows.labels)
-            if self.rows.labels is not None
-            else agreement
-        )
-        timings = {
-            b: measure(model, self.rows, b, self.measuring.seconds).p50_ms
-            for b in self.measuring.batch_sizes
-        }
-        return Candidate(
-            label, path.stat().st_size, timings, score, agreement, self.parent_score - score
-        )
 
 
 @contextlib.contextmanager

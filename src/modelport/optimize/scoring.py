@@ -3,7 +3,8 @@
     task = task_of(model.signature)          # classes from "label" or argmax of scores; or values
     classes = task.predict(model, rows)      # one prediction per row
     task.score(classes, rows.labels)         # accuracy (classes) or R² (values)
-    latency_ms(model, rows, batch=32)        # median milliseconds per call, measured
+    measure(model, rows, batch=32).p50_ms    # median milliseconds per call, measured
+    Judge(task, rows, parent, Measuring()).candidate("int8", model, path)   # all of it
 
 A classifier is a model with an integer or text output of one value per row (its label), or a
 float output of shape ``[-1, k]`` with k > 1 (scores, probabilities or logits: the class is
@@ -15,11 +16,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from modelport.config import LoadOptions, RuntimeConfig
 from modelport.errors import OptimizationError
 from modelport.model import Model
+from modelport.optimize.report import Candidate
 from modelport.optimize.rows import Rows
 from modelport.signature import Signature, TensorSpec
 
@@ -127,3 +131,49 @@ def measure(model: Model, rows: Rows, batch: int, seconds: float = 0.5) -> Timin
         float(np.percentile(ms, 99)),
         batch * len(ms) / (now - start),
     )
+
+
+@dataclass(frozen=True)
+class Measuring:
+    """How candidates are timed: batch sizes, seconds per measurement, onnxruntime threads
+    (1 by default: per-core cost, the same whatever else the machine runs) and providers."""
+
+    batch_sizes: tuple[int, ...] = (1, 32)
+    seconds: float = 0.5
+    threads: int = 1
+    providers: tuple[str, ...] | None = ("CPUExecutionProvider",)
+
+    def load_options(self) -> LoadOptions:
+        return LoadOptions(
+            runtime=RuntimeConfig(providers=self.providers, intra_op_threads=self.threads)
+        )
+
+
+class Judge:
+    """Measures every candidate the same way against the parent's predictions."""
+
+    def __init__(self, task: Task, rows: Rows, parent: Model, measuring: Measuring) -> None:
+        self.task, self.rows, self.measuring = task, rows, measuring
+        self.reference = task.predict(parent, rows)
+        self.parent_score = (
+            task.score(self.reference, rows.labels) if rows.labels is not None else 1.0
+        )
+        self.metric = task.metric if rows.labels is not None else "agreement"
+        if task.kind == "regressor" and rows.labels is None:
+            self.metric = "r2 vs parent"
+
+    def candidate(self, label: str, model: Model, path: Path) -> Candidate:
+        predicted = self.task.predict(model, self.rows)
+        agreement = self.task.score(predicted, self.reference)
+        score = (
+            self.task.score(predicted, self.rows.labels)
+            if self.rows.labels is not None
+            else agreement
+        )
+        timings = {
+            b: measure(model, self.rows, b, self.measuring.seconds).p50_ms
+            for b in self.measuring.batch_sizes
+        }
+        return Candidate(
+            label, path.stat().st_size, timings, score, agreement, self.parent_score - score
+        )
