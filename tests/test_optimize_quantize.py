@@ -13,14 +13,16 @@ import numpy as np
 import pytest
 
 import modelport
-from modelport.demo import build_torch_cnn, mlp_onnx
+from modelport.demo import mlp_onnx
 from modelport.errors import (
     AccuracyDropError,
     InvalidInputError,
     ModelNotFoundError,
     OptimizationError,
 )
-from modelport.optimize.quantize import MIN_CALIBRATION_ROWS, Measuring, quantize
+from modelport.optimize.quantize import MIN_CALIBRATION_ROWS, quantize
+from modelport.optimize.scoring import Measuring
+from optimize_models import digits_cnn_repo
 
 QUICK = Measuring(seconds=0.05)
 
@@ -46,17 +48,14 @@ def rows(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def cnn_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo's digits CNN, trained for 2 epochs instead of 12 (about 98% accurate)."""
-    repo = modelport.Repository.init(tmp_path_factory.mktemp("cnn") / "models")
-    build_torch_cnn(repo, epochs=2)
-    return repo.root
+    return digits_cnn_repo(tmp_path_factory) / "models"
 
 
 @pytest.fixture(scope="module")
-def digit_rows(tmp_path_factory: pytest.TempPathFactory, digits: Any) -> tuple[Path, Path]:
+def digit_rows(cnn_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Calibration rows (no labels) and eval rows with labels ``y``, as the CNN takes them."""
-    x, y = digits
-    images = (x / 16).reshape(-1, 1, 8, 8).astype(np.float32)
+    digits = np.load(cnn_repo.parent / "digits.npz")
+    images, y = digits["input"], digits["y"]
     folder = tmp_path_factory.mktemp("digits")
     np.save(folder / "calibration.npy", images[::7][:200])
     np.savez(folder / "eval.npz", input=images[1::2], y=y[1::2])

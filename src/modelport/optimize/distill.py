@@ -32,7 +32,7 @@ from modelport.model import Model
 from modelport.optimize import lineage
 from modelport.optimize.report import Report
 from modelport.optimize.rows import Rows, read_rows
-from modelport.optimize.scoring import Judge, Measuring, Task, task_of
+from modelport.optimize.scoring import Judge, Measuring, Task, scores_output, task_of
 from modelport.optimize.students import StudentSpec, exported
 from modelport.repository import ONNX_FILE, Repository, load, load_version, parse_ref
 from modelport.signature import Signature, TensorSpec
@@ -51,6 +51,9 @@ class Training:
     learning_rate: float = 3e-3
     validation_fraction: float = 0.2
     seed: int = 0
+    # On CPU: small students train many times faster on one thread than on several, which
+    # wait on each other at every tiny matrix product.
+    threads: int = 1
 
     def __post_init__(self) -> None:
         if self.temperature <= 0 or self.max_epochs < 1 or self.patience < 1:
@@ -223,19 +226,21 @@ def _plan(
         plan.target_scale = np.maximum(values.std(axis=0), 1e-6).astype(np.float32)
         plan.outputs = [("values", spec)]
         return plan, ((values - plan.target_mean) / plan.target_scale).astype(np.float32)
-    scores = outputs[task.output].astype(np.float64)
-    if task.argmax:
+    soft = scores_output(signature)
+    if soft is not None:
+        scores = outputs[soft].astype(np.float64)
         probabilities = scores.min() >= 0 and np.allclose(scores.sum(axis=1), 1, atol=1e-3)
         logits = np.log(np.clip(scores, 1e-7, 1)) if probabilities else scores
         kind = "probabilities" if probabilities else "logits"
     else:  # a label alone: the student learns the labels as certain
-        if scores.dtype.kind not in "iu" or scores.min() < 0:
+        labels = outputs[task.output]
+        if labels.dtype.kind not in "iu" or labels.min() < 0:
             raise OptimizationError(f"{ref}: output {task.output!r} is not class numbers")
-        classes = int(scores.max()) + 1
-        logits = np.where(np.eye(classes)[scores.reshape(-1).astype(int)] > 0, 10.0, -10.0)
-        kind = "label"
+        classes = int(labels.max()) + 1
+        logits = np.where(np.eye(classes)[labels.reshape(-1).astype(int)] > 0, 10.0, -10.0)
+        soft, kind = task.output, "label"
     for spec in signature.outputs:
-        if spec.name == task.output:
+        if spec.name == soft:
             plan.outputs.append((kind, spec))
         elif _is_class_number(spec):
             plan.outputs.append(("label", spec))
@@ -267,6 +272,25 @@ def _train(
 
     torch.manual_seed(training.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(training.threads)
+    try:
+        return _epochs(torch, net, plan, data, train, val, training, progress, device)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _epochs(
+    torch: Any,
+    net: Any,
+    plan: Plan,
+    data: tuple[np.ndarray, np.ndarray],
+    train: np.ndarray,
+    val: np.ndarray,
+    training: Training,
+    progress: Callable[[Epoch], Any],
+    device: Any,
+) -> tuple[int, int]:
     x = (torch.from_numpy(data[0]) - torch.from_numpy(plan.mean)) / torch.from_numpy(plan.scale)
     y = torch.from_numpy(data[1])
     x, y, net = x.to(device), y.to(device), net.to(device)
@@ -287,7 +311,7 @@ def _train(
         net.train()
         total = 0.0
         order = train_index[torch.randperm(len(train_index), device=device)]
-        for batch in order.split(training.batch_size):  # type: ignore[no-untyped-call]
+        for batch in order.split(training.batch_size):
             optimizer.zero_grad()
             loss = loss_of(net(x[batch]), y[batch])
             loss.backward()

@@ -73,9 +73,9 @@ def task_of(signature: Signature) -> Task:
     for spec in signature.outputs:
         if spec.dtype != "bool" and _is_label(spec):
             return Task("classifier", spec.name, argmax=False)
-    for spec in signature.outputs:
-        if spec.dtype.startswith("float") and len(spec.shape) == 2 and spec.shape[1] > 1:
-            return Task("classifier", spec.name, argmax=True)
+    scores = scores_output(signature)
+    if scores is not None:
+        return Task("classifier", scores, argmax=True)
     floats = [s for s in signature.outputs if s.dtype.startswith("float")]
     if not floats:
         raise OptimizationError(
@@ -83,6 +83,15 @@ def task_of(signature: Signature) -> Task:
             f"row) or numbers (outputs: {', '.join(signature.output_names)})"
         )
     return Task("regressor", floats[0].name, argmax=False)
+
+
+def scores_output(signature: Signature) -> str | None:
+    """The first float output of shape ``[-1, k]``, k > 1: class scores, probabilities or
+    logits; None if there is none."""
+    for spec in signature.outputs:
+        if spec.dtype.startswith("float") and len(spec.shape) == 2 and spec.shape[1] > 1:
+            return spec.name
+    return None
 
 
 def _is_label(spec: TensorSpec) -> bool:
