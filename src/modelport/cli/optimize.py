@@ -220,4 +220,83 @@ def distill(
     )
 
 
-COMMANDS = (quantize, distill)
+def _numbers(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise click.BadParameter(f"{text!r}: give whole numbers >= 1 separated by commas")
+    return values
+
+
+@click.command()
+@click.argument("refs", nargs=-1, required=True, metavar="NAME[:VERSION]...")
+@click.option("--batch-sizes", default="1,8,32", show_default=True,
+              help="Batch sizes to measure, comma-separated.")  # fmt: skip
+@click.option("--threads", default="1", show_default=True,
+              help="onnxruntime intra-op thread counts to measure, comma-separated.")  # fmt: skip
+@click.option("--providers", help="Execution providers: cpu, cuda, tensorrt (comma-separated; "
+              "default: every one installed).")  # fmt: skip
+@click.option("--seconds", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
+              help="Seconds of back-to-back calls per measurement.")  # fmt: skip
+@click.option("--eval", "eval_path", type=ROWS, help="Rows to run (default: synthetic) and to "
+              "score each version on: accuracy with --labels, else agreement with the "
+              "first.")  # fmt: skip
+@LABELS_OPTION
+@click.option("--url", help="Also drive this running service: its REST base URL.")
+@click.option("--grpc-url", metavar="HOST:PORT", help="With --protocol grpc: the service's "
+              "gRPC address (serve --grpc-port).")  # fmt: skip
+@click.option("--protocol", "protocols", multiple=True,
+              type=click.Choice(["rest-json", "rest-binary", "grpc"]),
+              help="With --url, repeatable [default: rest-binary].")  # fmt: skip
+@click.option("--concurrency", default="1,4,16", show_default=True,
+              help="With --url: requests kept in flight, comma-separated.")  # fmt: skip
+@click.option("--token", envvar="MODELPORT_TOKEN", help="With --url: the service's token.")
+@REPORT_OPTION
+@JSON_OPTION
+@TRUST_CODE_OPTION
+@REPO_OPTION
+def bench(
+    refs: tuple[str, ...],
+    batch_sizes: str,
+    threads: str,
+    providers: str | None,
+    seconds: float,
+    eval_path: Path | None,
+    labels: str | None,
+    url: str | None,
+    grpc_url: str | None,
+    protocols: tuple[str, ...],
+    concurrency: str,
+    token: str | None,
+    report_path: Path | None,
+    as_json: bool,
+    trust_code: bool,
+    repo_path: Path,
+) -> None:
+    """Latency (p50, p99) and throughput of model versions side by side."""
+    from modelport.optimize.bench import bench as run
+    from modelport.optimize.remote import Remote
+
+    remote = None
+    if url is not None:
+        remote = Remote(url, protocols or ("rest-binary",), _numbers(concurrency), seconds,
+                        token, grpc_url)  # fmt: skip
+    result = run(
+        Repository.open(repo_path),
+        refs,
+        batch_sizes=_numbers(batch_sizes),
+        threads=_numbers(threads),
+        providers=providers.split(",") if providers else None,
+        seconds=seconds,
+        eval_rows=eval_path,
+        labels=labels,
+        trust_code=trust_code,
+        remote=remote,
+        log=_log,
+    )
+    _show(result, report_path, as_json)
+
+
+COMMANDS = (quantize, distill, bench)
