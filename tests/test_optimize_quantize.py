@@ -223,3 +223,57 @@ def test_the_report_is_drawn_in_chromium(
         assert width > 200, title
         assert marks > 10, title  # axes, ticks and the data's own marks
     assert json.loads(json.dumps(result.report.to_dict()))["chosen"] == result.report.chosen
+
+
+def _digits_mlp(seed: int, digits: Any, epochs: int) -> Any:
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    x, y = digits
+    rows, labels = torch.from_numpy(x / 16), torch.from_numpy(y)
+    net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(epochs):
+        for batch in torch.randperm(len(rows)).split(128):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(net(rows[batch]), labels[batch]).backward()
+            optimizer.step()
+    return net.eval()
+
+
+@pytest.mark.slow
+def test_qat_fine_tunes_the_pytorch_source(
+    repo: modelport.Repository, digits: Any, tmp_path: Path
+) -> None:
+    import torch
+
+    from modelport.errors import UntrustedArtifactError
+    from modelport.optimize.qat import QatSettings
+
+    net = _digits_mlp(0, digits, epochs=3)
+    source = tmp_path / "net.pt"
+    torch.save(net, source)
+    x, y = digits
+    modelport.add_model(repo, "mlp", net, sample_input=x[:32] / 16)
+    np.save(tmp_path / "calibration.npy", x[::5] / 16)
+    np.savez(tmp_path / "eval.npz", input=x[1::2] / 16, y=y[1::2])
+    run: dict[str, Any] = {"calibration": tmp_path / "calibration.npy", "labels": "y",
+                           "method": "static", "measuring": QUICK}  # fmt: skip
+    result = quantize(repo, "mlp", tmp_path / "eval.npz",
+                      qat=QatSettings(source, trust_pickle=True, epochs=2), **run)  # fmt: skip
+    assert [c.label for c in result.report.candidates] == ["int8 static", "int8 qat"]
+    qat = result.report.candidates[1]
+    assert qat.drop <= 0.01
+    assert qat.size_bytes < result.report.baseline.size_bytes * 0.6  # a tiny model: headers
+    if result.method == "qat":
+        settings = repo.manifest("mlp").metadata["lineage"]["settings"]
+        assert settings["qat"]["source_sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+    with pytest.raises(UntrustedArtifactError, match="trust_pickle"):
+        quantize(repo, "mlp:1", tmp_path / "eval.npz", qat=QatSettings(source), **run)
+    other = tmp_path / "other.pt"
+    torch.save(_digits_mlp(1, digits, epochs=1), other)
+    result = quantize(repo, "mlp:1", tmp_path / "eval.npz",
+                      qat=QatSettings(other, trust_pickle=True), **run)  # fmt: skip
+    assert [c.label for c in result.report.candidates] == ["int8 static"]
+    assert any("other.pt does not compute what mlp:1 computes" in n for n in result.report.notes)

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from modelport.cli.options import REPO_OPTION, TRUST_CODE_OPTION
+from modelport.cli.options import REPO_OPTION, TRUST_CODE_OPTION, TRUST_OPTION
 from modelport.errors import AccuracyDropError
 from modelport.repository import Repository
 
@@ -65,10 +65,15 @@ def _show(report: Any, report_path: Path | None, as_json: bool) -> None:
               help="Largest loss of accuracy (or agreement) allowed, as a fraction.")  # fmt: skip
 @click.option("--per-channel/--per-tensor", default=True, show_default=True,
               help="Static: a scale per output channel of a weight, or one a tensor.")  # fmt: skip
+@click.option("--qat", "qat_source", type=ROWS, metavar="MODEL.pt",
+              help="The model's PyTorch source (torch.save(model)): add a candidate fine-tuned "
+              "with int8 in the loop on the calibration rows (needs --trust-pickle).")  # fmt: skip
+@click.option("--qat-epochs", type=click.IntRange(min=1), default=5, show_default=True)
 @NAME_OPTION
 @REPORT_OPTION
 @JSON_OPTION
 @SECONDS_OPTION
+@TRUST_OPTION
 @REPO_OPTION
 @click.pass_context
 def quantize(
@@ -80,18 +85,26 @@ def quantize(
     method: str,
     max_drop: float,
     per_channel: bool,
+    qat_source: Path | None,
+    qat_epochs: int,
     name: str | None,
     report_path: Path | None,
     as_json: bool,
     bench_seconds: float,
+    trust_pickle: bool,
     repo_path: Path,
 ) -> None:
     """Quantize a model to int8; import it as the next version if accuracy holds.
 
     Exits 1, importing nothing, when every candidate loses more than --max-drop.
     """
+    from modelport.optimize.qat import QatSettings
     from modelport.optimize.quantize import quantize as run
     from modelport.optimize.scoring import Measuring
+
+    qat = None
+    if qat_source is not None:
+        qat = QatSettings(qat_source, trust_pickle=trust_pickle, epochs=qat_epochs)
 
     try:
         result = run(
@@ -104,6 +117,7 @@ def quantize(
             max_drop=max_drop,
             name=name,
             per_channel=per_channel,
+            qat=qat,
             measuring=Measuring(seconds=bench_seconds),
             log=_log,
         )

@@ -52,8 +52,19 @@ def _svg(figure: Figure, title: str) -> str:
     return f'<figure class="plot" data-title="{html.escape(title)}">{svg}</figure>'
 
 
-def scatter(title: str, xlabel: str, ylabel: str, points: dict[str, tuple[float, float]]) -> str:
+def scatter(
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    points: dict[str, tuple[float, float]],
+    floor: float | None = None,
+) -> str:
+    """One labelled point each; ``floor`` draws the lowest score the budget allows."""
     figure, axes = _figure(title, xlabel, ylabel)
+    if floor is not None:
+        axes.axhline(floor, color="#c44e52", linestyle="--", linewidth=1, label="budget")
+        axes.annotate("budget", (0.01, floor), xycoords=("axes fraction", "data"),
+                      textcoords="offset points", xytext=(2, -12), color="#c44e52")  # fmt: skip
     for label, (x, y) in points.items():
         axes.scatter([x], [y], s=60, label=label)
         axes.annotate(label, (x, y), textcoords="offset points", xytext=(6, 4))

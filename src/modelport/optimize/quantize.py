@@ -8,6 +8,8 @@
 - ``dynamic``: weights to int8, activations quantized on the fly at each call; no calibration.
 - ``static``: weights and activations to int8, activation ranges calibrated on the given rows;
   QDQ format (QuantizeLinear/DequantizeLinear pairs that onnxruntime fuses into int8 kernels).
+- ``qat`` (with ``qat=QatSettings(Path("net.pt"))``, the model's PyTorch source): static
+  after quantization-aware fine-tuning on the calibration rows (``qat.py``), beside the others.
 - ``auto``: both, keeping the faster (p50 at the largest batch measured) of those within the
   budget; of two within 20% of each other's speed, the more accurate.
 
@@ -33,6 +35,7 @@ from typing import Any
 from modelport.errors import AccuracyDropError, OptimizationError, require
 from modelport.manifest import Manifest
 from modelport.optimize import lineage
+from modelport.optimize.qat import QatSettings, fine_tune
 from modelport.optimize.report import Candidate, Report
 from modelport.optimize.rows import Rows, read_rows
 from modelport.optimize.scoring import Judge, Measuring, task_of
@@ -72,6 +75,7 @@ def quantize(
     max_drop: float = 0.01,
     name: str | None = None,
     per_channel: bool = True,
+    qat: QatSettings | None = None,
     measuring: Measuring | None = None,
     log: Callable[[str], Any] = lambda _: None,
 ) -> QuantizeResult:
@@ -94,18 +98,20 @@ def quantize(
     folder = repo.version_dir(parent.name, parent.version)
     _check_quantizable(folder / ONNX_FILE, f"{parent.name}:{parent.version}")
     methods = ["dynamic", "static"] if method == "auto" else [method]
+    methods += ["qat"] if qat is not None else []
     with load_version(folder, measuring.load_options()) as fp32:
         task = task_of(fp32.signature)
         evaluation = read_rows(eval_rows, fp32.signature, labels, MIN_EVAL_ROWS, "evaluate")
         calibrating = None
-        if calibration is not None and "static" in methods:
+        if calibration is not None and ("static" in methods or qat is not None):
             calibrating = read_rows(
                 calibration, fp32.signature, None, MIN_CALIBRATION_ROWS, "calibrate"
             )
-        elif method == "static":
+        elif method == "static" or qat is not None:
             raise OptimizationError(
-                "static quantization calibrates activation ranges on real rows: pass "
-                f"calibration rows (CLI: --calibration FILE, at least {MIN_CALIBRATION_ROWS})"
+                "static quantization calibrates activation ranges on real rows (and --qat "
+                "fine-tunes on them): pass calibration rows (CLI: --calibration FILE, at least "
+                f"{MIN_CALIBRATION_ROWS})"
             )
         log(f"measuring {parent.name}:{parent.version} (fp32) on {evaluation.count} rows")
         judge = Judge(task, evaluation, fp32, measuring)
@@ -126,7 +132,16 @@ def quantize(
             log(f"quantizing: int8 {each}")
             path = Path(tmp) / f"{each}.onnx"
             try:
-                _quantize(each, source, path, calibrating, per_channel)
+                if each == "qat":
+                    assert qat is not None
+                    assert calibrating is not None
+                    log(f"fine-tuning {qat.source.name}, int8 in the loop, {qat.epochs} epochs")
+                    with load_version(folder, measuring.load_options()) as fp32:
+                        tuned = fine_tune(qat, fp32, calibrating, Path(tmp), per_channel)
+                    tuned = _preprocess(tuned, Path(tmp), report.notes, log)
+                    _quantize("static", tuned, path, calibrating, per_channel)
+                else:
+                    _quantize(each, source, path, calibrating, per_channel)
                 _check_quantized(path, f"{parent.name}:{parent.version}")
             except OptimizationError as exc:
                 if len(methods) == 1:
@@ -152,8 +167,10 @@ def quantize(
         chosen = _choose(fits, max(measuring.batch_sizes))
         report.chosen = chosen.label
         settings = _settings(chosen.label.split()[-1], per_channel, source != folder / ONNX_FILE)
+        if settings["method"] == "qat" and qat is not None:
+            settings["qat"] = qat.lineage()
         data = {"eval": {**evaluation.lineage(), "labels": labels}}
-        if calibrating is not None and settings["method"] == "static":
+        if calibrating is not None and settings["method"] in ("static", "qat"):
             data["calibration"] = calibrating.lineage()
         manifest = lineage.publish(
             repo,
@@ -199,7 +216,7 @@ def _preprocess(source: Path, folder: Path, notes: list[str], log: Callable[[str
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     log("pre-processing the graph")
-    target = folder / "preprocessed.onnx"
+    target = folder / f"{source.stem}-preprocessed.onnx"
     try:
         with _quiet():
             quant_pre_process(str(source), str(target))

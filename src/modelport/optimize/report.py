@@ -94,12 +94,15 @@ class Report:
     def write_html(self, path: Path) -> None:
         from modelport.optimize import charts
 
+        batch = max(self.baseline.p50_ms)
+        floor = None if self.max_drop is None else self.baseline.score - self.max_drop
         plots = [
             charts.scatter(
                 "Accuracy vs speed",
-                f"p50 latency at batch {max(self.baseline.p50_ms)} (ms)",
+                f"p50 latency at batch {batch} (ms)",
                 self.metric,
-                {c.label: (c.p50_ms[max(self.baseline.p50_ms)], c.score) for c in self._all()},
+                {c.label: (c.p50_ms[batch], c.score) for c in self._all()},
+                floor=floor,
             ),
             charts.bars("Size", "MB", {c.label: c.size_bytes / 2**20 for c in self._all()}),
             charts.lines(
@@ -109,9 +112,19 @@ class Report:
                 {c.label: sorted(c.p50_ms.items()) for c in self._all()},
             ),
         ]
-        notes = "".join(f"<p>{html.escape(n)}</p>" for n in self.notes)
+        notes = "".join(f"<p>{html.escape(n)}</p>" for n in [self.outcome(), *self.notes])
         page = charts.page(self.title, charts.table_html(self.rows()) + notes, plots)
         path.write_text(page)
+
+    def outcome(self) -> str:
+        if self.chosen is not None:
+            return f"Chosen: {self.chosen}."
+        if self.max_drop is not None and self.candidates:
+            return (
+                f"Nothing imported: every candidate loses more than {self.max_drop * 100:.2f} "
+                f"points of {self.metric}."
+            )
+        return "Nothing chosen."
 
     def _all(self) -> list[Candidate]:
         return [self.baseline, *self.candidates]
