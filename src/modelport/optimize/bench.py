@@ -16,7 +16,6 @@ agreement with the first version) or are synthetic (standard normal floats, zero
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import numpy as np
 
 from modelport.config import LoadOptions, RuntimeConfig
 from modelport.errors import OptimizationError
+from modelport.optimize.benchreport import BenchResult, Point
 from modelport.optimize.remote import Remote, drive
 from modelport.optimize.rows import Rows, read_rows
 from modelport.optimize.scoring import measure, task_of, tile
@@ -77,46 +77,6 @@ def runtime_for(provider: str, threads: int) -> RuntimeConfig:
 def fell_back(provider: str, session_providers: Sequence[str] | None) -> bool:
     """True when onnxruntime did not start the provider asked for (it runs on the next one)."""
     return not session_providers or session_providers[0] != PROVIDERS[provider]
-
-
-@dataclass(frozen=True)
-class Point:
-    model: str
-    provider: str
-    threads: int
-    batch: int
-    calls: int
-    p50_ms: float
-    p99_ms: float
-    rows_per_s: float
-
-
-@dataclass
-class BenchResult:
-    points: list[Point] = field(default_factory=list)
-    scores: dict[str, float] = field(default_factory=dict)  # by model, when rows were given
-    metric: str = ""
-    remote: list[Any] = field(default_factory=list)  # remote.RemotePoint, with --url
-    notes: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "points": [asdict(p) for p in self.points],
-            "metric": self.metric,
-            "scores": self.scores,
-            "remote": [asdict(p) for p in self.remote],
-            "notes": self.notes,
-        }
-
-    def table(self) -> str:
-        from modelport.optimize.benchreport import table
-
-        return table(self)
-
-    def write_html(self, path: Path) -> None:
-        from modelport.optimize.benchreport import write_html
-
-        write_html(self, path)
 
 
 def synthetic_rows(signature: Signature, count: int = 64, seed: int = 0) -> dict[str, np.ndarray]:

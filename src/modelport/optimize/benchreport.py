@@ -1,4 +1,4 @@
-"""A benchmark's table for the terminal and its page with plots.
+"""A benchmark's results, its table for the terminal and its page with plots.
 
 In-process rows carry their p50 against the first model's at the same provider, threads and
 batch ("x2.0" = twice as fast); rows measured through a service carry what the server added
@@ -8,13 +8,47 @@ over the fastest in-process p50 of the same model and batch.
 from __future__ import annotations
 
 import html
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from modelport.optimize import charts
 
-if TYPE_CHECKING:
-    from modelport.optimize.bench import BenchResult, Point
+
+@dataclass(frozen=True)
+class Point:
+    model: str
+    provider: str
+    threads: int
+    batch: int
+    calls: int
+    p50_ms: float
+    p99_ms: float
+    rows_per_s: float
+
+
+@dataclass
+class BenchResult:
+    points: list[Point] = field(default_factory=list)
+    scores: dict[str, float] = field(default_factory=dict)  # by model, when rows were given
+    metric: str = ""
+    remote: list[Any] = field(default_factory=list)  # remote.RemotePoint, with --url
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "points": [asdict(p) for p in self.points],
+            "metric": self.metric,
+            "scores": self.scores,
+            "remote": [asdict(p) for p in self.remote],
+            "notes": self.notes,
+        }
+
+    def table(self) -> str:
+        return table(self)
+
+    def write_html(self, path: Path) -> None:
+        write_html(self, path)
 
 
 def _grid(rows: list[list[str]]) -> list[str]:
