@@ -44,6 +44,18 @@ def _figure(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Axes]:
     return figure, axes
 
 
+def _plain(axes: Axes, base2_x: bool = False) -> None:
+    """Log axes labelled 1, 2, 4... or 0.01, 0.02, 0.05: not 2^0 or 10^-2, no crowded minors."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    for axis in (axes.xaxis, axes.yaxis):
+        if axis.get_scale() == "log":
+            if not (base2_x and axis is axes.xaxis):
+                axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+            axis.set_minor_formatter(NullFormatter())
+
+
 def _svg(figure: Figure, title: str) -> str:
     buffer = io.StringIO()
     figure.savefig(buffer, format="svg")
@@ -69,6 +81,7 @@ def scatter(
         axes.scatter([x], [y], s=60, label=label)
         axes.annotate(label, (x, y), textcoords="offset points", xytext=(6, 4))
     axes.set_xscale("log")
+    _plain(axes)
     return _svg(figure, title)
 
 
@@ -80,6 +93,7 @@ def lines(title: str, xlabel: str, ylabel: str, series: Series, log_x: bool = Tr
     if log_x:
         axes.set_xscale("log", base=2)
     axes.set_yscale("log")
+    _plain(axes, base2_x=log_x)
     axes.legend(fontsize="small")
     return _svg(figure, title)
 
