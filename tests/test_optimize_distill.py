@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -117,21 +118,25 @@ def test_cli_trains_with_progress_and_refuses_bad_input(
     assert "epoch 1/12 [" in ok.stderr
     assert "imported small:1 (student " in ok.stderr
     assert ok.stdout.splitlines()[4].startswith("student")
+    result = cli("distill", "score", "--repo", repo.root, "--data", rows, "--student", "mlp:a")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: student spec 'mlp:a' does not parse: use mlp:W1,W2,... with each hidden layer's "
+        "width from 1 to 65536 (e.g. mlp:256,128), or pass your own module with "
+        "--student-module file.py:Class"
+    ]
     refusals = {
-        ("--student", "mlp:a"): "student spec 'mlp:a' does not parse",
-        ("--student-module", f"{module}:NotAModule"): "NotAModule(...) is a NotAModule, not a",
-        ("--student-module", f"{tmp_path}/missing.py:X"): "missing.py does not exist",
-        ("--student-module", "tiny"): "student module 'tiny' does not parse",
+        f"{module}:NotAModule": "NotAModule(...) is a NotAModule, not a torch.nn.Module",
+        f"{tmp_path}/missing.py:X": "missing.py does not exist",
+        "tiny": "student module 'tiny' does not parse",
     }
-    for (flag, value), message in refusals.items():
-        result = cli("distill", "score", "--repo", repo.root, "--data", rows, flag, value)
-        assert result.returncode == 1, result.stderr
-        assert result.stderr.strip().splitlines()[-1].startswith("error: "), result.stderr
-        assert message in result.stderr
+    for spec, message in refusals.items():
+        with pytest.raises(OptimizationError, match=re.escape(message)):
+            distill(repo, "score", rows, StudentSpec(module=spec), training=SHORT)
     few = tmp_path / "few.npy"
     np.save(few, np.zeros((10, 4), np.float32))
-    result = cli("distill", "score", "--repo", repo.root, "--data", few)
-    assert "10 rows is too few to distill; at least 50" in result.stderr
+    with pytest.raises(OptimizationError, match="10 rows is too few to distill; at least 50"):
+        distill(repo, "score", few, StudentSpec((8,)))
     assert repo.names() == ["score", "small"]
     assert repo.versions("score") == [1]
 
@@ -153,3 +158,21 @@ def test_teachers_a_student_cannot_imitate_are_refused(
     with pytest.raises(UntrustedArtifactError):
         distill(repo, "doubler", tmp_path / "x.npy", StudentSpec((8,)))
     assert repo.versions("doubler") == [1]
+
+
+def test_cli_defaults_are_the_librarys() -> None:
+    from dataclasses import fields
+
+    from modelport.cli.optimize import distill as command
+    from modelport.cli.optimize import quantize as quantize_command
+    from modelport.optimize.qat import QatSettings
+
+    defaults = {p.name: p.default for p in command.params}
+    training = {f.name: f.default for f in fields(Training)}
+    for option in ("temperature", "patience"):
+        assert defaults[option] == training[option]
+    assert defaults["max_epochs"] == training["max_epochs"]
+    assert defaults["bench_seconds"] == Measuring().seconds
+    quantize_defaults = {p.name: p.default for p in quantize_command.params}
+    assert quantize_defaults["qat_epochs"] == QatSettings(Path("x")).epochs
+    assert quantize_defaults["bench_seconds"] == Measuring().seconds

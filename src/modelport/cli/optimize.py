@@ -64,11 +64,12 @@ def _show(report: Any, report_path: Path | None, as_json: bool) -> None:
 @click.option("--max-drop", type=click.FloatRange(0, 1), default=0.01, show_default=True,
               help="Largest loss of accuracy (or agreement) allowed, as a fraction.")  # fmt: skip
 @click.option("--per-channel/--per-tensor", default=True, show_default=True,
-              help="Static: a scale per output channel of a weight, or one a tensor.")  # fmt: skip
+              help="Static: one scale per weight channel, or one per tensor.")  # fmt: skip
 @click.option("--qat", "qat_source", type=ROWS, metavar="MODEL.pt",
               help="The model's PyTorch source (torch.save(model)): add a candidate fine-tuned "
               "with int8 in the loop on the calibration rows (needs --trust-pickle).")  # fmt: skip
-@click.option("--qat-epochs", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--qat-epochs", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Epochs of fine-tuning with --qat.")  # fmt: skip
 @NAME_OPTION
 @REPORT_OPTION
 @JSON_OPTION
