@@ -78,6 +78,21 @@ def test_a_classifier_with_label_and_probabilities_keeps_both(
     np.testing.assert_array_equal(out["label"], out["probabilities"].argmax(axis=1))
 
 
+def test_labels_in_the_training_rows_score_the_held_out_ones(
+    repo: modelport.Repository, digits_pipeline: Any, digits: Any, tmp_path: Path
+) -> None:
+    x, y = digits
+    modelport.add_model(repo, "digits", digits_pipeline, sample_input=x[:32])
+    np.savez(tmp_path / "rows.npz", input=x, digit=y)
+    result = distill(repo, "digits", tmp_path / "rows.npz", StudentSpec.parse("mlp:32"),
+                     labels="digit", training=SHORT, measuring=QUICK)  # fmt: skip
+    assert result.report.metric == "accuracy"
+    assert result.report.candidates[0].score > 0.85
+    assert result.report.candidates[0].agreement > 0.85
+    eval_data = result.manifest.metadata["lineage"]["data"]["eval"]
+    assert eval_data == {"held_out_rows": 359, "labels": "digit"}
+
+
 def test_a_regressor_is_fitted_to_its_teachers_values(
     repo: modelport.Repository, tmp_path: Path
 ) -> None:

@@ -11,7 +11,8 @@ regressor's student learns the teacher's outputs by mean squared error. A share 
 (``validation_fraction``) is held out: training stops when their loss has not improved for
 ``patience`` epochs, and the best epoch's weights are kept. The student is exported to ONNX
 with the teacher's input and output names (parity checked against PyTorch) and measured on
-the held-out rows (or ``eval_rows``, with ``labels`` for accuracy) next to its teacher.
+the held-out rows (or ``eval_rows``) next to its teacher: accuracy when ``labels`` names a
+column of those rows, else agreement.
 Training uses CUDA when torch sees a GPU.
 """
 
@@ -122,7 +123,10 @@ def distill(
     options = LoadOptions(runtime=measuring.load_options().runtime, trust_code=trust_code)
     with load_version(folder, options) as teacher:
         task = task_of(teacher.signature)
-        rows = read_rows(data, teacher.signature, None, MIN_ROWS, "distill")
+        # --labels names a column of the eval rows, or without them of the training rows (the
+        # student never sees it: it learns the teacher's answers; the held-out rows are scored)
+        in_data = labels if eval_rows is None else None
+        rows = read_rows(data, teacher.signature, in_data, MIN_ROWS, "distill")
         outputs = _teacher_outputs(teacher, rows)
         plan, targets = _plan(teacher.signature, outputs, task, rows.inputs[spec.name], ref)
         split = np.random.default_rng(training.seed).permutation(rows.count)
@@ -168,7 +172,7 @@ def distill(
                     "train": rows.lineage(),
                     "eval": {**evaluation.lineage(), "labels": labels}
                     if eval_rows is not None
-                    else {"held_out_rows": held},
+                    else {"held_out_rows": held, "labels": labels},
                 },
                 "report": report.to_dict(),
                 "tools": lineage.tools("torch", "onnxruntime"),

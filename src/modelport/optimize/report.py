@@ -66,7 +66,9 @@ class Report:
         baseline (x4.0 smaller, x2.1 faster)."""
         base = self.baseline
         batches = sorted(base.p50_ms)
-        header = ["model", "size", *[f"p50 b{b}" for b in batches], self.metric, "drop", ""]
+        both = self.metric == "accuracy"  # with labels: agreement with the baseline too
+        header = ["model", "size", *[f"p50 b{b}" for b in batches], self.metric, "drop"]
+        header += ["agreement", ""] if both else [""]
         body = []
         for c in [base, *self.candidates]:
             first = c is base
@@ -75,6 +77,7 @@ class Report:
                 ms = c.p50_ms.get(b, float("nan"))
                 cells.append(f"{ms:.3f} ms" + _ratio(base.p50_ms[b], ms, first))
             cells += [f"{c.score:.4f}", "" if c is base else f"{c.drop * 100:+.2f} pt"]
+            cells += [f"{c.agreement:.4f}"] if both else []
             mark = "chosen" if c.label == self.chosen else ""
             if c is not base and not self.within_budget(c):
                 mark = "over budget"
