@@ -277,3 +277,42 @@ def test_qat_fine_tunes_the_pytorch_source(
                       qat=QatSettings(other, trust_pickle=True), **run)  # fmt: skip
     assert [c.label for c in result.report.candidates] == ["int8 static"]
     assert any("other.pt does not compute what mlp:1 computes" in n for n in result.report.notes)
+
+
+def test_pre_processing_that_fails_leaves_no_file_behind(
+    repo: modelport.Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A graph onnxruntime's symbolic shape inference cannot finish (an ai.onnx.ml Scaler
+    before a MatMul): it would save sym_shape_infer_temp.onnx in the current directory."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(
+        np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32), "w"
+    )
+    nodes = [
+        helper.make_node(
+            "Scaler", ["x"], ["s"], domain="ai.onnx.ml", offset=[0.0] * 4, scale=[2.0] * 4
+        ),
+        helper.make_node("MatMul", ["s", "w"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3])],
+        initializer=[w],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)]
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=8)
+    modelport.add_model(repo, "scaled", model.SerializeToString())
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    np.save(
+        tmp_path / "x.npy", np.random.default_rng(1).standard_normal((40, 4)).astype(np.float32)
+    )
+    result = quantize(repo, "scaled", tmp_path / "x.npy", method="dynamic", max_drop=1.0,
+                      measuring=QUICK)  # fmt: skip
+    assert list(work.iterdir()) == []
+    assert Path.cwd() == work
+    assert result.report.candidates[0].label == "int8 dynamic"

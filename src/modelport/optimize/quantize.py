@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
@@ -211,6 +212,20 @@ def _quiet() -> Iterator[None]:
         logger.setLevel(level)
 
 
+@contextlib.contextmanager
+def _working_directory(folder: Path) -> Iterator[None]:
+    """Run in ``folder``: onnxruntime's symbolic shape inference, when it cannot finish, saves
+    its partial model as ``sym_shape_infer_temp.onnx`` (and external data) in the current
+    directory, wherever that is. The process's directory changes meanwhile, as quantize
+    runs from the command line, not among threads that rely on it."""
+    before = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
 def _preprocess(source: Path, folder: Path, notes: list[str], log: Callable[[str], Any]) -> Path:
     """Shape inference and graph optimization before quantizing; the original on failure."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -218,8 +233,8 @@ def _preprocess(source: Path, folder: Path, notes: list[str], log: Callable[[str
     log("pre-processing the graph")
     target = folder / f"{source.stem}-preprocessed.onnx"
     try:
-        with _quiet():
-            quant_pre_process(str(source), str(target))
+        with _quiet(), _working_directory(folder):
+            quant_pre_process(str(source.resolve()), str(target.resolve()))
     except Exception as exc:
         notes.append(f"pre-processing skipped ({type(exc).__name__}: {str(exc)[:120]})")
         return source
