@@ -214,6 +214,7 @@ class RestApp:
                 self._catalog(self._registry()),
                 lookups=self.lookups is not None,
                 graphql=installed("graphql"),
+                token=self.config.token is not None,
             )
         return self._openapi_spec
 
