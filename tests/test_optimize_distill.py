@@ -191,3 +191,16 @@ def test_cli_defaults_are_the_librarys() -> None:
     quantize_defaults = {p.name: p.default for p in quantize_command.params}
     assert quantize_defaults["qat_epochs"] == QatSettings(Path("x")).epochs
     assert quantize_defaults["bench_seconds"] == Measuring().seconds
+
+
+def test_a_code_model_teaches_an_onnx_student(
+    repo: modelport.Repository, code_folder: Path, tmp_path: Path
+) -> None:
+    modelport.add_model(repo, "doubler", code_folder, trust_code=True)  # y = 2x, [-1, 2]
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((300, 2)))
+    result = distill(repo, "doubler", tmp_path / "x.npy", StudentSpec((16,)), trust_code=True,
+                     training=SHORT, measuring=QUICK)  # fmt: skip
+    assert result.report.candidates[0].agreement > 0.9  # which of the two is larger
+    student = repo.manifest("doubler:2")
+    assert student.runtime == "onnx"
+    assert student.signature == repo.manifest("doubler:1").signature
