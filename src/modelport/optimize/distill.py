@@ -127,6 +127,9 @@ def distill(
         # student never sees it: it learns the teacher's answers; the held-out rows are scored)
         in_data = labels if eval_rows is None else None
         rows = read_rows(data, teacher.signature, in_data, MIN_ROWS, "distill")
+        given = None  # read before training: a bad file fails now, not after it
+        if eval_rows is not None:
+            given = read_rows(eval_rows, teacher.signature, labels, 1, "evaluate")
         outputs = _teacher_outputs(teacher, rows)
         plan, targets = _plan(teacher.signature, outputs, task, rows.inputs[spec.name], ref)
         split = np.random.default_rng(training.seed).permutation(rows.count)
@@ -135,11 +138,7 @@ def distill(
         x = rows.inputs[spec.name].reshape(rows.count, -1).astype(np.float32)
         net = student.build(x.shape[1], targets.shape[1])
         epochs, best = _train(net, plan, (x, targets), train, val, training, progress)
-        evaluation = (
-            read_rows(eval_rows, teacher.signature, labels, 1, "evaluate")
-            if eval_rows is not None
-            else rows.take(val)
-        )
+        evaluation = given if given is not None else rows.take(val)
         judge = Judge(task, evaluation, teacher, measuring)
         report = Report(f"distill {ref} into {student.describe()}", judge.metric,
                         judge.candidate("teacher", teacher, _size_of(folder)))  # fmt: skip
