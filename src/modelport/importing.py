@@ -50,6 +50,7 @@ def add_model(
     tolerance: Tolerance = Tolerance(),
     module: str | None = None,
     init_args: Mapping[str, Any] | None = None,
+    lineage: Mapping[str, Any] | None = None,
 ) -> Manifest:
     """Add ``model`` as the next version of ``name`` and return its manifest.
 
@@ -68,6 +69,8 @@ def add_model(
     ``module`` ("file.py:Class") names the class of a pickled ``nn.Module`` or a state_dict,
     built with ``init_args``. Pickle/joblib files need ``trust_pickle=True``, and code models
     ``trust_code=True``: both run code when loaded. Raises UntrustedArtifactError without them.
+    ``lineage`` (what the model was made from, e.g. by ``modelport quantize``) is stored in the
+    manifest's metadata.
     """
     check_name(name)
     serving = dict(serving or {})
@@ -77,6 +80,8 @@ def add_model(
     if "batching" in serving:
         BatchingConfig.from_manifest(serving["batching"])  # refuse bad settings now, not at serve
     metadata: dict[str, Any] = {"description": description} if description else {}
+    if lineage:
+        metadata["lineage"] = dict(lineage)
     source = model
     model = _open_file(model, trust_pickle, module, dict(init_args or {}))
     with repo.staging() as staged, tempfile.TemporaryDirectory() as unpacked:

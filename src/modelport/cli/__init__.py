@@ -6,6 +6,8 @@ One module per command group, each registered on ``main`` here:
 - ``serving.py``: serve
 - ``batch.py``: batch run, batch status
 - ``demo.py``: demo
+- ``monitor.py``: monitor (drift of logged predictions)
+- ``optimize.py``: quantize, distill, bench
 - ``options.py``: what several of them share (--repo, --trust-pickle, --trust-code, JSON)
 """
 
@@ -16,7 +18,8 @@ import sys
 
 import click
 
-from modelport.cli import batch, demo, models
+from modelport.cli import batch, demo, models, optimize
+from modelport.cli.monitor import monitor
 from modelport.cli.serving import serve
 from modelport.errors import ModelportError
 
@@ -27,7 +30,7 @@ def main() -> None:
     """modelport: take a trained model from a notebook to production."""
 
 
-for command in (*models.COMMANDS, serve, batch.batch, demo.demo):
+for command in (*models.COMMANDS, serve, batch.batch, demo.demo, monitor, *optimize.COMMANDS):
     main.add_command(command)
 
 

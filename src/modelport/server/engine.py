@@ -14,7 +14,7 @@ import logging
 import secrets
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,12 +26,15 @@ from modelport.errors import (
     NotReadyError,
     OverloadedError,
 )
-from modelport.server import metrics
+from modelport.server import metrics, tracing
 from modelport.server.registry import Registry, Served
 from modelport.server.requests import RequestRecord
 from modelport.server.runner import Gone
 from modelport.server.tensors import check_finite
 from modelport.signature import validate_inputs
+
+if TYPE_CHECKING:  # the log needs SQLAlchemy, which a server without one need not have
+    from modelport.server.prediction_log import PredictionLog
 
 log = logging.getLogger("modelport.server")
 
@@ -48,6 +51,7 @@ class Engine:
         self.drain_started: float | None = None
         self.in_flight = 0
         self.cache: Cache | None = open_cache(config.cache, config.cache_ttl_s)
+        self.predictions: PredictionLog | None = None  # set by the service when it logs them
         self._computing: dict[bytes, asyncio.Future[Outputs]] = {}
         # Request ids: random per process, then counted (a uuid4 costs a system call).
         self._id_prefix = secrets.token_hex(8)
@@ -124,31 +128,40 @@ class Engine:
         timeout = self.config.limits.request_timeout_s
         if timeout_s is not None:
             timeout = min(timeout, max(timeout_s, 0.0))
-        deadline = time.monotonic() + timeout
-        if self.cache is None or not use_cache or not served.cacheable:
-            return await self._infer_now(served, batch, deadline, gone, arrived)
         measured = served.measured
+        now = time.monotonic()
+        measured.input.observe(now - record.started)
+        deadline = now + timeout
+        if self.cache is None or not use_cache or not served.cacheable:
+            return await self._infer_now(served, batch, deadline, gone, arrived, record)
         key = cache_key(
             served.name, served.version, batch, digest=served.digest,
             namespace=self.config.cache_namespace,
         )  # fmt: skip
+        looked_at = tracing.now_ns() if record.span is not None else 0
         cached = await self.cache.get(key)
+        if record.span is not None:
+            found = {"modelport.cache": "miss" if cached is None else "hit"}
+            tracing.phase(record.span, "cache", looked_at, tracing.now_ns(), served.traced | found)
         if cached is not None:
             measured.cache_hit.inc()
             record.cache = "hit"
+            self._answered(served, batch, cached, record)
             return cached
         measured.cache_miss.inc()
         record.cache = "miss"
         running = self._computing.get(key)
         if running is not None:  # the same inputs are being computed now: share the answer
             try:
-                return await asyncio.shield(running)
+                shared = await asyncio.shield(running)
+                self._answered(served, batch, shared, record)
+                return shared
             except ConnectionAbortedError:  # its client left, and took the work with it
-                return await self._infer_now(served, batch, deadline, gone, arrived)
+                return await self._infer_now(served, batch, deadline, gone, arrived, record)
         future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
         self._computing[key] = future
         try:
-            outputs = await self._infer_now(served, batch, deadline, gone, arrived)
+            outputs = await self._infer_now(served, batch, deadline, gone, arrived, record)
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError):
                 # The caller was cancelled (a gRPC client that left): waiters compute anew.
@@ -167,14 +180,14 @@ class Engine:
 
     async def _infer_now(
         self, served: Served, batch: dict[str, np.ndarray], deadline: float, gone: Gone | None,
-        arrived: float | None,
+        arrived: float | None, record: RequestRecord,
     ) -> Outputs:  # fmt: skip
         measured = served.measured
         self.in_flight += 1
         metrics.IN_FLIGHT.inc()
         measured.queue_depth.inc()
         try:
-            outputs, timing = await served.runner.run(batch, deadline, gone, arrived)
+            outputs, timing = await served.runner.run(batch, deadline, gone, arrived, record.span)
         except OverloadedError:
             measured.queue_full.inc()
             raise
@@ -187,7 +200,21 @@ class Engine:
             measured.queue_depth.dec()
         measured.queue.observe(timing.queue_s)
         measured.inference.observe(timing.inference_s)
+        if record.span is not None:  # from the runner's times: the run ended just now
+            ran_from = tracing.seconds_ago_ns(timing.inference_s)
+            waited_from = ran_from - int(timing.queue_s * 1e9)
+            tracing.phase(record.span, "queue", waited_from, ran_from, served.traced)
+            tracing.phase(record.span, "inference", ran_from, tracing.now_ns(), served.traced)
+        self._answered(served, batch, outputs, record)
         return outputs
+
+    def _answered(
+        self, served: Served, inputs: dict[str, np.ndarray], outputs: Outputs,
+        record: RequestRecord,
+    ) -> None:  # fmt: skip
+        record.computed = time.monotonic()
+        if self.predictions is not None:
+            self.predictions.offer(served, inputs, outputs, record)
 
     async def close(self) -> None:
         """Close the cache and unload the models (at shutdown)."""

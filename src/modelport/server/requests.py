@@ -27,7 +27,7 @@ from modelport.errors import (
     OverloadedError,
     PredictionError,
 )
-from modelport.server import metrics
+from modelport.server import metrics, tracing
 
 access_log = logging.getLogger("modelport.access")
 
@@ -83,14 +83,21 @@ class RequestRecord:
     model: str | None = None
     version: str | None = None  # a version number, or "store" for stored predictions
     cache: str | None = None  # "hit" or "miss" when the prediction cache was asked
+    computed: float = 0.0  # time.monotonic() when its outputs were ready
     elapsed_s: float = 0.0  # set by finish()
+    span: Any = None  # its OpenTelemetry span, when the server traces
 
     def finish(self, status: int) -> bool:
         """Count the request in its model's metrics; True when the access log wants its
         line (``log``), which a door then builds."""
-        self.elapsed_s = time.monotonic() - self.started
+        now = time.monotonic()
+        self.elapsed_s = now - self.started
         if self.model is not None:
-            metrics.for_model(self.model, self.version or "").finished(status, self.elapsed_s)
+            output_s = now - self.computed if self.computed else None
+            measured = metrics.for_model(self.model, self.version or "")
+            measured.finished(status, self.elapsed_s, output_s)
+        if self.span is not None:
+            tracing.finish(self.span, status, self.model, self.version)
         return access_log.isEnabledFor(logging.INFO)
 
     def log(self, status: int, fields: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ import functools
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from modelport.batching import Batcher, LatencyTarget
 from modelport.config import BatchingConfig
 from modelport.errors import DeadlineExceededError, ModelportError, OverloadedError, PredictionError
 from modelport.model import Model, measure_costs
+from modelport.server import tracing
 
 INLINE_BELOW_S = 100e-6  # about the cost of one thread hand-off on a busy core
 WATCH_AFTER_S = 0.05  # work that waits longer looks out for its client leaving
@@ -44,6 +45,7 @@ class _Job(NamedTuple):
     rows: int
     enqueued: float
     deadline: float
+    trace: Any = None  # the request's span, when the server traces: a batch links to it
 
 
 def _withdraw(
@@ -81,12 +83,13 @@ class Runner:
         max_queue: int,
         threads: int = 1,
         batching: BatchingConfig | None = None,
-        on_batch: Callable[[int], None] = lambda _: None,
+        on_batch: Callable[[int, float], None] = lambda rows, seconds: None,
         inline_below_s: float = INLINE_BELOW_S,
     ) -> None:
         self.model = model
         self.max_queue = max_queue
         self.threads = threads
+        self.batching = batching
         self.inline_below_s = inline_below_s if batching is None else 0.0
         self.pending = 0
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix=f"infer-{model.name}")
@@ -99,7 +102,7 @@ class Runner:
                 costs = measure_costs(model, batching.max_batch_size)
                 target = LatencyTarget(batching.latency_budget_s, batching.max_batch_size, costs)
             self._batcher = Batcher(
-                self._run_batch, batching, lambda job: job.rows, threads, on_batch, target
+                self._run_batch, batching, lambda job: job.rows, threads, target=target
             )
         self._on_batch = on_batch
         # Work waiting on a thread or the batcher, and one timer that sweeps it for passed
@@ -123,6 +126,7 @@ class Runner:
         deadline: float,
         gone: Gone | None = None,
         arrived: float | None = None,
+        trace: Any = None,
     ) -> tuple[Outputs, Timing]:
         """Outputs for ``inputs`` (already validated), or Overloaded/DeadlineExceeded.
 
@@ -133,20 +137,20 @@ class Runner:
         counts from then.
         """
         self.check_capacity()
-        job = _Job(inputs, _rows(inputs), time.monotonic(), deadline)
+        job = _Job(inputs, _rows(inputs), time.monotonic(), deadline, trace)
         warm = self._calls >= _WARMUP_CALLS
         # One inference thread: a fast model runs inline whatever the load. Several: only while
         # they are idle, since busy they run requests in parallel on other cores.
         inline_ok = self.threads == 1 or self.pending == 0
         if warm and inline_ok and self._row_s * job.rows < self.inline_below_s:
-            self._on_batch(job.rows)
-            return self._predict(job)
+            answer = self._predict(job)
+            self._on_batch(job.rows, answer[1].inference_s)
+            return answer
         self.pending += 1
         loop = asyncio.get_running_loop()
         if self._batcher is not None:
             future = self._batcher.enqueue(job, arrived)
         else:
-            self._on_batch(job.rows)
             future = loop.run_in_executor(self._executor, self._predict, job)
         # The sweep cancels work whose deadline passed, and looks for a client that left only
         # once its work has waited WATCH_AFTER_S (rather than asyncio.wait_for and a watcher
@@ -156,6 +160,8 @@ class Runner:
             self._sweep = loop.call_later(SWEEP_S, self._sweep_waiting)
         try:
             result: tuple[Outputs, Timing] = await future
+            if self._batcher is None:  # the batch's own run counted it
+                self._on_batch(job.rows, result[1].inference_s)
             return result
         except asyncio.CancelledError:
             if waiting.expired:
@@ -193,7 +199,14 @@ class Runner:
 
     async def _run_batch(self, jobs: list[_Job]) -> list[tuple[Outputs, Timing]]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._predict_batch, jobs)
+        answers = await loop.run_in_executor(self._executor, self._predict_batch, jobs)
+        rows, ran_s = sum(job.rows for job in jobs), answers[0][1].inference_s
+        self._on_batch(rows, ran_s)
+        if len(jobs) > 1 and tracing.on():
+            attributes = {"modelport.model": self.model.name, "modelport.batch_rows": rows}
+            start = tracing.seconds_ago_ns(ran_s)
+            tracing.batch((job.trace for job in jobs), start, tracing.now_ns(), attributes)
+        return answers
 
     def _predict_batch(self, jobs: list[_Job]) -> list[tuple[Outputs, Timing]]:
         if len(jobs) == 1:
