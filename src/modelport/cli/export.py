@@ -1,0 +1,61 @@
+"""``modelport export``: a model for the edge, a browser bundle (web) or a mobile file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from modelport.cli.options import REPO_OPTION, echo_json
+from modelport.export import web
+from modelport.repository import Repository
+
+
+@click.group()
+def export() -> None:
+    """Export a model to run on users' devices."""
+
+
+@export.command("web")
+@click.argument("ref", metavar="NAME[:VERSION]")
+@click.option(
+    "--out", required=True, type=click.Path(path_type=Path), help="Folder to write the bundle to."
+)
+@click.option("--force", is_flag=True, help="Replace --out when it holds an earlier bundle.")
+@click.option(
+    "--service",
+    default=None,
+    help="URL of the modelport server the page falls back on, takes updates and sends "
+    "telemetry to (default: none; a bundle served by 'serve --web' uses its own server).",
+)
+@click.option(
+    "--budget-ms",
+    default=web.BUDGET_MS,
+    show_default=True,
+    type=float,
+    help="A device slower than this a prediction uses the service instead.",
+)
+@click.option(
+    "--update-interval-s",
+    default=web.UPDATE_INTERVAL_S,
+    show_default=True,
+    type=float,
+    help="How often the page asks the service for a new version (0: only at start).",
+)
+@REPO_OPTION
+def export_web(
+    ref: str, out: Path, force: bool, service: str | None, budget_ms: float,
+    update_interval_s: float, repo_path: Path,
+) -> None:  # fmt: skip
+    """A static bundle (page, modelport.js, onnxruntime-web, model) for any web host."""
+    try:
+        target = web.export_web(
+            Repository.open(repo_path), ref, out, force=force, service=service,
+            budget_ms=budget_ms, update_interval_s=update_interval_s,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
+    manifest = json.loads((target / web.WEB_MANIFEST).read_text())
+    echo_json({"bundle": str(target), "bytes": size, "manifest": manifest})
