@@ -16,6 +16,7 @@ from modelport.config import (
     ServerConfig,
     ServerLimits,
 )
+from modelport.errors import ModelNotFoundError
 from modelport.repository import VersionPolicy
 
 
@@ -172,6 +173,12 @@ def _limit_options(function: Any) -> Any:
     help="With --store: store predictions computed live for stale or missing keys.",
 )
 @click.option(
+    "--web",
+    is_flag=True,
+    help="Also serve each ONNX model's browser bundle at /web/NAME/ (the page, modelport.js, "
+    "onnxruntime-web, the model) and take edge telemetry at /v2/edge/telemetry.",
+)
+@click.option(
     "--http",
     type=click.Choice(["modelport", "uvicorn"]),
     default=ServerConfig.http,
@@ -189,7 +196,8 @@ def serve(
     intra_op_threads: int, access_log: bool, trust_pickle: bool, max_batch_size: int | None,
     max_delay_ms: float, latency_budget_ms: float | None, cache: str, cache_ttl_s: float,
     store: str | None, max_age: tuple[str, ...], write_back: bool, http: str, trust_code: bool,
-    cache_namespace: str, tls_cert: Path | None, tls_key: Path | None, **limits: Any,
+    cache_namespace: str, tls_cert: Path | None, tls_key: Path | None, web: bool,
+    **limits: Any,
 ) -> None:  # fmt: skip
     """Serve a model repository (or one model) over the Open Inference Protocol."""
     from modelport.caching import open_cache
@@ -213,6 +221,7 @@ def serve(
             runtime=RuntimeConfig(intra_op_threads=intra_op_threads), trust_pickle=trust_pickle,
             trust_code=trust_code,
             cache=cache, cache_ttl_s=cache_ttl_s, http=http, cache_namespace=cache_namespace,
+            web=web,
             tls_cert=None if tls_cert is None else str(tls_cert.resolve()),
             tls_key=None if tls_key is None else str(tls_key.resolve()),
             lookups=None if store is None else LookupConfig(store, max_age, write_back),
@@ -221,7 +230,11 @@ def serve(
                 latency_budget_s=None if latency_budget_ms is None else latency_budget_ms / 1000,
             ),
         )  # fmt: skip
-    except ValueError as exc:
+        if web:
+            from modelport.server.web import WebBundles
+
+            WebBundles(source, config)  # a repository, or a clear error now
+    except (ValueError, ModelNotFoundError) as exc:
         raise click.UsageError(str(exc)) from exc
     # Read: nothing the server starts (workers, the models' own processes) inherits it.
     os.environ.pop("MODELPORT_TOKEN", None)

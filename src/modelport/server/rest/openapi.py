@@ -26,6 +26,7 @@ _ERRORS = {
     "404": "Unknown model or version",
     "408": "The request body did not arrive within the request deadline",
     "413": "Request body larger than the server's limit",
+    "429": "Too many requests: retry after Retry-After seconds",
     "500": "The model raised while predicting",
     "503": "Not ready, draining, or the model's queue is full; retry after Retry-After seconds",
     "504": "The request's deadline passed before the model answered",
@@ -127,6 +128,12 @@ _SCHEMAS: dict[str, Any] = {
         description="inputs: key -> {input name: one row}; used for stale or missing keys.",
     ),
     "LookupResponse": _schema("model_name! predictions!:[]StoredPrediction"),
+    "TelemetryRecord": _schema(
+        "version!:int backend! event! latency_ms:num",
+        description="backend: wasm, webgpu or service; event: local, failure or fallback.",
+    ),
+    "TelemetryRequest": _schema("model! records!:[]TelemetryRecord"),
+    "TelemetryResponse": _schema("accepted!:int"),
     "GraphQLRequest": _schema("query! variables:any operationName"),
     "GraphQLResponse": _schema(
         "data:any errors:[]any", description="GraphQL's own shape; errors carry extensions.code"
@@ -177,6 +184,10 @@ def _operation(endpoint: Endpoint, path: str, metadata: dict[str, Any]) -> dict[
     if "{model_name}" in path:
         names = {name: name for name in metadata}
         params.append({"name": "model_name", "in": "path", "required": True, **_json("str", names)})
+    if "{file}" in path:
+        file = {"type": "string", "description": "index.html (or empty), modelport.js, "
+                "manifest.json, ort/..., versions/N/model.onnx"}  # fmt: skip
+        params.append({"name": "file", "in": "path", "required": True, "schema": file})
     if "{key}" in path:
         key = {"type": "string", "maxLength": 512}
         params.append({"name": "key", "in": "path", "required": True, "schema": key})
@@ -208,6 +219,13 @@ def _operation(endpoint: Endpoint, path: str, metadata: dict[str, Any]) -> dict[
             n: {"keys": ["customer-1", "customer-2"], "inputs": {"customer-2": _row(m)}}
             for n, m in metadata.items()
         })}}  # fmt: skip
+    elif request == "TelemetryRequest":
+        example = {"model": "digits", "records": [
+            {"version": 1, "backend": "wasm", "event": "local", "latency_ms": 0.8}
+        ]}  # fmt: skip
+        op["requestBody"] = {"required": True, "content": {"application/json": _json(
+            request, {"telemetry": example}
+        )}}  # fmt: skip
     elif request == "GraphQLRequest":
         query = "{ models { name versions { version inputs { name datatype shape } } } }"
         op["requestBody"] = {"required": True, "content": {"application/json": _json(
@@ -219,13 +237,14 @@ def _operation(endpoint: Endpoint, path: str, metadata: dict[str, Any]) -> dict[
         if request == "InferRequest":
             body["application/octet-stream"] = _BINARY
         op["requestBody"] = {"required": True, "content": body}
-    for code in list(_ERRORS) if errors == "all" else errors.split(",") if errors != "-" else []:
+    every = [c for c in _ERRORS if c != "429"]  # "all": what inference may answer
+    for code in every if errors == "all" else errors.split(",") if errors != "-" else []:
         schema = "ServerReady" if path == "/v2/health/ready" else "Error"
         op["responses"][code] = {
             "description": _ERRORS[code],
             "content": {"application/json": {"schema": _type(schema)}},
         }
-        if code == "503":
+        if code in ("503", "429"):
             op["responses"][code]["headers"] = {"Retry-After": {"schema": _type("int")}}
     if endpoint.open:
         op["security"] = []
@@ -238,7 +257,7 @@ def _row(meta: dict[str, Any]) -> dict[str, Any]:
 
 def openapi_spec(
     server_version: str, models: dict[str, dict[str, Any]], lookups: bool = False,
-    graphql: bool = False,
+    graphql: bool = False, web: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """The OpenAPI 3.1 document of the modelport server, with examples for every model.
 
@@ -256,7 +275,7 @@ def openapi_spec(
         for name, m in copy.deepcopy(models).items()
     }
     paths: dict[str, dict[str, Any]] = {}
-    served = {"": True, "lookups": lookups, "graphql": graphql}  # serve --store; graphql-core
+    served = {"": True, "lookups": lookups, "graphql": graphql, "web": web}  # --store, --web
     for endpoint in ENDPOINTS:
         if not served[endpoint.needs]:
             continue
@@ -281,8 +300,19 @@ def openapi_spec(
         },
         "tags": [
             {"name": t}
-            for t in ("health", "server", "models", "inference", "predictions", "graphql", "ops")
-            if (lookups or t != "predictions") and (graphql or t != "graphql")
+            for t in (
+                "health",
+                "server",
+                "models",
+                "inference",
+                "predictions",
+                "graphql",
+                "edge",
+                "ops",
+            )
+            if (lookups or t != "predictions")
+            and (graphql or t != "graphql")
+            and (web or t != "edge")
         ],
         "security": [{"bearer": []}],
         "paths": paths,
