@@ -98,7 +98,10 @@ class WebBundles:
 
     def known_versions(self, name: str) -> list[int]:
         """Every version of ``name`` in the repository (telemetry may name an older one)."""
-        return self.repo.versions(check_name(name))
+        versions = self.repo.versions(check_name(name))
+        if not versions:
+            raise ModelNotFoundError(f"no model named {name!r} has a web bundle here")
+        return versions
 
     def _page_manifest(self, name: str, version: int) -> dict[str, Any]:
         folder = self.repo.version_dir(name, version)
