@@ -59,3 +59,28 @@ def export_web(
     size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
     manifest = json.loads((target / web.WEB_MANIFEST).read_text())
     echo_json({"bundle": str(target), "bytes": size, "manifest": manifest})
+
+
+@export.command("mobile")
+@click.argument("ref", metavar="NAME[:VERSION]")
+@click.option(
+    "--out", required=True, type=click.Path(path_type=Path), help="Folder to write it to."
+)
+@click.option("--int8", is_flag=True, help="Export the model's quantized version (quantize).")
+@click.option("--force", is_flag=True, help="Replace --out when it holds an earlier export.")
+@REPO_OPTION
+def export_mobile(ref: str, out: Path, int8: bool, force: bool, repo_path: Path) -> None:
+    """An ORT format file for onnxruntime mobile (Android, iOS), checked for parity."""
+    from modelport.export.mobile import export_mobile as run
+
+    result = run(Repository.open(repo_path), ref, out, int8=int8, force=force)
+    echo_json(
+        {
+            "folder": str(result.folder),
+            "model": f"{result.name}:{result.version}",
+            "onnx_bytes": result.onnx_bytes,
+            "ort_bytes": result.ort_bytes,
+            "parity_max_abs_diff": result.max_abs_diff,
+            "operators": result.operators,
+        }
+    )
