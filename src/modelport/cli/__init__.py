@@ -6,7 +6,7 @@ One module per command group, each registered on ``main`` here:
 - ``serving.py``: serve
 - ``batch.py``: batch run, batch status
 - ``demo.py``: demo
-- ``export.py``: export web, export mobile
+- ``export.py``: export web, export mobile, bench (on a device-like budget)
 - ``options.py``: what several of them share (--repo, --trust-pickle, --trust-code, JSON)
 """
 
@@ -18,7 +18,7 @@ import sys
 import click
 
 from modelport.cli import batch, demo, models
-from modelport.cli.export import export
+from modelport.cli.export import bench, export
 from modelport.cli.serving import serve
 from modelport.errors import ModelportError
 
@@ -29,7 +29,7 @@ def main() -> None:
     """modelport: take a trained model from a notebook to production."""
 
 
-for command in (*models.COMMANDS, serve, batch.batch, demo.demo, export):
+for command in (*models.COMMANDS, serve, batch.batch, demo.demo, export, bench):
     main.add_command(command)
 
 
