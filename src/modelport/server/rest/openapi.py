@@ -140,6 +140,8 @@ _SCHEMAS: dict[str, Any] = {
     ),
 }
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
+_TAGS = ("health", "server", "models", "inference", "predictions", "graphql", "edge", "ops")
+_TAG_NEEDS = {"predictions": "lookups", "graphql": "graphql", "edge": "web"}
 
 
 def _zeros(datatype: str, shape: list[int]) -> tuple[list[int], list[Any]]:
@@ -184,10 +186,8 @@ def _operation(endpoint: Endpoint, path: str, metadata: dict[str, Any]) -> dict[
     if "{model_name}" in path:
         names = {name: name for name in metadata}
         params.append({"name": "model_name", "in": "path", "required": True, **_json("str", names)})
-    if "{file}" in path:
-        file = {"type": "string", "description": "index.html (or empty), modelport.js, "
-                "manifest.json, ort/..., versions/N/model.onnx"}  # fmt: skip
-        params.append({"name": "file", "in": "path", "required": True, "schema": file})
+    if "{file}" in path:  # index.html, modelport.js, manifest.json, ort/..., versions/N/model.onnx
+        params.append({"name": "file", "in": "path", "required": True, **_json("str", {})})
     if "{key}" in path:
         key = {"type": "string", "maxLength": 512}
         params.append({"name": "key", "in": "path", "required": True, "schema": key})
@@ -220,12 +220,10 @@ def _operation(endpoint: Endpoint, path: str, metadata: dict[str, Any]) -> dict[
             for n, m in metadata.items()
         })}}  # fmt: skip
     elif request == "TelemetryRequest":
-        example = {"model": "digits", "records": [
-            {"version": 1, "backend": "wasm", "event": "local", "latency_ms": 0.8}
-        ]}  # fmt: skip
-        op["requestBody"] = {"required": True, "content": {"application/json": _json(
-            request, {"telemetry": example}
-        )}}  # fmt: skip
+        record = {"version": 1, "backend": "wasm", "event": "local", "latency_ms": 0.8}
+        example = {"telemetry": {"model": "digits", "records": [record]}}
+        body = {"application/json": _json(request, example)}
+        op["requestBody"] = {"required": True, "content": body}
     elif request == "GraphQLRequest":
         query = "{ models { name versions { version inputs { name datatype shape } } } }"
         op["requestBody"] = {"required": True, "content": {"application/json": _json(
@@ -298,22 +296,7 @@ def openapi_spec(
             "extension, the V1 `:predict` form, health probes and Prometheus metrics. "
             'Every error is JSON: `{"error": message}`.',
         },
-        "tags": [
-            {"name": t}
-            for t in (
-                "health",
-                "server",
-                "models",
-                "inference",
-                "predictions",
-                "graphql",
-                "edge",
-                "ops",
-            )
-            if (lookups or t != "predictions")
-            and (graphql or t != "graphql")
-            and (web or t != "edge")
-        ],
+        "tags": [{"name": t} for t in _TAGS if served[_TAG_NEEDS.get(t, "")]],
         "security": [{"bearer": []}],
         "paths": paths,
         "components": {"schemas": copy.deepcopy(_SCHEMAS), "securitySchemes": {"bearer": bearer}},
