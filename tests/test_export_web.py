@@ -289,3 +289,53 @@ def test_the_static_bundle_runs_from_any_web_host(
             fresh.evaluate(PREDICT, {"input": x.tolist()})
     finally:
         other.close()
+
+
+def _png(gray: np.ndarray) -> bytes:
+    """An 8-bit grayscale PNG of ``gray`` (rows of uint8), no library needed."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    height, width = gray.shape
+    rows = b"".join(b"\0" + bytes(row) for row in gray.astype(np.uint8))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + (chunk(b"IEND", b""))
+    )
+
+
+def test_the_demo_page_takes_an_image_for_an_image_model(
+    context: Any, tmp_path: Path, repo: modelport.Repository, server: RunningServer
+) -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = np.random.default_rng(3).standard_normal((64, 10)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["image"], ["flat"]),
+         helper.make_node("MatMul", ["flat", "w"], ["scores"])],
+        "pixels", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [None, 1, 8, 8])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [None, 10])],
+        initializer=[numpy_helper.from_array(weights, "w")],
+    )  # fmt: skip
+    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    modelport.add_model(repo, "pixels", onnx_model.SerializeToString())
+    gray = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4
+    (tmp_path / "digit.png").write_bytes(_png(gray))
+
+    page = open_page(context, f"{server.url}/web/pixels/")
+    page.set_input_files("input[type=file]", str(tmp_path / "digit.png"))
+    page.wait_for_function("document.getElementById('input-image').value.startsWith('[[[[')")
+    page.click("#predict")
+    page.wait_for_function("document.getElementById('where').textContent === 'local'")
+    sent = np.array(json.loads(page.input_value("#input-image")), np.float32)
+    np.testing.assert_allclose(sent, (gray / 255).reshape(1, 1, 8, 8), atol=1e-6)
+    answer = page.evaluate(PREDICT, {"image": sent.tolist()})
+    want = (gray / 255).reshape(1, 64).astype(np.float32) @ weights
+    np.testing.assert_allclose(answer["outputs"]["scores"]["data"], want.ravel(), atol=1e-4)

@@ -294,6 +294,7 @@ class EdgeModel {
     this.events = []; // {type, detail, at}: what the page may want to show
     this.telemetry = options.telemetry ? [] : null;
     this.timers = [];
+    this.updating = false;
   }
 
   note(type, detail) {
@@ -386,7 +387,16 @@ class EdgeModel {
 
   async checkForUpdate() {
     const url = this.updateUrl;
-    if (url === null) return false;
+    if (url === null || this.updating) return false; // one check at a time, however slow
+    this.updating = true;
+    try {
+      return await this.update(url);
+    } finally {
+      this.updating = false;
+    }
+  }
+
+  async update(url) {
     let next;
     try {
       next = await this.fetchManifest(url);
