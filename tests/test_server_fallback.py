@@ -176,3 +176,10 @@ def test_the_breaker_counts_failures_within_its_window_only() -> None:
 def test_fallback_config_reads_the_manifest_form() -> None:
     config = FallbackConfig.from_manifest({"model": "b", "deadline_ms": 250, "failures": 2})
     assert (config.model, config.deadline_s, config.failures) == ("b", 0.25, 2)
+
+
+def test_fallback_answers_are_never_kept_for_identical_requests(repo: Path) -> None:
+    with in_process(repo, ServerConfig(trust_code=True)) as http:  # answers kept by default
+        reasons = [_infer(http, "guarded", [-2.0])[1]["x-modelport-fallback"] for _ in range(4)]
+        assert reasons[:3] == ["error", "error", "error"]  # the model asked each time
+        assert reasons[3] == "open"  # three failures opened the breaker
