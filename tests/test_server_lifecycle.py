@@ -488,6 +488,7 @@ def test_the_config_handed_to_workers_round_trips_with_every_field_set() -> None
         "tls_cert": "/etc/modelport/cert.pem",
         "tls_key": "/etc/modelport/key.pem",
         "http": "uvicorn",
+        "web": True,
     }
     fields = {f.name for f in dataclasses.fields(ServerConfig)}
     assert fields - set(values) == set(), "give each new ServerConfig field a value above"
