@@ -443,7 +443,7 @@ def test_serving_a_code_model_needs_trust_code(tmp_path: Path) -> None:
 def test_the_config_handed_to_workers_round_trips_with_every_field_set() -> None:
     from typing import Any
 
-    from modelport.config import BatchingConfig, RuntimeConfig
+    from modelport.config import BatchingConfig, PredictionLogConfig, RuntimeConfig
     from modelport.server.lifecycle import config_from_json, config_to_json
 
     # One non-default value per field: a field added without one here fails the test, and so
@@ -489,6 +489,9 @@ def test_the_config_handed_to_workers_round_trips_with_every_field_set() -> None
         "tls_key": "/etc/modelport/key.pem",
         "http": "uvicorn",
         "web": True,
+        "prediction_log": PredictionLogConfig(
+            "postgresql://db/log", sample=0.5, inputs="hash", max_queue_bytes=10, flush_s=2.0
+        ),
     }
     fields = {f.name for f in dataclasses.fields(ServerConfig)}
     assert fields - set(values) == set(), "give each new ServerConfig field a value above"

@@ -15,7 +15,7 @@
      │    └── NotReadyError           the server is still loading its models, or draining
      ├── DeadlineExceededError    a request's deadline passed before it was served
      ├── BatchError               a batch run cannot go on: its source, mapping or reject ratio
-     ├── StoreError               the prediction store cannot be reached or written
+     ├── StoreError               a prediction store or log cannot be reached or written
      ├── NotStoredError           no stored prediction for a key
      └── MissingDependencyError   an optional extra is not installed
 

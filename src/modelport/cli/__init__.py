@@ -7,6 +7,7 @@ One module per command group, each registered on ``main`` here:
 - ``batch.py``: batch run, batch status
 - ``demo.py``: demo
 - ``export.py``: export web, export mobile, bench (on a device-like budget)
+- ``monitor.py``: monitor (drift of logged predictions)
 - ``options.py``: what several of them share (--repo, --trust-pickle, --trust-code, JSON)
 """
 
@@ -19,6 +20,7 @@ import click
 
 from modelport.cli import batch, demo, models
 from modelport.cli.export import bench, export
+from modelport.cli.monitor import monitor
 from modelport.cli.serving import serve
 from modelport.errors import ModelportError
 
@@ -29,7 +31,7 @@ def main() -> None:
     """modelport: take a trained model from a notebook to production."""
 
 
-for command in (*models.COMMANDS, serve, batch.batch, demo.demo, export, bench):
+for command in (*models.COMMANDS, serve, batch.batch, demo.demo, monitor, export, bench):
     main.add_command(command)
 
 

@@ -12,6 +12,7 @@ from modelport.cli.options import TRUST_CODE_OPTION, TRUST_OPTION
 from modelport.config import (
     BatchingConfig,
     LookupConfig,
+    PredictionLogConfig,
     RuntimeConfig,
     ServerConfig,
     ServerLimits,
@@ -179,6 +180,28 @@ def _limit_options(function: Any) -> Any:
     "onnxruntime-web, the model) and take edge telemetry at /v2/edge/telemetry.",
 )
 @click.option(
+    "--log-predictions",
+    "prediction_log",
+    default=None,
+    metavar="URL",
+    help="Keep a sample of requests (inputs, outputs, version, latency, request id) in this "
+    "SQLite file or postgresql:// URL, for audits and 'modelport monitor'.",
+)
+@click.option(
+    "--sample",
+    default=PredictionLogConfig.sample,
+    show_default=True,
+    type=float,
+    help="With --log-predictions: the share of requests kept.",
+)
+@click.option(
+    "--log-inputs",
+    type=click.Choice(["full", "hash"]),
+    default=PredictionLogConfig.inputs,
+    show_default=True,
+    help="With --log-predictions: keep inputs whole, or only a sha256 of each request's.",
+)
+@click.option(
     "--http",
     type=click.Choice(["modelport", "uvicorn"]),
     default=ServerConfig.http,
@@ -197,7 +220,7 @@ def serve(
     max_delay_ms: float, latency_budget_ms: float | None, cache: str, cache_ttl_s: float,
     store: str | None, max_age: tuple[str, ...], write_back: bool, http: str, trust_code: bool,
     cache_namespace: str, tls_cert: Path | None, tls_key: Path | None, web: bool,
-    **limits: Any,
+    prediction_log: str | None, sample: float, log_inputs: str, **limits: Any,
 ) -> None:  # fmt: skip
     """Serve a model repository (or one model) over the Open Inference Protocol."""
     from modelport.caching import open_cache
@@ -209,6 +232,9 @@ def serve(
         VersionPolicy.parse(version_policy)  # fail now, not in every worker
         if (max_age or write_back) and store is None:
             raise ValueError("--max-age and --write-back need --store")
+        logging_asked = (sample, log_inputs) != (PredictionLogConfig.sample, "full")
+        if logging_asked and prediction_log is None:
+            raise ValueError("--sample and --log-inputs need --log-predictions")
         if max_age:
             from modelport.batch.freshness import MaxAge
 
@@ -225,6 +251,9 @@ def serve(
             tls_cert=None if tls_cert is None else str(tls_cert.resolve()),
             tls_key=None if tls_key is None else str(tls_key.resolve()),
             lookups=None if store is None else LookupConfig(store, max_age, write_back),
+            prediction_log=None if prediction_log is None else PredictionLogConfig(
+                prediction_log, sample=sample, inputs=log_inputs
+            ),
             batching=None if max_batch_size is None else BatchingConfig(
                 max_batch_size=max_batch_size, max_delay_s=max_delay_ms / 1000,
                 latency_budget_s=None if latency_budget_ms is None else latency_budget_ms / 1000,

@@ -14,7 +14,7 @@ import logging
 import secrets
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,6 +33,9 @@ from modelport.server.runner import Gone
 from modelport.server.tensors import check_finite
 from modelport.signature import validate_inputs
 
+if TYPE_CHECKING:  # the log needs SQLAlchemy, which a server without one need not have
+    from modelport.server.prediction_log import PredictionLog
+
 log = logging.getLogger("modelport.server")
 
 Outputs = dict[str, np.ndarray]
@@ -48,6 +51,7 @@ class Engine:
         self.drain_started: float | None = None
         self.in_flight = 0
         self.cache: Cache | None = open_cache(config.cache, config.cache_ttl_s)
+        self.predictions: PredictionLog | None = None  # set by the service when it logs them
         self._computing: dict[bytes, asyncio.Future[Outputs]] = {}
         # Request ids: random per process, then counted (a uuid4 costs a system call).
         self._id_prefix = secrets.token_hex(8)
@@ -138,7 +142,7 @@ class Engine:
         if cached is not None:
             measured.cache_hit.inc()
             record.cache = "hit"
-            record.computed = time.monotonic()
+            self._answered(served, batch, cached, record)
             return cached
         measured.cache_miss.inc()
         record.cache = "miss"
@@ -146,7 +150,7 @@ class Engine:
         if running is not None:  # the same inputs are being computed now: share the answer
             try:
                 shared = await asyncio.shield(running)
-                record.computed = time.monotonic()
+                self._answered(served, batch, shared, record)
                 return shared
             except ConnectionAbortedError:  # its client left, and took the work with it
                 return await self._infer_now(served, batch, deadline, gone, arrived, record)
@@ -192,8 +196,16 @@ class Engine:
             measured.queue_depth.dec()
         measured.queue.observe(timing.queue_s)
         measured.inference.observe(timing.inference_s)
-        record.computed = time.monotonic()
+        self._answered(served, batch, outputs, record)
         return outputs
+
+    def _answered(
+        self, served: Served, inputs: dict[str, np.ndarray], outputs: Outputs,
+        record: RequestRecord,
+    ) -> None:  # fmt: skip
+        record.computed = time.monotonic()
+        if self.predictions is not None:
+            self.predictions.offer(served, inputs, outputs, record)
 
     async def close(self) -> None:
         """Close the cache and unload the models (at shutdown)."""

@@ -98,6 +98,13 @@ class Service:
         if self.config.web and self.source is not None:  # serve --web
             self.rest.web = WebBundles(self.source, self.config)
             self.rest.telemetry = EdgeTelemetry(self.rest.web.known_versions)
+        if self.config.prediction_log is not None:
+            require("sqlalchemy", "batch")
+            from modelport.server.prediction_log import PredictionLog
+
+            predictions = PredictionLog(self.config.prediction_log)
+            await asyncio.to_thread(predictions.start)
+            self.engine.predictions = predictions
         if self.config.grpc_port is not None:
             require("grpc", "grpc")
             require("grpc_health", "grpc")
@@ -112,6 +119,8 @@ class Service:
         if self._grpc is not None:  # stopping since the signal, alongside REST
             await self._grpc.stop(self.engine.grace_left_s())
         await self.engine.close()
+        if self.engine.predictions is not None:  # after the last answer: every record is in
+            await asyncio.to_thread(self.engine.predictions.close)
         if self.rest.lookups is not None:
             self.rest.lookups.close()
         metrics.forget_process()

@@ -223,6 +223,7 @@ class RestApp:
                 lookups=self.lookups is not None,
                 graphql=installed("graphql"),
                 web=self.web is not None,
+                token=self.config.token is not None,
             )
         return self._openapi_spec
 

@@ -139,8 +139,13 @@ _SCHEMAS: dict[str, Any] = {
         "data:any errors:[]any", description="GraphQL's own shape; errors carry extensions.code"
     ),
 }
+_SCHEMAS["GraphQLRequest"]["properties"]["operationName"]["type"] = ["string", "null"]
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
-_TAGS = ("health", "server", "models", "inference", "predictions", "graphql", "edge", "ops")
+# repository.check_name's rule: 1-64 of these, no "..", not ending in "."
+_NAME_PATTERN = r"^(?!.*\.\.)(?!.*\.$)[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_ERROR_SCHEMAS = {"/v2/health/ready": "ServerReady", "/graphql": "GraphQLResponse"}
+_TAGS: tuple[str, ...] = ("health", "server", "models", "statistics", "inference", "predictions")
+_TAGS = (*_TAGS, "graphql", "edge", "ops")  # each served or not: _TAG_NEEDS
 _TAG_NEEDS = {"predictions": "lookups", "graphql": "graphql", "edge": "web"}
 
 
@@ -185,16 +190,22 @@ def _operation(endpoint: Endpoint, path: str, metadata: dict[str, Any]) -> dict[
     params: list[dict[str, Any]] = []
     if "{model_name}" in path:
         names = {name: name for name in metadata}
-        params.append({"name": "model_name", "in": "path", "required": True, **_json("str", names)})
+        name = {"type": "string", "pattern": _NAME_PATTERN}
+        params.append(
+            {"name": "model_name", "in": "path", "required": True, "schema": name,
+             **_examples(names)}
+        )  # fmt: skip
+        if errors != "all" and "400" not in errors:  # a name that is no name: 400
+            errors = f"400,{errors}"
     if "{file}" in path:  # index.html, modelport.js, manifest.json, ort/..., versions/N/model.onnx
         params.append({"name": "file", "in": "path", "required": True, **_json("str", {})})
     if "{key}" in path:
         key = {"type": "string", "maxLength": 512}
         params.append({"name": "key", "in": "path", "required": True, "schema": key})
     if "{model_version}" in path:
-        version = {"type": "string", "pattern": "^[0-9]+$"}
+        version = {"type": "string", "pattern": "^[1-9][0-9]{0,8}$"}
         params.append({"name": "model_version", "in": "path", "required": True, "schema": version})
-        summary, errors = f"{summary} (one version)", errors.replace("401", "400,401")
+        summary = f"{summary} (one version)"
     ok = {"application/json": _json(response, metadata if response == "ModelMetadata" else {})}
     if "/" in response:
         ok = {response: {"schema": {"type": "object" if "json" in response else "string"}}}
@@ -237,10 +248,10 @@ def _operation(endpoint: Endpoint, path: str, metadata: dict[str, Any]) -> dict[
         op["requestBody"] = {"required": True, "content": body}
     every = [c for c in _ERRORS if c != "429"]  # "all": what inference may answer
     for code in every if errors == "all" else errors.split(",") if errors != "-" else []:
-        schema = "ServerReady" if path == "/v2/health/ready" else "Error"
+        shape = _ERROR_SCHEMAS.get(path, "Error")
         op["responses"][code] = {
             "description": _ERRORS[code],
-            "content": {"application/json": {"schema": _type(schema)}},
+            "content": {"application/json": {"schema": _type(shape)}},
         }
         if code in ("503", "429"):
             op["responses"][code]["headers"] = {"Retry-After": {"schema": _type("int")}}
@@ -255,9 +266,10 @@ def _row(meta: dict[str, Any]) -> dict[str, Any]:
 
 def openapi_spec(
     server_version: str, models: dict[str, dict[str, Any]], lookups: bool = False,
-    graphql: bool = False, web: bool = False,
+    graphql: bool = False, token: bool = True, web: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
-    """The OpenAPI 3.1 document of the modelport server, with examples for every model.
+    """The OpenAPI 3.1 document of the modelport server, with examples for every model;
+    ``token``: the server asks for one (else no operation declares a security requirement).
 
     openapi_spec("0.1.0", {"digits": {"versions": [1], "platform": "onnx_onnxv1",
                                        "inputs": [...], "outputs": [...]}})
@@ -297,7 +309,7 @@ def openapi_spec(
             'Every error is JSON: `{"error": message}`.',
         },
         "tags": [{"name": t} for t in _TAGS if served[_TAG_NEEDS.get(t, "")]],
-        "security": [{"bearer": []}],
+        "security": [{"bearer": []}] if token else [],
         "paths": paths,
         "components": {"schemas": copy.deepcopy(_SCHEMAS), "securitySchemes": {"bearer": bearer}},
     }
