@@ -45,4 +45,4 @@ async def telemetry(
     data = await body()
     if len(data) > MAX_BYTES:
         raise HTTPError(413, f"a telemetry post takes at most {MAX_BYTES} bytes")
-    return json_response({"accepted": edge.accept(parse_json(data, config.limits))}, 202)
+    return json_response({"accepted": edge.accept(parse_json(data, config.limits))})

@@ -144,9 +144,9 @@ _BINARY = {"schema": {"type": "string", "format": "binary"}}
 # repository.check_name's rule: 1-64 of these, no "..", not ending in "."
 _NAME_PATTERN = r"^(?!.*\.\.)(?!.*\.$)[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _ERROR_SCHEMAS = {"/v2/health/ready": "ServerReady", "/graphql": "GraphQLResponse"}
-_TAGS: tuple[str, ...] = ("health", "server", "models", "statistics", "inference", "predictions")
-_TAGS = (*_TAGS, "graphql", "edge", "ops")  # each served or not: _TAG_NEEDS
+_TAGS = list(dict.fromkeys(e.tag for e in ENDPOINTS))  # in the route table's order
 _TAG_NEEDS = {"predictions": "lookups", "graphql": "graphql", "edge": "web"}
+_FILES = {"manifest": "manifest.json", "page": "index.html"}  # a web bundle's, as examples
 
 
 def _zeros(datatype: str, shape: list[int]) -> tuple[list[int], list[Any]]:
@@ -198,7 +198,7 @@ def _operation(endpoint: Endpoint, path: str, metadata: dict[str, Any]) -> dict[
         if errors != "all" and "400" not in errors:  # a name that is no name: 400
             errors = f"400,{errors}"
     if "{file}" in path:  # index.html, modelport.js, manifest.json, ort/..., versions/N/model.onnx
-        params.append({"name": "file", "in": "path", "required": True, **_json("str", {})})
+        params.append({"name": "file", "in": "path", "required": True, **_json("str", _FILES)})
     if "{key}" in path:
         key = {"type": "string", "maxLength": 512}
         params.append({"name": "key", "in": "path", "required": True, "schema": key})
@@ -208,7 +208,8 @@ def _operation(endpoint: Endpoint, path: str, metadata: dict[str, Any]) -> dict[
         summary = f"{summary} (one version)"
     ok = {"application/json": _json(response, metadata if response == "ModelMetadata" else {})}
     if "/" in response:
-        ok = {response: {"schema": {"type": "object" if "json" in response else "string"}}}
+        kind = {"type": "object" if "json" in response else "string"} if "*" not in response else {}
+        ok = {response: {"schema": kind}}  # */*: a web bundle's files, each its own type
     op: dict[str, Any] = {
         "operationId": method + "_" + (re.sub(r"[^A-Za-z0-9]+", "_", path).strip("_") or "root"),
         "summary": summary,
@@ -232,9 +233,8 @@ def _operation(endpoint: Endpoint, path: str, metadata: dict[str, Any]) -> dict[
         })}}  # fmt: skip
     elif request == "TelemetryRequest":
         record = {"version": 1, "backend": "wasm", "event": "local", "latency_ms": 0.8}
-        example = {"telemetry": {"model": "digits", "records": [record]}}
-        body = {"application/json": _json(request, example)}
-        op["requestBody"] = {"required": True, "content": body}
+        body = _json(request, {"telemetry": {"model": "digits", "records": [record]}})
+        op["requestBody"] = {"required": True, "content": {"application/json": body}}
     elif request == "GraphQLRequest":
         query = "{ models { name versions { version inputs { name datatype shape } } } }"
         op["requestBody"] = {"required": True, "content": {"application/json": _json(

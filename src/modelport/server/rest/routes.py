@@ -50,7 +50,7 @@ docs get /docs - text/html 401 ops Human-readable API documentation
 prediction get /v2/models/{model_name}/predictions/{key} - StoredPrediction 400,401,404 predictions A prediction | lookups
 predictions post /v2/models/{model_name}/predictions LookupRequest LookupResponse all predictions Many keys | lookups
 graphql post /graphql GraphQLRequest GraphQLResponse 400,401,504 graphql Query the models and predict with GraphQL | graphql
-web get /web/{model_name}/{file} - text/html 401,404 edge A model's browser bundle (serve --web): the page, modelport.js and runtime are open; manifest.json and the model take the token | web
+web get /web/{model_name}/{file} - */* 401,404 edge A model's browser bundle (serve --web): the page, modelport.js and runtime are open; manifest.json and the model take the token | web
 telemetry post /v2/edge/telemetry TelemetryRequest TelemetryResponse 400,401,404,413,429 edge Counts and latencies of predictions on devices (serve --web) | web
 """  # noqa: E501
 
