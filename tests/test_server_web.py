@@ -102,6 +102,10 @@ def test_the_model_files_take_the_token_the_page_does_not(repo: Path) -> None:
         for path in ("/web/tiny/manifest.json", "/web/tiny/versions/2/model.onnx"):
             assert http.get(path).status_code == 401, path
             assert http.get(path, headers=auth).status_code == 200, path
+        # Without the token the public files tell nothing of which models exist; with it, they do
+        assert http.get("/web/no-such-model/").status_code == 200
+        assert http.get("/web/no-such-model/", headers=auth).status_code == 404
+        assert http.get("/web/no-such-model/manifest.json").status_code == 401
         telemetry = {"model": "tiny", "records": []}
         assert http.post("/v2/edge/telemetry", json=telemetry).status_code == 401
         assert http.post("/v2/edge/telemetry", json=telemetry, headers=auth).status_code == 200

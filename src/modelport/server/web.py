@@ -61,13 +61,17 @@ class WebBundles:
         token; the page and runtime are the same public code for every model."""
         return file not in shared_files() and file not in ("", "index.html")
 
-    def file(self, name: str, file: str) -> tuple[bytes, str]:
-        """The body and content type of ``/web/NAME/FILE``; ModelNotFoundError otherwise."""
+    def file(self, name: str, file: str, known: bool = True) -> tuple[bytes, str]:
+        """The body and content type of ``/web/NAME/FILE``; ModelNotFoundError otherwise.
+
+        ``known``: the shared files only for a model with a bundle. False (a client without
+        the token) answers them for any name, so that they tell nothing of which models exist.
+        """
         check_name(name)
         file = file or "index.html"
         if file in self._shared:
-            version = self.current(name)  # only models that have a bundle have its page
-            self._page_manifest(name, version)
+            if known:
+                self._page_manifest(name, self.current(name))
             body = self._kept.get(file)
             if body is None:
                 body = self._kept[file] = self._shared[file].read_bytes()

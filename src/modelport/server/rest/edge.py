@@ -27,7 +27,14 @@ async def web_file(
         return Response(308, b"", "text/plain", {"location": f"/web/{name}/"})
     if web.needs_token(file):
         authorize()
-    body, content_type = await asyncio.to_thread(web.file, name, file)
+        known = True
+    else:  # the public page and runtime: only a client with the token learns which models exist
+        try:
+            authorize()
+            known = True
+        except HTTPError:
+            known = False
+    body, content_type = await asyncio.to_thread(web.file, name, file, known)
     # The manifest says which version is current: always asked anew. The rest is fixed per
     # release (runtime, page) or per version (the model), and big.
     fresh = "no-store" if file == "manifest.json" else "max-age=3600"
