@@ -339,3 +339,23 @@ def test_the_demo_page_takes_an_image_for_an_image_model(
     answer = page.evaluate(PREDICT, {"image": sent.tolist()})
     want = (gray / 255).reshape(1, 64).astype(np.float32) @ weights
     np.testing.assert_allclose(answer["outputs"]["scores"]["data"], want.ravel(), atol=1e-4)
+
+
+def test_behind_a_token_the_page_asks_for_it(context: Any, repo: modelport.Repository) -> None:
+    with run_server(repo.root, "--web", "--token", "edge-s3cret", "--no-access-log") as server:
+        page = context.new_page()
+        page.goto(f"{server.url}/web/tiny/")  # the page itself is public
+        page.wait_for_function(READY, timeout=60_000)
+        assert "401" in page.evaluate("window.modelportPage.error")  # its manifest is not
+        assert page.text_content("#title") == "The model could not be opened"
+        page.fill("#token", "edge-s3cret")
+        page.dispatch_event("#token", "change")  # kept for the session, the page reloads
+        page.wait_for_function("window.modelportPage && window.modelportPage.model", timeout=60_000)
+        answer = page.evaluate(PREDICT, {"input": [[1, 2, 3, 4]]})
+        assert (answer["where"], answer["version"]) == ("local", 1)
+        forced = page.evaluate(
+            "async (x) => await window.modelportPage.model.predictOnService("
+            "{input: {values: x, shape: [1, 4]}}, 'asked')",
+            [1, 2, 3, 4],
+        )  # the service is called with the same token
+        assert forced["where"] == "service"
