@@ -78,9 +78,11 @@ def test_bundle_files_with_their_content_types(repo: Path) -> None:
         ("/web/tiny/..%2f..%2fmanifest.json", "no such file"),
         ("/web/tiny/versions/2/..%2f..%2f..%2f..%2fetc%2fpasswd", "no such file"),
         ("/web/tiny/versions/2/manifest.json", "no such file"),
-        ("/web/tiny/model.onnx", "no such file"),
+        ("/web/tiny/versions%2F2%2Fmodel.onnx", "no such file"),  # not the model's route
+        ("/web/tiny/versions/2/model.onnx/x", "no such file"),
         ("/web/tiny/versions/1/model.onnx", "has no version 1 on the web"),  # policy: latest
         ("/web/tiny/versions/9/model.onnx", "has no version 9"),
+        ("/web/tiny/versions/0/model.onnx", "invalid version"),
         ("/web/nope/", "no model named 'nope'"),
         ("/web/..%2fmodels/", "invalid model name"),
         ("/web/slow/manifest.json", "only ONNX models can run in a browser"),

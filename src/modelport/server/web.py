@@ -9,16 +9,16 @@ the server's version policy, on every manifest request: a version added to the r
 reaches the pages at their next update check, and a version withdrawn (its folder removed)
 takes them back to the one before, without a restart.
 
-Only these names are answered: the shared files (``index.html``, ``modelport.js``,
-``ort/...``), ``manifest.json`` and ``versions/N/model.onnx``; a name never becomes a path
-of its own, so nothing outside the repository and the package's assets can be reached. A model
-file is served only while it matches the sha256 its repository manifest recorded.
+Three kinds of request, each its own route: the shared files (``index.html``,
+``modelport.js``, ``ort/...``: ``page``), ``manifest.json`` and ``[versions/N/]model.onnx``;
+a name never becomes a path of its own, so nothing outside the repository and the package's
+assets can be reached. A model file is served only while it matches the sha256 its
+repository manifest recorded.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +28,13 @@ from modelport.config import ServerConfig
 from modelport.errors import ConversionError, IntegrityError, ModelNotFoundError
 from modelport.export.web import (
     CONTENT_TYPES,
-    WEB_MANIFEST,
     check_web_model,
     shared_files,
     web_manifest,
 )
 from modelport.manifest import Manifest, read_manifest, verify_artifacts
-from modelport.repository import ONNX_FILE, Repository, VersionPolicy, check_name, check_version
+from modelport.repository import ONNX_FILE, Repository, VersionPolicy, check_name
 
-_MODEL_FILE = re.compile(rf"versions/([0-9]{{1,9}})/{re.escape(ONNX_FILE)}")
 SERVICE = "../../"  # from /web/NAME/manifest.json, the server's own root
 
 
@@ -55,35 +53,34 @@ class WebBundles:
         # (name, version) -> (the model file's stat, the page manifest): hashed once per change
         self._verified: dict[tuple[str, int], tuple[tuple[int, int, int], dict[str, Any]]] = {}
 
-    @staticmethod
-    def needs_token(file: str) -> bool:
-        """Whether a bundle file holds the model (manifest, weights): those take the server's
-        token; the page and runtime are the same public code for every model."""
-        return file not in shared_files() and file not in ("", "index.html")
+    def page(self, name: str, file: str, known: bool = True) -> tuple[bytes, str]:
+        """A shared file of ``/web/NAME/`` (the page, modelport.js, the runtime) and its type.
 
-    def file(self, name: str, file: str, known: bool = True) -> tuple[bytes, str]:
-        """The body and content type of ``/web/NAME/FILE``; ModelNotFoundError otherwise.
-
-        ``known``: the shared files only for a model with a bundle. False (a client without
-        the token) answers them for any name, so that they tell nothing of which models exist.
+        ``known``: only for a model with a bundle. False (a client without the token) answers
+        them for any valid name, so that they tell nothing of which models exist.
         """
         check_name(name)
         file = file or "index.html"
-        if file in self._shared:
-            if known:
-                self._page_manifest(name, self.current(name))
-            body = self._kept.get(file)
-            if body is None:
-                body = self._kept[file] = self._shared[file].read_bytes()
-            return body, CONTENT_TYPES[Path(file).suffix]
-        if file == WEB_MANIFEST:
-            described = self._page_manifest(name, self.current(name))
-            return orjson.dumps(described), CONTENT_TYPES[".json"]
-        match = _MODEL_FILE.fullmatch(file)
-        if match is None:
+        if file not in self._shared:
             raise ModelNotFoundError(f"no such file in the web bundle of {name!r}: {file!r:.80}")
-        version = check_version(match[1])
-        if version not in self.policy.select(self.repo.versions(name)):
+        if known:
+            self._page_manifest(name, self.current(name))
+        body = self._kept.get(file)
+        if body is None:
+            body = self._kept[file] = self._shared[file].read_bytes()
+        return body, CONTENT_TYPES[Path(file).suffix]
+
+    def manifest(self, name: str) -> bytes:
+        """The page manifest of the version pages should run now."""
+        return orjson.dumps(self._page_manifest(name, self.current(check_name(name))))
+
+    def model(self, name: str, version: int | None = None) -> bytes:
+        """The model file of ``version`` (the current one when None), checked against the
+        sha256 its repository recorded."""
+        check_name(name)
+        if version is None:
+            version = self.current(name)
+        elif version not in self.policy.select(self.repo.versions(name)):
             raise ModelNotFoundError(f"model {name!r} has no version {version} on the web")
         described = self._page_manifest(name, version)
         body = (self.repo.version_dir(name, version) / ONNX_FILE).read_bytes()
@@ -91,7 +88,7 @@ class WebBundles:
             raise IntegrityError(
                 f"the model file of {name}:{version} changed since the server checked it"
             )
-        return body, CONTENT_TYPES[".onnx"]
+        return body
 
     def current(self, name: str) -> int:
         """The version pages get: the newest the version policy keeps, on disk now."""

@@ -391,7 +391,13 @@ class RestApp:
     async def _web(
         self, scope: Scope, _: Receive, __: Any, name: str, file: str | None = None
     ) -> Response:
-        return await edge.web_file(self.web, lambda: self._authorize(scope), name, file)
+        return await edge.web_page(self.web, lambda: self._authorize(scope), name, file)
+
+    async def _web_manifest(self, *_: Any, name: str) -> Response:
+        return await edge.web_manifest(self.web, name)
+
+    async def _web_model(self, *_: Any, name: str, version: int | None = None) -> Response:
+        return await edge.web_model(self.web, name, version)
 
     async def _telemetry(self, scope: Scope, receive: Receive, *_: Any) -> Response:
         return await edge.telemetry(self.telemetry, lambda: self._body(scope, receive), self.config)

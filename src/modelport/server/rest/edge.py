@@ -17,28 +17,37 @@ from modelport.server.tensors import parse_json
 from modelport.server.web import WebBundles
 
 
-async def web_file(
+async def web_page(
     web: WebBundles | None, authorize: Callable[[], None], name: str, file: str | None
 ) -> Response:
-    """``GET /web/NAME/FILE``: a file of the model's bundle."""
-    if web is None:
-        raise HTTPError(404, "this server serves no web bundles; start it with --web")
+    """``GET /web/NAME/FILE``: the page, modelport.js or the runtime, open to all."""
     if file is None:  # /web/NAME: the page's relative links need the slash
         return Response(308, b"", "text/plain", {"location": f"/web/{name}/"})
-    if web.needs_token(file):
+    try:  # only a client with the token (or any on loopback) learns which models exist
         authorize()
         known = True
-    else:  # the public page and runtime: only a client with the token learns which models exist
-        try:
-            authorize()
-            known = True
-        except HTTPError:
-            known = False
-    body, content_type = await asyncio.to_thread(web.file, name, file, known)
-    # The manifest says which version is current: always asked anew. The rest is fixed per
-    # release (runtime, page) or per version (the model), and big.
-    fresh = "no-store" if file == "manifest.json" else "max-age=3600"
-    return Response(200, body, content_type, {"cache-control": fresh})
+    except HTTPError:
+        known = False
+    body, content_type = await asyncio.to_thread(_bundles(web).page, name, file, known)
+    return Response(200, body, content_type, {"cache-control": "max-age=3600"})
+
+
+async def web_manifest(web: WebBundles | None, name: str) -> Response:
+    """``GET /web/NAME/manifest.json``: asked anew each time, it says which version is current."""
+    body = await asyncio.to_thread(_bundles(web).manifest, name)
+    return Response(200, body, "application/json", {"cache-control": "no-store"})
+
+
+async def web_model(web: WebBundles | None, name: str, version: int | None) -> Response:
+    """``GET /web/NAME[/versions/N]/model.onnx``: fixed per version, and big."""
+    body = await asyncio.to_thread(_bundles(web).model, name, version)
+    return Response(200, body, "application/octet-stream", {"cache-control": "max-age=3600"})
+
+
+def _bundles(web: WebBundles | None) -> WebBundles:
+    if web is None:
+        raise HTTPError(404, "this server serves no web bundles; start it with --web")
+    return web
 
 
 async def telemetry(

@@ -146,7 +146,7 @@ _NAME_PATTERN = r"^(?!.*\.\.)(?!.*\.$)[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _ERROR_SCHEMAS = {"/v2/health/ready": "ServerReady", "/graphql": "GraphQLResponse"}
 _TAGS = list(dict.fromkeys(e.tag for e in ENDPOINTS))  # in the route table's order
 _TAG_NEEDS = {"predictions": "lookups", "graphql": "graphql", "edge": "web"}
-_FILES = {"manifest": "manifest.json", "page": "index.html"}  # a web bundle's, as examples
+_FILES = {"page": "index.html", "module": "modelport.js"}  # a web bundle's, as examples
 
 
 def _zeros(datatype: str, shape: list[int]) -> tuple[list[int], list[Any]]:

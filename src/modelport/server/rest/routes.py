@@ -27,8 +27,8 @@ class Endpoint:
     tag: str
     summary: str
     needs: str = ""  # "lookups", "graphql" or "web": served only by a server that has it
-    # No token asked before the handler: the /v2/health/ probes; /web/ asks it for the files
-    # that hold a model (its page and runtime are the same public code for every model).
+    # No token: the /v2/health/ probes, and a bundle's page and runtime (public code, the same
+    # for every model); its manifest and model files take the token.
     open: bool = False
 
 
@@ -50,7 +50,9 @@ docs get /docs - text/html 401 ops Human-readable API documentation
 prediction get /v2/models/{model_name}/predictions/{key} - StoredPrediction 400,401,404 predictions A prediction | lookups
 predictions post /v2/models/{model_name}/predictions LookupRequest LookupResponse all predictions Many keys | lookups
 graphql post /graphql GraphQLRequest GraphQLResponse 400,401,504 graphql Query the models and predict with GraphQL | graphql
-web get /web/{model_name}/{file} - */* 401,404 edge A model's browser bundle (serve --web): the page, modelport.js and runtime are open; manifest.json and the model take the token | web
+web_manifest get /web/{model_name}/manifest.json - application/json 401,404 edge The version of a model that pages should run: signature, sha256, the model's address (serve --web) | web
+web_model get /web/{model_name}*/model.onnx - application/octet-stream 401,404 edge A model file for pages, the current version or one (serve --web) | web
+web get /web/{model_name}/{file} - */* 404 edge A model's page, modelport.js and onnxruntime-web: public code, the same for every model (serve --web) | web
 telemetry post /v2/edge/telemetry TelemetryRequest TelemetryResponse 400,401,404,413,429 edge Counts and latencies of predictions on devices (serve --web) | web
 """  # noqa: E501
 
