@@ -19,7 +19,6 @@ import os
 import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,27 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from front_doors import BIN, LOAD_CPU, SERVER_CPU, http_call
-
-
-def start(repo: Path, port: int, extra: list[str]) -> subprocess.Popen[bytes]:
-    import httpx
-
-    process = subprocess.Popen(
-        ["taskset", "-c", str(SERVER_CPU), str(BIN / "modelport"), "serve", str(repo),
-         "--port", str(port), "--cache", "off", "--no-access-log", "--threads", "1", *extra],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    os.killpg(process.pid, signal.SIGKILL)
-    sys.exit(f"the server did not become ready with {extra}")
+from front_doors import LOAD_CPU, SERVER_CPU, http_call, start_server
 
 
 async def load(port: int, request: bytes, concurrency: int, seconds: float) -> tuple[float, float]:
@@ -113,7 +92,7 @@ def main() -> None:
                     f"POST /v1/models/digits:predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
                     f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
                 ).encode() + body
-                server = start(repo.root, port, settings[name])
+                server = start_server(repo.root, port, *settings[name])
                 try:
                     asyncio.run(load(port, request, args.concurrency, 0.5))  # warm up
                     results[name].append(

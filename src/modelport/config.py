@@ -258,6 +258,7 @@ class ServerConfig:
     http: str = "modelport"  # the HTTP/1.1 protocol: ours, or "uvicorn" (its httptools one)
     web: bool = False  # serve each ONNX model's browser bundle at /web/NAME/, edge telemetry
     prediction_log: PredictionLogConfig | None = None
+    otlp_endpoint: str | None = None  # OpenTelemetry traces to this OTLP/HTTP collector
 
     def __post_init__(self) -> None:
         if self.http not in ("modelport", "uvicorn"):

@@ -17,6 +17,8 @@
      ├── BatchError               a batch run cannot go on: its source, mapping or reject ratio
      ├── StoreError               a prediction store or log cannot be reached or written
      ├── NotStoredError           no stored prediction for a key
+     ├── OptimizationError        a model cannot be quantized, distilled or benchmarked as asked
+     │    └── AccuracyDropError       the optimized model lost more accuracy than allowed
      └── MissingDependencyError   an optional extra is not installed
 
 Messages say what happened, why, and what to do about it. Transports (REST, gRPC, CLI) map
@@ -111,6 +113,20 @@ class StoreError(ModelportError):
 
 class NotStoredError(ModelportError):
     """No stored prediction for a key, and no features to compute one from."""
+
+
+class OptimizationError(ModelportError):
+    """A model cannot be quantized, distilled or benchmarked as asked: its operators, its
+    signature, the rows given or the student asked for do not allow it."""
+
+
+class AccuracyDropError(OptimizationError):
+    """Every candidate lost more accuracy (or agreement with its parent) than the budget
+    allows, so nothing was imported. ``report`` holds the measurements."""
+
+    def __init__(self, message: str, report: object = None) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 class MissingDependencyError(ModelportError, ImportError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -86,54 +87,63 @@ def export_mobile(ref: str, out: Path, int8: bool, force: bool, repo_path: Path)
     )
 
 
-@click.command("bench")
-@click.argument("ref", metavar="NAME[:VERSION]")
-@click.option(
-    "--device-profile",
-    type=click.Choice(["low-end", "mid-range", "high-end"]),
-    default="low-end",
-    show_default=True,
-    help="low-end: 0.5 CPU, 512m; mid-range: 1 CPU, 1g; high-end: 2 CPUs, 4g.",
+DEVICE_OPTIONS = (
+    click.option(
+        "--device-profile",
+        type=click.Choice(["low-end", "mid-range", "high-end"]),
+        default=None,
+        help="Time each model in a process held to a device's CPU and memory (Linux cgroups) "
+        "instead: low-end 0.5 CPU, 512m; mid-range 1 CPU, 1g; high-end 2 CPUs, 4g.",
+    ),
+    click.option("--cpus", type=float, default=None, help="With a device: its CPU share."),
+    click.option("--memory", default=None, help="With a device: its memory (512m, 1g)."),
+    click.option(
+        "--budget-ms",
+        type=float,
+        default=web.BUDGET_MS,
+        show_default=True,
+        help="With a device: the page's budget a row (export web --budget-ms).",
+    ),
 )
-@click.option("--cpus", type=float, default=None, help="CPU share instead of the profile's.")
-@click.option("--memory", default=None, help="Memory (512m, 1g) instead of the profile's.")
-@click.option(
-    "--budget-ms",
-    default=web.BUDGET_MS,
-    show_default=True,
-    type=float,
-    help="The page's budget a prediction (export web --budget-ms).",
-)
-@click.option("--runs", default=200, show_default=True, type=int)
-@click.option("--batch", default=1, show_default=True, type=int, help="Rows a prediction.")
-@REPO_OPTION
-def bench(
-    ref: str, device_profile: str, cpus: float | None, memory: str | None, budget_ms: float,
-    runs: int, batch: int, repo_path: Path,
+
+
+def device_options(function: Any) -> Any:
+    """The options of ``bench`` that run it on a device-like budget (device.py)."""
+    for option in reversed(DEVICE_OPTIONS):
+        function = option(function)
+    return function
+
+
+def device_bench(
+    repo_path: Path, refs: tuple[str, ...], batch_sizes: tuple[int, ...],
+    device_profile: str | None, cpus: float | None, memory: str | None, budget_ms: float,
+    as_json: bool,
 ) -> None:  # fmt: skip
-    """Time a model in a process held to a device's CPU and memory (Linux cgroups)."""
+    """``bench --device-profile``: each model and batch size in a constrained process."""
     from dataclasses import replace
 
     from modelport.export.device import DEVICE_PROFILES, bench_on_device, parse_memory
 
     try:
-        profile = DEVICE_PROFILES[device_profile]
+        profile = DEVICE_PROFILES[device_profile or "low-end"]
         if cpus is not None:
             profile = replace(profile, cpus=cpus)
         if memory is not None:
             profile = replace(profile, memory_bytes=parse_memory(memory))
-        if runs < 1 or batch < 1:
-            raise ValueError("--runs and --batch must be >= 1")
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
-    report = bench_on_device(
-        Repository.open(repo_path), ref, profile, budget_ms=budget_ms, runs=runs, batch=batch
-    )
-    echo_json(report)
-    verdict = "within" if report["within_budget"] else "OVER"
-    click.echo(
-        f"{report['model']} on {profile.cpus:g} CPU / {profile.memory_bytes // 2**20} MiB: "
-        f"p50 {report['p50_ms']:.2f} ms, p99 {report['p99_ms']:.2f} ms a prediction of "
-        f"{batch} row(s), {verdict} the page's budget of {budget_ms:g} ms",
-        err=True,
-    )
+    repo = Repository.open(repo_path)
+    reports = []
+    for ref in refs:
+        for batch in batch_sizes:
+            report = bench_on_device(repo, ref, profile, budget_ms=budget_ms, batch=batch)
+            reports.append(report)
+            verdict = "within" if report["within_budget"] else "OVER"
+            click.echo(
+                f"{report['model']} on {profile.cpus:g} CPU / {profile.memory_bytes // 2**20} "
+                f"MiB, batch {batch}: p50 {report['p50_ms']:.2f} ms, p99 {report['p99_ms']:.2f} "
+                f"ms, {verdict} the page's budget of {budget_ms:g} ms a row",
+                err=as_json,
+            )
+    if as_json:
+        echo_json(reports)

@@ -202,6 +202,13 @@ def _limit_options(function: Any) -> Any:
     help="With --log-predictions: keep inputs whole, or only a sha256 of each request's.",
 )
 @click.option(
+    "--otlp-endpoint",
+    default=None,
+    metavar="URL",
+    help="Send OpenTelemetry traces of requests to this OTLP/HTTP collector, e.g. "
+    "http://127.0.0.1:4318 (needs modelport[otel]).",
+)
+@click.option(
     "--http",
     type=click.Choice(["modelport", "uvicorn"]),
     default=ServerConfig.http,
@@ -220,7 +227,8 @@ def serve(
     max_delay_ms: float, latency_budget_ms: float | None, cache: str, cache_ttl_s: float,
     store: str | None, max_age: tuple[str, ...], write_back: bool, http: str, trust_code: bool,
     cache_namespace: str, tls_cert: Path | None, tls_key: Path | None, web: bool,
-    prediction_log: str | None, sample: float, log_inputs: str, **limits: Any,
+    prediction_log: str | None, sample: float, log_inputs: str, otlp_endpoint: str | None,
+    **limits: Any,
 ) -> None:  # fmt: skip
     """Serve a model repository (or one model) over the Open Inference Protocol."""
     from modelport.caching import open_cache
@@ -251,6 +259,7 @@ def serve(
             tls_cert=None if tls_cert is None else str(tls_cert.resolve()),
             tls_key=None if tls_key is None else str(tls_key.resolve()),
             lookups=None if store is None else LookupConfig(store, max_age, write_back),
+            otlp_endpoint=otlp_endpoint,
             prediction_log=None if prediction_log is None else PredictionLogConfig(
                 prediction_log, sample=sample, inputs=log_inputs
             ),

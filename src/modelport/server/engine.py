@@ -26,7 +26,7 @@ from modelport.errors import (
     NotReadyError,
     OverloadedError,
 )
-from modelport.server import metrics
+from modelport.server import metrics, tracing
 from modelport.server.registry import Registry, Served
 from modelport.server.requests import RequestRecord
 from modelport.server.runner import Gone
@@ -138,7 +138,11 @@ class Engine:
             served.name, served.version, batch, digest=served.digest,
             namespace=self.config.cache_namespace,
         )  # fmt: skip
+        looked_at = tracing.now_ns() if record.span is not None else 0
         cached = await self.cache.get(key)
+        if record.span is not None:
+            found = {"modelport.cache": "miss" if cached is None else "hit"}
+            tracing.phase(record.span, "cache", looked_at, tracing.now_ns(), served.traced | found)
         if cached is not None:
             measured.cache_hit.inc()
             record.cache = "hit"
@@ -183,7 +187,7 @@ class Engine:
         metrics.IN_FLIGHT.inc()
         measured.queue_depth.inc()
         try:
-            outputs, timing = await served.runner.run(batch, deadline, gone, arrived)
+            outputs, timing = await served.runner.run(batch, deadline, gone, arrived, record.span)
         except OverloadedError:
             measured.queue_full.inc()
             raise
@@ -196,6 +200,11 @@ class Engine:
             measured.queue_depth.dec()
         measured.queue.observe(timing.queue_s)
         measured.inference.observe(timing.inference_s)
+        if record.span is not None:  # from the runner's times: the run ended just now
+            ran_from = tracing.seconds_ago_ns(timing.inference_s)
+            waited_from = ran_from - int(timing.queue_s * 1e9)
+            tracing.phase(record.span, "queue", waited_from, ran_from, served.traced)
+            tracing.phase(record.span, "inference", ran_from, tracing.now_ns(), served.traced)
         self._answered(served, batch, outputs, record)
         return outputs
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from modelport.config import ServerConfig
 from modelport.errors import MissingDependencyError, require
-from modelport.server import metrics
+from modelport.server import metrics, tracing
 from modelport.server.engine import Engine
 from modelport.server.lookups import Lookups
 from modelport.server.registry import Registry, load_registry
@@ -98,6 +98,10 @@ class Service:
         if self.config.web and self.source is not None:  # serve --web
             self.rest.web = WebBundles(self.source, self.config)
             self.rest.telemetry = EdgeTelemetry(self.rest.web.known_versions)
+        if self.config.otlp_endpoint is not None:
+            require("opentelemetry.sdk", "otel")
+            require("opentelemetry.exporter.otlp.proto.http", "otel")
+            tracing.start(self.config.otlp_endpoint)
         if self.config.prediction_log is not None:
             require("sqlalchemy", "batch")
             from modelport.server.prediction_log import PredictionLog
@@ -124,6 +128,7 @@ class Service:
         if self.rest.lookups is not None:
             self.rest.lookups.close()
         metrics.forget_process()
+        await asyncio.to_thread(tracing.stop)  # the last spans: this request's included
 
     async def _load(self, source: Path) -> None:
         try:
