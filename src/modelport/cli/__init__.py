@@ -6,8 +6,9 @@ One module per command group, each registered on ``main`` here:
 - ``serving.py``: serve
 - ``batch.py``: batch run, batch status
 - ``demo.py``: demo
+- ``export.py``: export web, export mobile; bench --device-profile (a device-like budget)
 - ``monitor.py``: monitor (drift of logged predictions)
-- ``optimize.py``: quantize, distill, bench
+- ``optimize.py``: quantize, distill, bench (with --device-profile: export.py's)
 - ``options.py``: what several of them share (--repo, --trust-pickle, --trust-code, JSON)
 """
 
@@ -19,6 +20,7 @@ import sys
 import click
 
 from modelport.cli import batch, demo, models, optimize
+from modelport.cli.export import export
 from modelport.cli.monitor import monitor
 from modelport.cli.serving import serve
 from modelport.errors import ModelportError
@@ -30,7 +32,15 @@ def main() -> None:
     """modelport: take a trained model from a notebook to production."""
 
 
-for command in (*models.COMMANDS, serve, batch.batch, demo.demo, monitor, *optimize.COMMANDS):
+for command in (
+    *models.COMMANDS,
+    serve,
+    batch.batch,
+    demo.demo,
+    monitor,
+    *optimize.COMMANDS,
+    export,
+):
     main.add_command(command)
 
 

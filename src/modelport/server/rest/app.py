@@ -28,9 +28,11 @@ from modelport.runtimes import PLATFORMS
 from modelport.server import metrics, tracing
 from modelport.server.engine import Engine
 from modelport.server.extensions import EXTENSIONS, model_config, model_statistics
+from modelport.server.fallback import Guards
 from modelport.server.lookups import Lookups, parse_lookup
 from modelport.server.registry import Registry, Served
 from modelport.server.requests import RequestRecord, cache_wanted, client_request_id
+from modelport.server.rest import edge
 from modelport.server.rest.answers import KeptAnswers
 from modelport.server.rest.gate import Gate
 from modelport.server.rest.http import (
@@ -50,7 +52,9 @@ from modelport.server.rest.http import (
 )
 from modelport.server.rest.protocol import encode_infer_response, parse_infer_request
 from modelport.server.rest.routes import Endpoint, checked, route
+from modelport.server.telemetry import EdgeTelemetry
 from modelport.server.tensors import check_strings, json_inputs, parse_json
+from modelport.server.web import WebBundles
 from modelport.signature import Signature
 
 log = logging.getLogger("modelport.server")
@@ -67,6 +71,7 @@ _INLINE_PARSE_BYTES = 256 * 1024
 _ROUTE_CACHE_SIZE = 4096  # request lines already routed: the regexes run once per path
 _ROUTE_CACHE_PATH = 256  # longer paths are routed anew each time rather than kept
 _ARRIVED = "modelport.arrived"  # scope key: time.monotonic() when the request reached the app
+_GUARDED = "modelport.guarded"  # scope key: the headers of a model's fallback and breaker
 
 
 def _tensor_metadata(signature: Signature) -> dict[str, list[dict[str, Any]]]:
@@ -83,6 +88,9 @@ class RestApp:
         self.engine = engine
         self.config = config
         self.lookups: Lookups | None = None
+        self.web: WebBundles | None = None  # serve --web: bundles and edge telemetry
+        self.telemetry: EdgeTelemetry | None = None
+        self._guards = Guards(engine)
         self._graphql_executor = graphql
         self._answers = KeptAnswers(config)
         self._openapi_spec: dict[str, Any] | None = None
@@ -220,6 +228,7 @@ class RestApp:
                 self._catalog(self._registry()),
                 lookups=self.lookups is not None,
                 graphql=installed("graphql"),
+                web=self.web is not None,
                 token=self.config.token is not None,
             )
         return self._openapi_spec
@@ -271,8 +280,7 @@ class RestApp:
                 "application/octet-stream",
                 {"inference-header-content-length": str(json_length)},
             )
-        self._answers.keep(key, answer)
-        return answer
+        return self._keep(scope, key, answer)
 
     async def _predict_v1(
         self, scope: Scope, receive: Receive, record: RequestRecord, name: str,
@@ -300,9 +308,7 @@ class RestApp:
         else:
             columns = {n: _json_rows(outputs[n]) for n in names}
             predictions = [{n: columns[n][i] for n in names} for i in range(count)]
-        answer = json_response({"predictions": predictions})
-        self._answers.keep(key, answer)
-        return answer
+        return self._keep(scope, key, json_response({"predictions": predictions}))
 
     async def _admit(
         self, scope: Scope, receive: Receive, name: str, version: int | None,
@@ -348,9 +354,21 @@ class RestApp:
         use_cache: bool,
     ) -> dict[str, np.ndarray]:  # fmt: skip
         # Once the body is read, the next ASGI message can only say the client went away.
-        return await self.engine.predict(
+        outputs, guarded = await self._guards.predict(
             served, inputs, record, receive, use_cache, arrived=scope.get(_ARRIVED)
         )
+        if guarded:
+            scope[_GUARDED] = guarded
+        return outputs
+
+    def _keep(self, scope: Scope, key: Any, answer: Response) -> Response:
+        """Keep an answer for identical requests, unless a fallback guards its model."""
+        guarded = scope.get(_GUARDED)
+        if guarded is None:
+            self._answers.keep(key, answer)
+        else:
+            answer.headers.update(guarded)
+        return answer
 
     # -- stored predictions -------------------------------------------------------------------
 
@@ -373,6 +391,22 @@ class RestApp:
         )
         answers = await lookups.lookup(name, keys, features, record)
         return json_response({"model_name": name, "predictions": answers})
+
+    # -- the edge: serve --web (edge.py) -------------------------------------------------------
+
+    async def _web(
+        self, scope: Scope, _: Receive, __: Any, name: str, file: str | None = None
+    ) -> Response:
+        return await edge.web_page(self.web, lambda: self._authorize(scope), name, file)
+
+    async def _web_manifest(self, *_: Any, name: str) -> Response:
+        return await edge.web_manifest(self.web, name)
+
+    async def _web_model(self, *_: Any, name: str, version: int | None = None) -> Response:
+        return await edge.web_model(self.web, name, version)
+
+    async def _telemetry(self, scope: Scope, receive: Receive, *_: Any) -> Response:
+        return await edge.telemetry(self.telemetry, lambda: self._body(scope, receive), self.config)
 
     async def _graphql(self, scope: Scope, receive: Receive, *_: Any) -> Response:
         try:
