@@ -167,17 +167,13 @@ def _instance(t: dict[str, Any]) -> Any:  # one row: the shape without its batch
     dims, data = _zeros(t["datatype"], t["shape"][1:])
     for size in reversed(dims[1:]):  # nest the flat zeros row-major
         data = [data[i : i + size] for i in range(0, len(data), size or 1)]
-    return data if dims else data[0]
+    return data if dims not in ([], [1]) else data[0]  # [-1, 1]: a column, one value a row
 
 
 def _predict_example(meta: dict[str, Any]) -> dict[str, Any]:
     if len(meta["inputs"]) == 1:
         return {"instances": [_instance(meta["inputs"][0])]}
-    # A tabular model's [-1, 1] column takes one value per row, as people write rows.
-    row = {t["name"]: _instance(t) for t in meta["inputs"]}
-    row = {t["name"]: row[t["name"]][0] if t["shape"] == [-1, 1] else row[t["name"]]
-           for t in meta["inputs"]}  # fmt: skip
-    return {"instances": [row]}
+    return {"instances": [{t["name"]: _instance(t) for t in meta["inputs"]}]}
 
 
 def _examples(values: dict[str, Any]) -> dict[str, Any]:
