@@ -12,6 +12,7 @@ PUBLIC_API = [
     "Client",
     "ConversionError",
     "DeadlineExceededError",
+    "DeployError",
     "InputLimits",
     "IntegrityError",
     "InvalidInputError",

@@ -17,6 +17,7 @@
      ├── BatchError               a batch run cannot go on: its source, mapping or reject ratio
      ├── StoreError               the prediction store cannot be reached or written
      ├── NotStoredError           no stored prediction for a key
+ ├── DeployError              an image or a deployment cannot be made: pins, builder, tag, output
      └── MissingDependencyError   an optional extra is not installed
 
 Messages say what happened, why, and what to do about it. Transports (REST, gRPC, CLI) map
@@ -111,6 +112,11 @@ class StoreError(ModelportError):
 
 class NotStoredError(ModelportError):
     """No stored prediction for a key, and no features to compute one from."""
+
+
+class DeployError(ModelportError):
+    """An image or a deployment cannot be made: pins that conflict, no builder or one that
+    failed, a tag that is not an image reference, an output folder that exists."""
 
 
 class MissingDependencyError(ModelportError, ImportError):

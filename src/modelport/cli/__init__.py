@@ -6,6 +6,7 @@ One module per command group, each registered on ``main`` here:
 - ``serving.py``: serve
 - ``batch.py``: batch run, batch status
 - ``demo.py``: demo
+- ``deploy.py``: build, deploy compose, deploy k8s
 - ``options.py``: what several of them share (--repo, --trust-pickle, --trust-code, JSON)
 """
 
@@ -16,7 +17,7 @@ import sys
 
 import click
 
-from modelport.cli import batch, demo, models
+from modelport.cli import batch, demo, deploy, models
 from modelport.cli.serving import serve
 from modelport.errors import ModelportError
 
@@ -27,7 +28,7 @@ def main() -> None:
     """modelport: take a trained model from a notebook to production."""
 
 
-for command in (*models.COMMANDS, serve, batch.batch, demo.demo):
+for command in (*models.COMMANDS, serve, batch.batch, demo.demo, *deploy.COMMANDS):
     main.add_command(command)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from modelport.config import (
 )
 from modelport.cpus import CpuBudget, cpu_budget
 from modelport.errors import ModelNotFoundError
-from modelport.manifest import MANIFEST, hash_artifacts, read_manifest, sha256
+from modelport.manifest import MANIFEST, artifacts_digest, hash_artifacts, read_manifest, sha256
 from modelport.model import Model
 from modelport.repository import Repository, VersionPolicy, check_name, is_model_folder, load
 from modelport.server import metrics
@@ -127,7 +126,7 @@ def load_registry(source: Path, config: ServerConfig) -> Registry:
                 model = repo.load(
                     name, version=version, options=dataclasses.replace(options, runtime=runtime)
                 )
-                digest = _artifacts_digest(manifest.artifacts)
+                digest = artifacts_digest(manifest.artifacts)
                 served.append(_serve(name, version, model, config, digest))
     _log_threads(budget, config, chosen)
     return Registry(served)
@@ -157,21 +156,15 @@ def threads_for(config: ServerConfig, instances: int, budget: CpuBudget) -> Runt
     return dataclasses.replace(config.runtime, intra_op_threads=share)
 
 
-def _artifacts_digest(artifacts: dict[str, str]) -> str:
-    """One sha256 for a version's files (relative path -> sha256, as a manifest lists them)."""
-    listed = "".join(f"{path}\0{digest}\n" for path, digest in sorted(artifacts.items()))
-    return hashlib.sha256(listed.encode()).hexdigest()
-
-
 def _digest(source: Path, model: Model) -> str:
     """The artifacts' digest of a single model: a file, a version or model folder, or code."""
     if source.is_file():
         return sha256(source)
     for folder in (source, source / str(model.version)):
         if (folder / MANIFEST).is_file():  # verified against the files when loaded
-            return _artifacts_digest(read_manifest(folder).artifacts)
+            return artifacts_digest(read_manifest(folder).artifacts)
     files = hash_artifacts(source)  # a code folder; Python's own bytecode cache aside
-    return _artifacts_digest({p: d for p, d in files.items() if "__pycache__" not in p})
+    return artifacts_digest({p: d for p, d in files.items() if "__pycache__" not in p})
 
 
 def _serve(name: str, version: int, model: Model, config: ServerConfig, digest: str = "") -> Served:
