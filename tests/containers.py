@@ -28,6 +28,7 @@ from modelport.demo import mlp_onnx
 
 HERE = Path(__file__).parent
 BASE_IMAGE = "localhost/modelport-base:bookworm"
+SERVICES_IMAGE = "localhost/modelport-services:bookworm"  # HAProxy, Redis, Prometheus
 TOKEN = "container-test-token"
 SIX_MODEL = """\
 import numpy as np
@@ -88,6 +89,17 @@ def base_image(container_env: None) -> str:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     return BASE_IMAGE
+
+
+@pytest.fixture(scope="session")
+def services_image(base_image: str) -> str:
+    """HAProxy, Redis and Prometheus from Debian packages: reused, or built when missing."""
+    done = subprocess.run(
+        [str(HERE.parent / "scripts" / "services_image.sh"), SERVICES_IMAGE, base_image],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return SERVICES_IMAGE
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ service restarts unless stopped. ``haproxy.cfg`` and ``prometheus.yml`` lie besi
 
 from __future__ import annotations
 
+import copy
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +60,7 @@ def haproxy_cfg(config: ComposeConfig) -> str:
 # modelport deploy compose: every replica checked on /v2/health/ready each second; a request
 # whose connection fails, or that a draining replica answers 503, is sent to another one.
 global
-  maxconn 4096
+  # maxconn: HAProxy sizes it to the file descriptors it may open
 
 defaults
   timeout connect 2s
@@ -131,7 +132,7 @@ def compose(models: list[ShippedModel], config: ComposeConfig) -> dict[str, Any]
         "restart": "unless-stopped",
         "stop_grace_period": "35s",
     }
-    services: dict[str, Any] = {name: dict(replica) for name in replica_names(config)}
+    services: dict[str, Any] = {name: copy.deepcopy(replica) for name in replica_names(config)}
     services["lb"] = {
         "image": config.lb_image,
         "entrypoint": ["haproxy"],

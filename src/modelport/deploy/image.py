@@ -114,6 +114,7 @@ def containerfile(
         "COPY lock-modelport.txt /opt/modelport/lock-modelport.txt",
         "RUN --mount=type=bind,source=wheels,target=/tmp/wheels \\",
         f"    {VENV}/bin/pip install {PIP_FLAGS} -r /opt/modelport/lock-modelport.txt \\",
+        f"    && {VENV}/bin/pip check \\",
         f"    && {VENV}/bin/pip uninstall --yes --quiet pip",
         f"ENV PATH={VENV}/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1",
         "",

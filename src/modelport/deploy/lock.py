@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from packaging.markers import default_environment
+from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from modelport.deploy.models import ShippedModel
@@ -36,7 +38,9 @@ from modelport.manifest import sha256
 
 EXTRAS = ("grpc", "redis")  # every image serves gRPC on 8001 and may share a Redis cache
 _OWN = "modelport"
+_NOW = {"python_full_version": ".".join(map(str, sys.version_info[:3]))}
 _EPOCH = "315532800"  # 1980-01-01, the earliest time a zip (a wheel) can hold
+_FORMAT = 2  # of the saved resolutions: a new one when how they are made changes
 
 
 @dataclass(frozen=True)
@@ -100,13 +104,18 @@ def resolve_lock(models: list[ShippedModel], wheels: Path, cache: Path | None = 
     own = _own_wheel(wheels, cache)
     held = {n: v for n, v in _installed().items() if n not in pins and n != _OWN}
     key = hashlib.sha256(
-        json.dumps([_requires(own), sorted(pins.items()), sorted(held.items()), EXTRAS]).encode()
+        json.dumps(
+            [_FORMAT, _requires(own), sorted(pins.items()), sorted(held.items()), EXTRAS]
+        ).encode()
     ).hexdigest()
     saved = cache / "locks" / f"{key}.json"
     if saved.is_file():
         chosen = [tuple(item) for item in json.loads(saved.read_text())]
     else:
         chosen = _resolve(own, pins, held)
+        older = _older_patch_needs(chosen)
+        if older:
+            chosen = _resolve(own, pins, held, older)
         saved.parent.mkdir(parents=True, exist_ok=True)
         saved.write_text(json.dumps(chosen))
     packages = []
@@ -168,11 +177,36 @@ def _wheel_version(wheel: Path) -> str:
     return wheel.name.split("-")[1]
 
 
-def _resolve(own: Path, pins: dict[str, str], held: dict[str, str]) -> list[tuple[str, str]]:
+def _older_patch_needs(chosen: list[tuple[str, str]]) -> list[str]:
+    """What the chosen packages need only on an older patch release of this Python (redis:
+    async-timeout before 3.11.3): the base image's Python may be one (Debian bookworm's is
+    3.11.2), and pip evaluates markers for the Python it runs on."""
+    env: dict[str, str] = {k: str(v) for k, v in default_environment().items()}
+    env.update(python_full_version=f"{sys.version_info.major}.{sys.version_info.minor}.0")
+    env.update(extra="")
+    needs = []
+    for name, _ in chosen:
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        for text in requires:
+            requirement = Requirement(text)
+            marker = requirement.marker
+            if marker and marker.evaluate(env) and not marker.evaluate({**env, **_NOW}):
+                requirement.marker = None
+                needs.append(str(requirement))
+    return sorted(set(needs))
+
+
+def _resolve(
+    own: Path, pins: dict[str, str], held: dict[str, str], more: list[str] | None = None
+) -> list[tuple[str, str]]:
     with tempfile.TemporaryDirectory(prefix="modelport-lock-") as scratch:
         folder = Path(scratch)
         wanted = [f"{_OWN}[{','.join(EXTRAS)}] @ {own.resolve().as_uri()}"]
         wanted += [f"{name}=={version}" for name, version in sorted(pins.items())]
+        wanted += more or []
         (folder / "requirements.txt").write_text("\n".join(wanted) + "\n")
         (folder / "held.txt").write_text("".join(f"{n}=={v}\n" for n, v in sorted(held.items())))
         report = folder / "report.json"
