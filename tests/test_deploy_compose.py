@@ -19,7 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+import tritonclient.grpc as triton_grpc
+import yaml
 
 from containers import Image, podman, run_cli
 from modelport.testing import free_port
@@ -32,6 +35,7 @@ class Stack:
     folder: Path
     project: str
     url: str
+    grpc: str
     prometheus: str
     token: str
 
@@ -98,8 +102,8 @@ def stack(
     up = compose(folder, project, "up", "-d")
     assert up.returncode == 0, up.stderr[-3000:]
     token = (folder / "secrets" / "token").read_text().strip()
-    stack = Stack(folder, project, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{prometheus}",
-                  token)  # fmt: skip
+    stack = Stack(folder, project, f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc}",
+                  f"http://127.0.0.1:{prometheus}", token)  # fmt: skip
     try:
         wait_for(lambda: _targets_up(stack) == 3, "Prometheus to see 3 replicas up")
         yield stack
@@ -134,6 +138,30 @@ def test_requests_through_the_load_balancer_reach_every_replica(stack: Stack) ->
     served = {s: after[s] - before[s] for s in REPLICAS}
     assert sum(served.values()) == 30
     assert all(n >= 5 for n in served.values()), served
+
+
+def test_grpc_goes_through_the_load_balancer_too(stack: Stack) -> None:
+    client = triton_grpc.InferenceServerClient(stack.grpc)
+    item = triton_grpc.InferInput("input", [1, 4], "FP32")
+    item.set_data_from_numpy(np.ones((1, 4), np.float32))
+    auth = {"authorization": f"Bearer {stack.token}"}
+    assert client.infer("tiny", [item], headers=auth).as_numpy("logits").shape == (1, 3)
+
+
+def test_postgres_stores_predictions_when_asked(
+    ship_repo: Path, tmp_path: Path
+) -> None:  # written only: no PostgreSQL image can be pulled or built small here
+    done = run_cli(
+        "deploy", "compose", str(ship_repo / "tiny:2"), "--image", "t:1", "--postgres",
+        "-o", str(tmp_path / "stack"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    stack = yaml.safe_load((tmp_path / "stack" / "compose.yaml").read_text())
+    assert stack["services"]["postgres"]["image"] == "docker.io/library/postgres:16"
+    command = stack["services"]["model-1"]["command"]
+    assert command[command.index("--store") + 1].startswith("postgresql://")
+    assert "postgres" in stack["services"]["model-3"]["depends_on"]
+    assert (tmp_path / "stack" / "secrets").stat().st_mode & 0o777 == 0o700
 
 
 def test_a_prediction_cached_by_one_replica_is_a_hit_on_another(stack: Stack) -> None:

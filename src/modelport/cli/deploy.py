@@ -28,6 +28,7 @@ FORCE_OPTION = click.option("--force", is_flag=True, help="Replace the output fo
     help="Write the build context here and keep it (default: a temporary folder).",
 )  # fmt: skip
 @click.option("--context-only", is_flag=True, help="Write the context (--context) and stop.")
+@click.option("--no-cache", is_flag=True, help="Build every layer anew (the builder's cache).")
 @click.option(
     "--no-auth", is_flag=True,
     help="Bake --no-auth into the image: it serves without a token. Off: it refuses to start "
@@ -38,8 +39,8 @@ FORCE_OPTION = click.option("--force", is_flag=True, help="Replace the output fo
 @TRUST_OPTION
 def build(
     sources: tuple[str, ...], tag: str, base_image: str, builder: str | None,
-    context: Path | None, context_only: bool, no_auth: bool, force: bool, repo_path: Path,
-    trust_pickle: bool,
+    context: Path | None, context_only: bool, no_cache: bool, no_auth: bool, force: bool,
+    repo_path: Path, trust_pickle: bool,
 ) -> None:  # fmt: skip
     """Build a container image serving model versions, its packages frozen in a lock file.
 
@@ -51,7 +52,7 @@ def build(
     config = ImageConfig(tag=tag, base_image=base_image, no_auth=no_auth, trust_pickle=trust_pickle)
     result = build_image(
         list(sources), config, repo=repo_path, context=context, context_only=context_only,
-        force=force, builder=builder,
+        force=force, builder=builder, no_cache=no_cache,
     )  # fmt: skip
     shipped = ", ".join(result.models)
     if result.image_id is None:

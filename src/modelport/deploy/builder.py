@@ -80,6 +80,7 @@ def build_image(
     context_only: bool = False,
     force: bool = False,
     builder: str | None = None,
+    no_cache: bool = False,
 ) -> BuildResult:
     """Write the build context of ``sources`` and build it (unless ``context_only``)."""
     check_tag(config.tag)
@@ -89,7 +90,7 @@ def build_image(
         raise DeployError("--context-only needs --context DIR: the folder to write it in")
     with _context_folder(context, force) as folder:
         write_context(models, config, folder)
-        image_id = None if program is None else run_build(program, folder, config.tag)
+        image_id = None if program is None else run_build(program, folder, config.tag, no_cache)
     kept = context if context is not None else None
     return BuildResult(config.tag, tuple(m.ref for m in models), kept, image_id)
 
@@ -104,8 +105,10 @@ def _context_folder(context: Path | None, force: bool) -> Iterator[Path]:
             yield Path(scratch)
 
 
-def build_args(program: str, folder: Path, tag: str) -> list[str]:
+def build_args(program: str, folder: Path, tag: str, no_cache: bool = False) -> list[str]:
     args = [program, "build", "-f", str(folder / "Containerfile"), "-t", tag, "--network=none"]
+    if no_cache:
+        args.append("--no-cache")
     if Path(program).name.startswith(("podman", "buildah")):
         # docker format: OCI images cannot hold a HEALTHCHECK. Timestamp 0 on every file of
         # the new layers: the same model files give the same layer digest, whenever built
@@ -114,11 +117,14 @@ def build_args(program: str, folder: Path, tag: str) -> list[str]:
     return [*args, str(folder)]
 
 
-def run_build(program: str, folder: Path, tag: str) -> str:
+def run_build(program: str, folder: Path, tag: str, no_cache: bool = False) -> str:
     """Run the builder on ``folder``; the new image's id, or DeployError with its last lines."""
     try:
         done = subprocess.run(
-            build_args(program, folder, tag), capture_output=True, text=True, timeout=1800
+            build_args(program, folder, tag, no_cache),
+            capture_output=True,
+            text=True,
+            timeout=1800,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise DeployError(f"{Path(program).name} build could not run: {exc}") from exc

@@ -87,6 +87,7 @@ def containerfile(
     models: list[ShippedModel], config: ImageConfig, lock: Lock, tags: dict[str, str]
 ) -> str:
     refs = ", ".join(m.ref for m in models)
+    pip = f"{VENV}/bin/python /tmp/wheels/{lock.installer}/pip"  # pip runs from its wheel
     health = (
         "import urllib.request; urllib.request.urlopen("
         f"'http://127.0.0.1:{REST_PORT}/v2/health/ready', timeout=2)"
@@ -107,15 +108,14 @@ def containerfile(
         "--home-dir /nonexistent --shell /usr/sbin/nologin modelport",
         "COPY lock.txt /opt/modelport/lock.txt",
         "RUN --mount=type=bind,source=wheels,target=/tmp/wheels \\",
-        f"    python3 -m venv {VENV} \\",
-        f"    && {VENV}/bin/pip install {PIP_FLAGS} -r /opt/modelport/lock.txt \\",
+        f"    python3 -m venv --without-pip {VENV} \\",
+        f"    && {pip} install {PIP_FLAGS} -r /opt/modelport/lock.txt \\",
         f"    && find {VENV} -depth -type d -path '*/site-packages/*/*' \\( -name tests -o -name "
         "test \\) -exec rm -rf {} +",
         "COPY lock-modelport.txt /opt/modelport/lock-modelport.txt",
         "RUN --mount=type=bind,source=wheels,target=/tmp/wheels \\",
-        f"    {VENV}/bin/pip install {PIP_FLAGS} -r /opt/modelport/lock-modelport.txt \\",
-        f"    && {VENV}/bin/pip check \\",
-        f"    && {VENV}/bin/pip uninstall --yes --quiet pip",
+        f"    {pip} install {PIP_FLAGS} -r /opt/modelport/lock-modelport.txt \\",
+        f"    && {pip} check",
         f"ENV PATH={VENV}/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1",
         "",
         "# 2. The models, one layer per version.",

@@ -51,6 +51,7 @@ class Lock:
     python: str  # "3.11": the wheels are for this Python
     packages: tuple[tuple[str, str, str, str], ...]  # (name, version, wheel file, sha256)
     own: tuple[str, str, str, str]  # modelport's
+    installer: str  # pip's wheel, run from the build context: no pip stays in the image
 
     def text(self, own: bool = False) -> str:
         """``lock.txt`` (every package but modelport) or, with ``own``, modelport's line."""
@@ -125,7 +126,8 @@ def resolve_lock(models: list[ShippedModel], wheels: Path, cache: Path | None = 
             packages.append((name, version, wheel.name, sha256(wheel)))
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
     own_pin = (_OWN, _wheel_version(own), own.name, sha256(own))
-    return Lock(python, tuple(sorted(packages)), own_pin)
+    installer = _wheel("pip", metadata.version("pip"), wheels, cache / "wheels")
+    return Lock(python, tuple(sorted(packages)), own_pin, installer.name)
 
 
 def _installed() -> dict[str, str]:
