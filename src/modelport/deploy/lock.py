@@ -118,7 +118,9 @@ def resolve_lock(models: list[ShippedModel], wheels: Path, cache: Path | None = 
         if older:
             chosen = _resolve(own, pins, held, older)
         saved.parent.mkdir(parents=True, exist_ok=True)
-        saved.write_text(json.dumps(chosen))
+        partial = saved.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(json.dumps(chosen))
+        partial.replace(saved)  # whole: another build may read it at once
     packages = []
     for name, version in chosen:
         if name != _OWN:
