@@ -16,6 +16,7 @@ import tritonclient.http as triton_http
 
 import modelport
 from containers import TOKEN, Image, build, podman, run_cli, start, stop
+from modelport.deploy.folders import new_folder
 from modelport.manifest import artifacts_digest, read_manifest
 from modelport.testing import free_port
 
@@ -121,6 +122,25 @@ def test_an_existing_context_folder_is_refused_unless_forced(
     assert (tmp_path / "context" / "Containerfile").is_file()
 
 
+def test_an_output_folder_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+
+    def fail_midway() -> None:
+        with new_folder(target) as folder:
+            (folder / "half.txt").write_text("written before the failure")
+            raise RuntimeError("midway")
+
+    with pytest.raises(RuntimeError, match="midway"):
+        fail_midway()
+    assert list(tmp_path.iterdir()) == []
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with new_folder(target, force=True) as folder:
+        (folder / "new.txt").write_text("new")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    assert [p.name for p in target.iterdir()] == ["new.txt"]
+
+
 def test_a_failing_builder_shows_its_last_lines_and_leaves_nothing(
     ship_repo: Path, tmp_path: Path, container_env: None
 ) -> None:
@@ -223,7 +243,7 @@ def test_a_new_model_version_rebuilds_only_its_layer_and_layers_are_reproducible
     changed = build(ship_repo, "localhost/modelport-test:v1b", "tiny:2", "sixer:1", base=base_image)
     before, after = layers(image_v1.tag), layers(changed.tag)
     assert len(before) == len(after)
-    # sixer comes first (sorted), then tiny: only tiny's layer differs.
+    # sixer's layer comes first (the larger), then tiny's: only tiny's differs.
     same = [a == b for a, b in zip(before, after, strict=True)]
     assert same == [True] * (len(before) - 1) + [False]
     # tiny:2 was copied in two builds onto different layers: the same files, the same layer.

@@ -2,12 +2,14 @@
 
     context = write_context(models, ImageConfig(tag="digits:1"), Path("build/digits"))
 
-Layers, from the one that changes least: the user, the packages (the lock file and a bind
-mount of the wheels, so no wheel stays in the image), then one layer per model version
-(sorted), then settings and labels, which cost nothing to redo. Changing a model rebuilds its
-layer and those after it, never the packages. Model files keep their modification times and
-their modes are fixed (0644, folders 0755, owned by root), so the same files and times give
-the same layer; the server runs as user 10001, which cannot change them.
+Layers, from the one that changes least: the user, the packages (lock.txt and a bind mount
+of the wheels, so no wheel stays in the image, nor pip, which runs from its wheel), modelport
+(lock-modelport.txt), then one layer per model version, the largest first, then settings and
+labels, which cost nothing to redo. A new model version rebuilds its layer and the (smaller)
+ones after it, never the packages. Model files keep their modification times and their modes
+are fixed (0644, folders 0755, owned by root): the same files give the same layer (podman
+builds with --timestamp 0, builder.py); the server runs as user 10001, which cannot change
+them.
 """
 
 from __future__ import annotations
@@ -118,9 +120,10 @@ def containerfile(
         f"    && {pip} check",
         f"ENV PATH={VENV}/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1",
         "",
-        "# 2. The models, one layer per version.",
+        "# 2. The models, one layer per version, the largest first.",
     ]
-    lines += [f"COPY models/{m.name}/{m.version} /models/{m.name}/{m.version}" for m in models]
+    for m in layer_order(models):
+        lines.append(f"COPY models/{m.name}/{m.version} /models/{m.name}/{m.version}")
     lines += [
         "",
         "# 3. How it runs. The token: MODELPORT_TOKEN, or a file named by MODELPORT_TOKEN_FILE.",
@@ -134,6 +137,16 @@ def containerfile(
         "LABEL " + " \\\n      ".join(f"{k}={json.dumps(v)}" for k, v in tags.items()),
     ]
     return "\n".join(lines) + "\n"
+
+
+def layer_order(models: list[ShippedModel]) -> list[ShippedModel]:
+    """Largest first: a changed version rebuilds its layer and those after it, which are then
+    the smaller ones."""
+    return sorted(models, key=lambda m: (-_size(m.folder), m.name, m.version))
+
+
+def _size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def write_context(models: list[ShippedModel], config: ImageConfig, folder: Path) -> Path:
