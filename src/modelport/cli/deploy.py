@@ -135,7 +135,7 @@ def k8s(
 ) -> None:  # fmt: skip
     """Kubernetes manifests (Deployment, Service, HPA, PDB), or KServe's (--kserve)."""
     from modelport.deploy.builder import check_tag
-    from modelport.deploy.kubernetes import write_kubernetes
+    from modelport.deploy.manifests import write_kubernetes
 
     check_tag(image)
     if name is None:

@@ -6,7 +6,7 @@
 - ``builder.py``: podman or docker builds it; image references checked
 - ``compose.py``: a Compose stack: replicas behind HAProxy, Redis, Prometheus
 - ``kubernetes.py``: Deployment, Service, HPA, PDB; ``kserve.py``: ServingRuntime and
-  InferenceService
+  InferenceService; ``manifests.py`` writes them as YAML
 - ``folders.py``: output folders written whole or not at all
 
     from modelport.deploy import ImageConfig, build_image

@@ -22,7 +22,7 @@ from typing import Any
 
 from modelport.deploy.folders import new_folder
 from modelport.deploy.image import GRPC_PORT, REST_PORT, TOKEN_FILE, ImageConfig, serve_command
-from modelport.deploy.kubernetes import dump_yaml
+from modelport.deploy.manifests import dump_yaml
 from modelport.deploy.models import ShippedModel
 from modelport.errors import DeployError
 

@@ -1,6 +1,6 @@
 """Kubernetes manifests for an image of ``modelport build``: they agree with it by construction.
 
-    write_kubernetes(models, KubernetesConfig(name="digits", image="digits:2"), Path("k8s"))
+    deployment(models, KubernetesConfig(name="digits", image="digits:2"))   # a dict
 
 ``kubernetes.yaml`` holds a Deployment (readiness ``/v2/health/ready``, liveness
 ``/v2/health/live``, a startup probe, resources, a non-root security context, a read-only
@@ -8,20 +8,18 @@ root filesystem with an emptyDir at /tmp), a Service, a HorizontalPodAutoscaler 
 PodDisruptionBudget. The token comes from a Secret that is referenced, never written:
 ``kubectl create secret generic NAME-token --from-literal=token=...``. With ``kserve``,
 ``kserve.yaml`` (kserve.py) holds a ServingRuntime and an InferenceService instead of
-running pods itself.
+running pods itself; manifests.py writes either.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from modelport.deploy.folders import new_folder
 from modelport.deploy.image import GRPC_PORT, REST_PORT, UID, ImageConfig, serve_command
 from modelport.deploy.models import ShippedModel
-from modelport.errors import DeployError, require
+from modelport.errors import DeployError
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,50}[a-z0-9])?")
 TOKEN_KEY = "token"
@@ -215,35 +213,3 @@ def disruption_budget(config: KubernetesConfig) -> dict[str, Any]:
         "metadata": metadata(config),
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": labels(config)}},
     }
-
-
-def objects(models: list[ShippedModel], config: KubernetesConfig) -> list[dict[str, Any]]:
-    """Every object to apply: the Deployment's four, or with ``kserve`` KServe's two."""
-    if config.kserve:
-        from modelport.deploy.kserve import kserve_objects
-
-        return kserve_objects(models, config)
-    return [deployment(models, config), service(config), autoscaler(config),
-            disruption_budget(config)]  # fmt: skip
-
-
-def dump_yaml(documents: list[dict[str, Any]]) -> str:
-    require("yaml", "deploy")
-    import yaml
-
-    return str(yaml.safe_dump_all(documents, sort_keys=False, default_flow_style=False))
-
-
-def write_kubernetes(
-    models: list[ShippedModel], config: KubernetesConfig, output: Path, force: bool = False
-) -> Path:
-    """Write ``kubernetes.yaml`` (or ``kserve.yaml``) into the new folder ``output``."""
-    text = dump_yaml(objects(models, config))
-    header = (
-        f"# modelport deploy k8s: {', '.join(m.ref for m in models)} in {config.image}.\n"
-        f"# The token: kubectl create secret generic {config.secret} "
-        f"--from-literal={TOKEN_KEY}=...\n"
-    )
-    with new_folder(output, force) as folder:
-        (folder / ("kserve.yaml" if config.kserve else "kubernetes.yaml")).write_text(header + text)
-    return output
