@@ -60,10 +60,13 @@ def podman(
     return done
 
 
-def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "modelport", *args], capture_output=True, text=True, timeout=timeout
-    )
+        [sys.executable, "-m", "modelport", *args], capture_output=True, text=True,
+        timeout=timeout, env=None if env is None else {**os.environ, **env},
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="session")

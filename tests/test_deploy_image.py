@@ -105,6 +105,26 @@ def test_bad_input_is_one_clear_line(
     assert done.stderr.count("\n") == 1, done.stderr
 
 
+def test_no_builder_installed_is_one_clear_line(ship_repo: Path, tmp_path: Path) -> None:
+    done = run_cli("build", str(ship_repo / "tiny"), "--tag", "t:1", env={"PATH": str(tmp_path)})
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: no container builder found (podman or docker")
+    assert "--context-only" in done.stderr
+
+
+def test_no_auth_is_baked_in_only_on_purpose(ship_repo: Path, tmp_path: Path) -> None:
+    done = run_cli(
+        "build", str(ship_repo / "tiny:1"), "--tag", "t:1", "--context", str(tmp_path / "c"),
+        "--context-only", "--no-auth",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    containerfile = (tmp_path / "c" / "Containerfile").read_text()
+    assert '"--no-auth"]' in containerfile
+    assert 'io.modelport.no-auth="true"' in containerfile
+    default = context_only(ship_repo, tmp_path, "tiny:1") / "Containerfile"
+    assert "--no-auth" not in default.read_text()
+
+
 def test_an_existing_context_folder_is_refused_unless_forced(
     ship_repo: Path, tmp_path: Path
 ) -> None:
