@@ -9,6 +9,16 @@ import numpy as np
 import pytest
 
 import modelport
+
+# The container tests' session fixtures: images are built once per run, shared by their files.
+from containers import (  # noqa: F401
+    base_image,
+    container_env,
+    image_v1,
+    image_v2,
+    services_image,
+    ship_repo,
+)  # fmt: skip
 from modelport.demo import mlp_onnx
 from modelport.testing import RunningServer, free_port
 

@@ -13,6 +13,7 @@ PUBLIC_API = [
     "Client",
     "ConversionError",
     "DeadlineExceededError",
+    "DeployError",
     "InputLimits",
     "IntegrityError",
     "InvalidInputError",

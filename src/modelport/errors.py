@@ -20,6 +20,7 @@
      ├── NotStoredError           no stored prediction for a key
      ├── OptimizationError        a model cannot be quantized, distilled or benchmarked as asked
      │    └── AccuracyDropError       the optimized model lost more accuracy than allowed
+     ├── DeployError              an image or a deployment can't be made: pins, builder, tag, output
      └── MissingDependencyError   an optional extra is not installed
 
 Messages say what happened, why, and what to do about it. Transports (REST, gRPC, CLI) map
@@ -135,6 +136,11 @@ class AccuracyDropError(OptimizationError):
     def __init__(self, message: str, report: object = None) -> None:
         super().__init__(message)
         self.report = report
+
+
+class DeployError(ModelportError):
+    """An image or a deployment cannot be made: pins that conflict, no builder or one that
+    failed, a tag that is not an image reference, an output folder that exists."""
 
 
 class MissingDependencyError(ModelportError, ImportError):

@@ -6,6 +6,7 @@ One module per command group, each registered on ``main`` here:
 - ``serving.py``: serve
 - ``batch.py``: batch run, batch status
 - ``demo.py``: demo
+- ``deploy.py``: build, deploy compose, deploy k8s
 - ``export.py``: export web, export mobile; bench --device-profile (a device-like budget)
 - ``monitor.py``: monitor (drift of logged predictions)
 - ``optimize.py``: quantize, distill, bench (with --device-profile: export.py's)
@@ -19,7 +20,7 @@ import sys
 
 import click
 
-from modelport.cli import batch, demo, models, optimize
+from modelport.cli import batch, demo, deploy, models, optimize
 from modelport.cli.export import export
 from modelport.cli.monitor import monitor
 from modelport.cli.serving import serve
@@ -40,6 +41,7 @@ for command in (
     monitor,
     *optimize.COMMANDS,
     export,
+    *deploy.COMMANDS,
 ):
     main.add_command(command)
 
