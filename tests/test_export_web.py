@@ -35,10 +35,13 @@ READY = "window.modelportPage && window.modelportPage.ready"
 PREDICT = "async (inputs) => await window.modelportPage.model.predict(inputs)"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """The system Chromium, started once for the run; each test opens its own context (its own
-    Cache Storage and local storage)."""
+    """The system Chromium, started once for this module (the only one that drives it); each
+    test opens its own context (its own Cache Storage and local storage).
+
+    Not for the session: while Playwright's sync API is open it runs an event loop on the main
+    thread, and every later test's asyncio.run() (and Playwright elsewhere) would fail."""
     from playwright.sync_api import sync_playwright
 
     assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install -y chromium"
