@@ -488,6 +488,13 @@ def test_the_config_handed_to_workers_round_trips_with_every_field_set() -> None
         "tls_cert": "/etc/modelport/cert.pem",
         "tls_key": "/etc/modelport/key.pem",
         "http": "uvicorn",
+        "watch": True,
+        "watch_interval_s": 0.5,
+        "control": True,
+        "control_token": "control-secret",
+        "routes": ("churn=2:90,3:10",),
+        "routes_file": "/etc/modelport/routes.txt",
+        "shadows": ("churn=3",),
     }
     fields = {f.name for f in dataclasses.fields(ServerConfig)}
     assert fields - set(values) == set(), "give each new ServerConfig field a value above"

@@ -22,6 +22,7 @@ from modelport.config import (
 from modelport.convert.parity import Tolerance
 from modelport.errors import (
     BatchError,
+    ConflictError,
     ConversionError,
     DeadlineExceededError,
     IntegrityError,
@@ -36,8 +37,10 @@ from modelport.errors import (
     OverloadedError,
     PredictionError,
     RequirementsError,
+    RolloutError,
     StoreError,
     UntrustedArtifactError,
+    WarmupError,
 )
 from modelport.importing import add_model
 from modelport.manifest import Manifest
@@ -52,6 +55,7 @@ __all__ = [
     "BatchConfig",
     "BatchError",
     "Client",
+    "ConflictError",
     "ConversionError",
     "DeadlineExceededError",
     "InputLimits",
@@ -73,6 +77,7 @@ __all__ = [
     "Repository",
     "RequirementsError",
     "RetryPolicy",
+    "RolloutError",
     "RuntimeConfig",
     "ServerConfig",
     "ServerLimits",
@@ -82,6 +87,7 @@ __all__ = [
     "Tolerance",
     "UntrustedArtifactError",
     "VersionPolicy",
+    "WarmupError",
     "__version__",
     "add_model",
     "load",

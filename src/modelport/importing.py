@@ -7,6 +7,7 @@ exactly as it was.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -76,6 +77,10 @@ def add_model(
                 model, staged, sample_input, trust_pickle, trust_code, tolerance, metadata
             )
             signature = _try_out(runtime, staged, sample_input)
+            if sample_input is not None:
+                kept = sample_rows(signature, sample_input)
+                if kept:
+                    metadata["sample"] = kept
         except ModelLoadError as exc:
             message = str(exc)
             for temporary, shown in _shown_paths(source, model, staged):
@@ -123,6 +128,29 @@ def _try_out(runtime_name: str, staged: Path, sample: Sample | None) -> Signatur
         return signature
     finally:
         runtime.close()
+
+
+SAMPLE_ROWS = 4  # rows of the sample input kept in the manifest: the server warms up on them
+SAMPLE_BYTES = 64 * 1024  # at most this much of it as JSON; a larger sample is not kept
+
+
+def sample_rows(signature: Signature, sample: Sample) -> dict[str, Any]:
+    """The first rows of ``sample`` as manifest JSON ({input: {"shape", "data"}}), or {} when
+    they are too large or not plain numbers and text."""
+    arrays = dict(sample) if isinstance(sample, Mapping) else {signature.inputs[0].name: sample}
+    kept: dict[str, Any] = {}
+    for name, value in arrays.items():
+        array = np.asarray(value)[:SAMPLE_ROWS]
+        if array.dtype.kind in "biuf":
+            data = array.ravel().tolist()
+        elif array.dtype.kind in "OUS":
+            data = [x.decode() if isinstance(x, bytes) else str(x) for x in array.ravel()]
+        else:
+            return {}
+        kept[name] = {"shape": list(array.shape), "data": data}
+    if len(json.dumps(kept)) > SAMPLE_BYTES:
+        return {}
+    return kept
 
 
 def _is_pickle_file(model: Any) -> bool:

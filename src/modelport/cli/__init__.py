@@ -4,6 +4,7 @@ One module per command group, each registered on ``main`` here:
 
 - ``models.py``: repo init, import, list, show, predict
 - ``serving.py``: serve
+- ``rollout.py``: rollback, shadow report
 - ``batch.py``: batch run, batch status
 - ``demo.py``: demo
 - ``options.py``: what several of them share (--repo, --trust-pickle, --trust-code, JSON)
@@ -16,7 +17,7 @@ import sys
 
 import click
 
-from modelport.cli import batch, demo, models
+from modelport.cli import batch, demo, models, rollout
 from modelport.cli.serving import serve
 from modelport.errors import ModelportError
 
@@ -27,7 +28,7 @@ def main() -> None:
     """modelport: take a trained model from a notebook to production."""
 
 
-for command in (*models.COMMANDS, serve, batch.batch, demo.demo):
+for command in (*models.COMMANDS, serve, *rollout.COMMANDS, batch.batch, demo.demo):
     main.add_command(command)
 
 

@@ -55,7 +55,6 @@ from modelport.errors import (
 )
 from modelport.repository import check_name, check_version
 from modelport.runtimes import PLATFORMS
-from modelport.server import metrics
 from modelport.server.engine import Engine
 from modelport.server.requests import RequestRecord, status_of
 from modelport.server.tensors import (
@@ -399,11 +398,8 @@ async def _predict(
         if status == 500:
             log.error("request %s failed: %s", record.request_id, exc, exc_info=exc)
         raise _graphql_error(exc, record.request_id) from None
-    finally:
-        if record.model is not None:  # counted per predict; the HTTP request is logged whole
-            metrics.for_model(record.model, record.version or "").finished(
-                status, time.monotonic() - record.started
-            )
+    finally:  # counted per predict (and the version it held released); logged as a whole
+        record.finish(status)
 
 
 def _arrays(inputs: list[dict[str, Any]], limits: ServerLimits) -> dict[str, Any]:

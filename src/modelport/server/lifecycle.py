@@ -168,6 +168,8 @@ def config_from_json(text: str) -> tuple[Path, ServerConfig]:
             "limits": ServerLimits(**raw["limits"]),
             "runtime": RuntimeConfig(**runtime),
             "batching": batching,
+            "routes": tuple(raw["routes"]),
+            "shadows": tuple(raw["shadows"]),
             "lookups": None
             if raw["lookups"] is None
             else LookupConfig(**{**raw["lookups"], "max_age": tuple(raw["lookups"]["max_age"])}),

@@ -22,6 +22,7 @@ from modelport.model import Model
 from modelport.repository import Repository, VersionPolicy, check_name, is_model_folder, load
 from modelport.server import metrics
 from modelport.server.runner import Runner, batchable
+from modelport.server.warmup import warm_up
 
 log = logging.getLogger("modelport.server")
 
@@ -36,6 +37,7 @@ class Served:
     runner: Runner
     cacheable: bool = True  # a manifest's "serving": {"cache": false} opts a model out
     digest: str = ""  # sha256 of its artifacts: cache keys tell other weights of it apart
+    users: int = 0  # requests admitted to it and not yet answered: a retired one drains them
     label: str = field(init=False)  # the version as text, as logs and metrics show it
     measured: metrics.ModelMetrics = field(init=False, repr=False)  # looked up once
 
@@ -55,6 +57,29 @@ class Registry:
 
     def names(self) -> list[str]:
         return sorted(self._models)
+
+    def all(self) -> list[Served]:
+        return [served for versions in self._models.values() for served in versions.values()]
+
+    def find(self, name: str, version: int) -> Served | None:
+        """The served version, or None (no error: routing falls back to the latest)."""
+        return self._models.get(name, {}).get(version)
+
+    def replace(self, name: str, versions: dict[int, Served]) -> list[Served]:
+        """Serve exactly ``versions`` of ``name`` from now on (none: stop serving it); returns
+        the versions it no longer serves, for the caller to drain and close.
+
+        On the event loop, between two requests: a request admitted before sees the old set,
+        every later one the new, and none sees a mix.
+        """
+        before = self._models.get(name, {})
+        if versions:
+            self._models[name] = dict(versions)
+            self._latest[name] = versions[max(versions)]
+        else:
+            self._models.pop(name, None)
+            self._latest.pop(name, None)
+        return [served for v, served in before.items() if versions.get(v) is not served]
 
     def versions(self, name: str) -> list[int]:
         return sorted(self._lookup(name))
@@ -97,34 +122,51 @@ def _single_model(path: Path) -> bool:
     return path.is_file() or is_model_folder(path)
 
 
-def load_registry(source: Path, config: ServerConfig) -> Registry:
-    """Load a repository (every version the policy keeps) or a single model file or folder."""
-    options = LoadOptions(
+def load_options(config: ServerConfig) -> LoadOptions:
+    return LoadOptions(
         runtime=config.runtime,
         limits=InputLimits(max_elements=config.limits.max_elements),
         trust_pickle=config.trust_pickle,
         trust_code=config.trust_code,
     )
+
+
+def load_registry(source: Path, config: ServerConfig) -> Registry:
+    """Load a repository (every version the policy keeps) or a single model file or folder,
+    each warmed up (see warmup.py)."""
     if not source.exists():
         raise ModelNotFoundError(f"{source} does not exist: pass a model repository or model")
-    served = []
-    if _single_model(source):
-        model = load(source, options=options)
-        name = check_name(model.name)
-        served.append(_serve(name, model.version or 1, model, config, _digest(source, model)))
-    else:
-        repo = Repository.open(source)
-        for name, versions in repo.select(VersionPolicy.parse(config.version_policy)).items():
-            for version in versions:
-                manifest = repo.manifest(name, version)
-                instances = int(manifest.serving.get("instances", 1) or 1)
-                runtime = threads_for(config, instances)
-                model = repo.load(
-                    name, version=version, options=dataclasses.replace(options, runtime=runtime)
-                )
-                digest = _artifacts_digest(manifest.artifacts)
-                served.append(_serve(name, version, model, config, digest))
+    served: list[Served] = []
+    try:
+        if _single_model(source):
+            model = load(source, options=load_options(config))
+            name = check_name(model.name)
+            served.append(_serve(name, model.version or 1, model, config, _digest(source, model)))
+            warm_up(name, model, served[-1].runner)
+        else:
+            repo = Repository.open(source)
+            for name, versions in repo.select(VersionPolicy.parse(config.version_policy)).items():
+                served.extend(serve_version(repo, name, version, config) for version in versions)
+    except BaseException:
+        for item in served:
+            item.runner.close()
+        raise
     return Registry(served)
+
+
+def serve_version(repo: Repository, name: str, version: int, config: ServerConfig) -> Served:
+    """Load one version of a repository (sha256, requirements), then warm it up."""
+    manifest = repo.manifest(name, version)
+    instances = int(manifest.serving.get("instances", 1) or 1)
+    options = dataclasses.replace(load_options(config), runtime=threads_for(config, instances))
+    model = repo.load(name, version=version, options=options)
+    served = _serve(name, version, model, config, _artifacts_digest(manifest.artifacts))
+    try:
+        warm_up(f"{name}:{version}", model, served.runner)
+    except BaseException:
+        served.runner.close()
+        raise
+    return served
 
 
 def threads_for(config: ServerConfig, instances: int) -> RuntimeConfig:

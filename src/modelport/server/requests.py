@@ -14,7 +14,7 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -28,6 +28,9 @@ from modelport.errors import (
     PredictionError,
 )
 from modelport.server import metrics
+
+if TYPE_CHECKING:
+    from modelport.server.registry import Served
 
 access_log = logging.getLogger("modelport.access")
 
@@ -84,10 +87,21 @@ class RequestRecord:
     version: str | None = None  # a version number, or "store" for stored predictions
     cache: str | None = None  # "hit" or "miss" when the prediction cache was asked
     elapsed_s: float = 0.0  # set by finish()
+    leases: list[Served] | None = None  # versions admitted to (Engine.admit), held till the end
+
+    def release(self) -> None:
+        """The request no longer needs the versions it was admitted to (a retired version
+        drains until none holds it); ``finish`` calls it."""
+        if self.leases is not None:
+            for served in self.leases:
+                served.users -= 1
+            self.leases = None
 
     def finish(self, status: int) -> bool:
         """Count the request in its model's metrics; True when the access log wants its
         line (``log``), which a door then builds."""
+        if self.leases is not None:
+            self.release()
         self.elapsed_s = time.monotonic() - self.started
         if self.model is not None:
             metrics.for_model(self.model, self.version or "").finished(status, self.elapsed_s)

@@ -89,6 +89,7 @@ class Runner:
         self.threads = threads
         self.inline_below_s = inline_below_s if batching is None else 0.0
         self.pending = 0
+        self.max_batch_size = 1 if batching is None else batching.max_batch_size
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix=f"infer-{model.name}")
         self._row_s = 0.0  # inference time per row: the least seen lately (see _call)
         self._calls = 0
@@ -241,6 +242,17 @@ class Runner:
         self._row_s = per_row if self._calls == 0 else min(per_row, self._row_s * _DRIFT)
         self._calls += 1
         return outputs
+
+    def warm_up(self, inputs: dict[str, np.ndarray], calls: int) -> list[Outputs]:
+        """Run ``inputs`` ``calls`` times on the inference threads, at once, and wait (from
+        any thread but the event loop's): each thread meets the model before requests do, and
+        the measured cost per row is known before the first request."""
+        forever = float("inf")
+        futures = [
+            self._executor.submit(self._call, inputs, time.monotonic(), forever)
+            for _ in range(calls)
+        ]
+        return [future.result() for future in futures]
 
     async def stop_batching(self) -> None:
         """Stop the batcher's workers and their timers (at shutdown, before ``close``)."""

@@ -30,6 +30,8 @@ from modelport.server.lookups import Lookups, parse_lookup
 from modelport.server.registry import Registry, Served
 from modelport.server.requests import RequestRecord, cache_wanted, client_request_id
 from modelport.server.rest.answers import KeptAnswers
+from modelport.server.rest.control import HANDLERS as CONTROL_HANDLERS
+from modelport.server.rest.control import ControlRoutes
 from modelport.server.rest.gate import Gate
 from modelport.server.rest.http import (
     BODY_DEADLINE,
@@ -47,6 +49,7 @@ from modelport.server.rest.http import (
 )
 from modelport.server.rest.protocol import encode_infer_response, parse_infer_request
 from modelport.server.rest.routes import Endpoint, checked, route
+from modelport.server.routing import ROUTING_KEY
 from modelport.server.tensors import check_strings, json_inputs, parse_json
 from modelport.signature import Signature
 
@@ -59,11 +62,13 @@ _JSON_HINT = (
     " for a body of JSON (--max-json-bytes): send large tensors as binary data (the binary "
     "tensor extension, tritonclient's default) or raise the limit"
 )
-_SELF_AUTHORIZED = {"graphql"}  # answers a refusal in its own error shape
+# GraphQL answers a refusal in its own error shape; control calls need the control token
+_SELF_AUTHORIZED = {"graphql", *CONTROL_HANDLERS}
 _INLINE_PARSE_BYTES = 256 * 1024
 _ROUTE_CACHE_SIZE = 4096  # request lines already routed: the regexes run once per path
 _ROUTE_CACHE_PATH = 256  # longer paths are routed anew each time rather than kept
 _ARRIVED = "modelport.arrived"  # scope key: time.monotonic() when the request reached the app
+_ROUTING_KEY = ROUTING_KEY.encode()
 
 
 def _tensor_metadata(signature: Signature) -> dict[str, list[dict[str, Any]]]:
@@ -87,6 +92,13 @@ class RestApp:
         self._handlers: dict[str, Callable[..., Awaitable[Response]]] = {}
         self._routes: dict[tuple[str, bytes], tuple[Endpoint, dict[str, Any]]] = {}
         self._gate = Gate(config)
+        self.control = ControlRoutes(engine, config, self._body)  # versions: set by the Service
+        self._handlers.update(self.control.handlers())
+
+    def models_changed(self) -> None:
+        """The served versions changed (a reload): what was built from them is built anew."""
+        self._openapi_spec = None
+        self._docs_page = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = scope[_ARRIVED] = time.monotonic()
@@ -97,6 +109,7 @@ class RestApp:
         try:
             response = await self._dispatch(scope, receive, record)
         except ConnectionAbortedError:
+            record.release()
             return
         except Exception as exc:
             response = error_response(exc, request_id)
@@ -203,6 +216,8 @@ class RestApp:
                 self._catalog(self._registry()),
                 lookups=self.lookups is not None,
                 graphql=installed("graphql"),
+                control=self.config.control,
+                shadow=bool(self.config.shadows),
             )
         return self._openapi_spec
 
@@ -244,14 +259,15 @@ class RestApp:
         self.engine.check_request(served, request.datatypes, requested)
         outputs = await self._run(scope, receive, served, request.inputs, record, use_cache)
         payload, json_length = encode_infer_response(name, served.version, request, outputs)
+        made_by = {"model-version": served.label}  # which version answered (splits, reloads)
         if json_length is None:
-            answer = Response(200, payload)
+            answer = Response(200, payload, headers=made_by)
         else:
             answer = Response(
                 200,
                 payload,
                 "application/octet-stream",
-                {"inference-header-content-length": str(json_length)},
+                {"inference-header-content-length": str(json_length), **made_by},
             )
         self._answers.keep(key, answer)
         return answer
@@ -282,7 +298,8 @@ class RestApp:
         else:
             columns = {n: outputs[n].tolist() for n in names}
             predictions = [{n: columns[n][i] for n in names} for i in range(count)]
-        answer = json_response({"predictions": predictions})
+        made_by = {"model-version": served.label}
+        answer = json_response({"predictions": predictions}, headers=made_by)
         self._answers.keep(key, answer)
         return answer
 
@@ -291,7 +308,7 @@ class RestApp:
         record: RequestRecord,
     ) -> tuple[Served, bytes]:  # fmt: skip
         # Before reading a body there is no room for.
-        served = self.engine.admit(name, version, record)
+        served = self.engine.admit(name, version, record, header(scope, _ROUTING_KEY))
         body = await self._body(scope, receive)
         served.measured.body.observe(len(body))
         return served, body

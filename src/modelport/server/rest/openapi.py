@@ -30,6 +30,10 @@ _ERRORS = {
     "503": "Not ready, draining, or the model's queue is full; retry after Retry-After seconds",
     "504": "The request's deadline passed before the model answered",
 }
+_NAMED_ONLY = {  # documented where an endpoint names them, not among "all"
+    "403": "Refused from beyond this machine (no token) or from another site's page",
+    "409": "Another load or unload of this model is running",
+}
 _BINARY_NOTE = (
     "Binary tensor extension: send the JSON header, then each binary input's raw little-endian "
     "row-major bytes in input order (content type `application/octet-stream` also accepted), "
@@ -73,6 +77,12 @@ _SCHEMAS: dict[str, Any] = {
     "Error": _schema("error!"),
     "ServerLive": _schema("live!:bool"),
     "ServerReady": _schema("ready!:bool"),
+    "RepositoryModel": _schema(
+        "name! version! state! reason",
+        description="READY, LOADING, UNAVAILABLE (the reason says why)",
+    ),
+    "RepositoryIndex": {"type": "array", "items": _type("RepositoryModel")},
+    "ShadowReport": _schema("shadows!:[]any targets!:any disagreements!:[]any"),
     "ServerMetadata": _schema("name! version! extensions!:[]str"),
     "Datatype": {"type": "string", "enum": list(DATATYPES.values())},
     "TensorMetadata": _schema("name! datatype!:Datatype shape!:[]int", description="-1: dynamic"),
@@ -199,7 +209,7 @@ def _operation(endpoint: Endpoint, path: str, metadata: dict[str, Any]) -> dict[
     for code in list(_ERRORS) if errors == "all" else errors.split(",") if errors != "-" else []:
         schema = "ServerReady" if path == "/v2/health/ready" else "Error"
         op["responses"][code] = {
-            "description": _ERRORS[code],
+            "description": _ERRORS.get(code) or _NAMED_ONLY[code],
             "content": {"application/json": {"schema": _type(schema)}},
         }
         if code == "503":
@@ -215,7 +225,7 @@ def _row(meta: dict[str, Any]) -> dict[str, Any]:
 
 def openapi_spec(
     server_version: str, models: dict[str, dict[str, Any]], lookups: bool = False,
-    graphql: bool = False,
+    graphql: bool = False, control: bool = False, shadow: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """The OpenAPI 3.1 document of the modelport server, with examples for every model.
 
@@ -233,7 +243,13 @@ def openapi_spec(
         for name, m in copy.deepcopy(models).items()
     }
     paths: dict[str, dict[str, Any]] = {}
-    served = {"": True, "lookups": lookups, "graphql": graphql}  # serve --store; graphql-core
+    served = {  # serve --store; graphql-core; --control; --shadow
+        "": True,
+        "lookups": lookups,
+        "graphql": graphql,
+        "control": control,
+        "shadow": shadow,
+    }
     for endpoint in ENDPOINTS:
         if not served[endpoint.needs]:
             continue
@@ -258,8 +274,19 @@ def openapi_spec(
         },
         "tags": [
             {"name": t}
-            for t in ("health", "server", "models", "inference", "predictions", "graphql", "ops")
-            if (lookups or t != "predictions") and (graphql or t != "graphql")
+            for t in (
+                "health",
+                "server",
+                "models",
+                "inference",
+                "predictions",
+                "graphql",
+                "ops",
+                "control",
+            )
+            if (lookups or t != "predictions")
+            and (graphql or t != "graphql")
+            and (control or shadow or t != "control")
         ],
         "security": [{"bearer": []}],
         "paths": paths,

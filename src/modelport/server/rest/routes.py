@@ -26,7 +26,7 @@ class Endpoint:
     errors: str  # error statuses it documents: "all", "-" or "401,404"
     tag: str
     summary: str
-    needs: str = ""  # "lookups" or "graphql": served only by a server that has it
+    needs: str = ""  # "lookups", "graphql", "control", "shadow": only a server that has it
     open: bool = False  # probes need no token: the /v2/health/ endpoints
 
 
@@ -45,6 +45,10 @@ docs get /docs - text/html 401 ops Human-readable API documentation
 prediction get /v2/models/{model_name}/predictions/{key} - StoredPrediction 400,401,404 predictions A prediction | lookups
 predictions post /v2/models/{model_name}/predictions LookupRequest LookupResponse all predictions Many keys | lookups
 graphql post /graphql GraphQLRequest GraphQLResponse 400,401,504 graphql Query the models and predict with GraphQL | graphql
+repository_index post /v2/repository/index - RepositoryIndex 400,401,403 control Every model version in the repository, with its state | control
+repository_load post /v2/repository/models/{model_name}/load - application/json 400,401,403,404,409 control Load a model from the repository (version policy, warm-up) | control
+repository_unload post /v2/repository/models/{model_name}/unload - application/json 400,401,403,404,409 control Stop serving a model once its requests finish | control
+shadow_report get /v2/shadow - ShadowReport 401,403,404 control Shadow agreement counts and the last disagreements | shadow
 """  # noqa: E501
 
 
