@@ -1,0 +1,186 @@
+"""Versions in production: warm-up, serve --watch (atomic swap, drain), broken versions,
+rollback, against a real server process and real clients."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+import modelport
+from modelport.config import ServerConfig
+from modelport.demo import mlp_onnx
+from modelport.errors import WarmupError
+from modelport.server.registry import load_registry
+from modelport.testing import run_server
+from version_models import add_scorer, infer_body, land_copy, load, metric, wait_for
+
+WATCH = ("--watch", "--watch-interval-s", "0.1", "--trust-code", "--control", "--cache", "off")
+
+
+def test_imports_keep_sample_rows_and_loading_warms_up(tmp_path: Path) -> None:
+    repo = modelport.Repository.init(tmp_path / "models")
+    sample = np.arange(40, dtype=np.float32).reshape(10, 4)
+    modelport.add_model(repo, "tiny", mlp_onnx((4, 8, 3), seed=3), sample_input=sample)
+    stored = repo.manifest("tiny").metadata["sample"]
+    assert stored == {"input": {"shape": [4, 4], "data": sample[:4].ravel().tolist()}}
+    add_scorer(repo, "scorer")
+    registry = load_registry(repo.root, ServerConfig(trust_code=True))
+    try:
+        for name in ("tiny", "scorer"):
+            runner = registry.get(name).runner
+            assert runner._calls >= 8  # measured before the first request: ready means fast
+    finally:
+        registry.close()
+
+
+def test_a_model_that_raises_at_warm_up_does_not_load(tmp_path: Path) -> None:
+    repo = modelport.Repository.init(tmp_path / "models")
+    add_scorer(repo, "broken", fail=True)
+    with pytest.raises(WarmupError, match="broken:1 failed its warm-up"):
+        load_registry(repo.root, ServerConfig(trust_code=True))
+
+
+def test_a_version_added_under_load_takes_traffic_only_warm_with_no_error(
+    tmp_path: Path,
+) -> None:
+    repo = modelport.Repository.init(tmp_path / "models")
+    add_scorer(repo, "scorer", factor=2.0)
+    with run_server(repo.root, *WATCH) as server, load(server.url, "scorer") as traffic:
+        wait_for(lambda: len(traffic.answers) > 50, what="traffic on version 1")
+        landed = time.monotonic()
+        add_scorer(repo, "scorer", factor=3.0, load_s=0.3)  # version 2, slow to load
+        wait_for(lambda: "2" in traffic.versions(), what="version 2 answering")
+        switched_s = time.monotonic() - landed
+        count = len(traffic.answers)
+        wait_for(lambda: len(traffic.answers) > count + 100, what="traffic on version 2")
+        log = server.log
+    assert traffic.failures() == []
+    assert traffic.versions() == {"1", "2"}
+    assert all(a.header == a.version for a in traffic.answers)
+    second = [a for a in traffic.answers if a.version == "2"]
+    assert min(a.calls for a in second if a.calls is not None) >= 8  # warm-up came first
+    assert switched_s < 5
+    assert "scorer now serves version(s) 2 (retiring 1)" in log
+    assert "scorer:1 unloaded" in log
+
+
+def _corrupt(folder: Path, manifest: dict[str, Any]) -> None:
+    (folder / "model.py").write_text((folder / "model.py").read_text() + "\n# changed\n")
+
+
+def _needs_missing_package(folder: Path, manifest: dict[str, Any]) -> None:
+    manifest["requirements"]["packages"] = {"modelport-no-such-package": "1.0"}
+
+
+def test_broken_versions_never_take_traffic(tmp_path: Path) -> None:
+    repo = modelport.Repository.init(tmp_path / "models")
+    add_scorer(repo, "scorer")
+    with (
+        run_server(repo.root, *WATCH) as server,
+        load(server.url, "scorer", 2) as traffic,
+        httpx.Client(base_url=server.url) as http,
+    ):
+        reasons = {}
+        for broken, reason in (
+            (lambda: land_copy(repo, "scorer", 1, _corrupt), "integrity"),
+            (lambda: land_copy(repo, "scorer", 1, _needs_missing_package), "requirements"),
+            (lambda: add_scorer(repo, "scorer", fail=True), "warmup"),
+        ):
+            version = broken()
+            wait_for(
+                    lambda v=version, r=reason: metric(  # type: ignore[misc]
+                        http.get("/metrics").text, "modelport_version_loads_total",
+                        model="scorer", version=str(v), result=r,
+                    ) == 1,
+                    what=f"version {version} refused ({reason})",
+                )  # fmt: skip
+            index = http.post("/v2/repository/index").json()
+            reasons[reason] = next(e for e in index if e["version"] == str(version))
+        time.sleep(0.3)  # a few more scans: nothing is tried again while files stay
+        page = http.get("/metrics").text
+        log = server.log
+    assert traffic.failures() == []
+    assert traffic.versions() == {"1"}
+    assert "does not match its manifest" in reasons["integrity"]["reason"]
+    assert "modelport-no-such-package" in reasons["requirements"]["reason"]
+    assert "failed its warm-up" in reasons["warmup"]["reason"]
+    assert all(e["state"] == "UNAVAILABLE" for e in reasons.values())
+    assert str(repo.root) not in str(reasons)
+    for version, reason in ((2, "integrity"), (3, "requirements"), (4, "warmup")):
+        labels = {"model": "scorer", "version": str(version), "result": reason}
+        assert metric(page, "modelport_version_loads_total", **labels) == 1
+    assert "scorer:4 does not take traffic" in log
+
+
+def test_unload_drains_the_requests_in_flight(tmp_path: Path) -> None:
+    import tritonclient.http as triton
+    from tritonclient.utils import InferenceServerException
+
+    repo = modelport.Repository.init(tmp_path / "models")
+    add_scorer(repo, "slow", sleep_s=0.8)  # on inputs >= 50
+    with run_server(repo.root, *WATCH) as server:
+        client = triton.InferenceServerClient(server.url.removeprefix("http://"))
+        slow: dict[str, Any] = {}
+
+        def long_request() -> None:
+            with httpx.Client(base_url=server.url, timeout=30) as http:
+                slow["answer"] = http.post("/v2/models/slow/infer", json=infer_body([60.0]))
+
+        thread = threading.Thread(target=long_request)
+        thread.start()
+        time.sleep(0.2)  # the request is in the model now
+        started = time.monotonic()
+        client.unload_model("slow")
+        unload_s = time.monotonic() - started
+        thread.join()
+        assert slow["answer"].status_code == 200
+        assert unload_s >= 0.4  # it waited for the request in flight
+        gone = httpx.post(f"{server.url}/v2/models/slow/infer", json=infer_body([1.0]))
+        assert gone.status_code == 404
+        assert not client.is_model_ready("slow")
+        time.sleep(0.3)  # the watcher leaves an unloaded model alone
+        again = httpx.post(f"{server.url}/v2/models/slow/infer", json=infer_body([1.0]))
+        assert again.status_code == 404
+        client.load_model("slow")
+        assert client.is_model_ready("slow")
+        with pytest.raises(InferenceServerException, match="no model named 'nope'"):
+            client.load_model("nope")
+
+
+def test_rollback_takes_effect_on_a_watching_server(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from modelport.cli import main
+
+    repo = modelport.Repository.init(tmp_path / "models")
+    add_scorer(repo, "scorer", factor=2.0)
+    add_scorer(repo, "scorer", factor=3.0)
+    cli = CliRunner()
+    with run_server(repo.root, *WATCH) as server, load(server.url, "scorer", 2) as traffic:
+        wait_for(lambda: traffic.versions() == {"2"}, what="version 2 answering")
+        result = cli.invoke(
+            main, ["rollback", "scorer", "--reason", "AUC dropped", "--repo", str(repo.root)]
+        )
+        assert result.exit_code == 0, result.output
+        assert "withdrew 2; latest is now 1" in result.output
+        count = len(traffic.answers)
+        wait_for(lambda: traffic.answers[-1].version == "1", what="version 1 answering again")
+        wait_for(lambda: len(traffic.answers) > count + 50, what="more traffic")
+        index = httpx.post(f"{server.url}/v2/repository/index").json()
+    assert traffic.failures() == []
+    assert {"name": "scorer", "version": "2", "state": "UNAVAILABLE",
+            "reason": "withdrawn: AUC dropped"} in index  # fmt: skip
+    listed = cli.invoke(main, ["list", "--repo", str(repo.root)]).output
+    assert "withdrawn 2 at" in listed
+    assert "AUC dropped" in listed
+    shown = cli.invoke(main, ["show", "scorer:2", "--repo", str(repo.root)]).output
+    assert '"reason": "AUC dropped"' in shown
+    assert repo.manifest("scorer").version == 1  # latest skips what is withdrawn
+    restored = cli.invoke(main, ["rollback", "scorer", "--restore", "2", "--repo", str(repo.root)])
+    assert "latest is now 2" in restored.output
