@@ -49,11 +49,17 @@ class Served:
 class Registry:
     """Loaded model versions by name; lookups raise ModelNotFoundError with what exists."""
 
-    def __init__(self, served: list[Served]) -> None:
+    def __init__(self, served: list[Served], defaults: dict[str, int] | None = None) -> None:
+        """``defaults``: the version a request naming none gets, by model (the newest served
+        when not given: a shadow candidate is served but is not the default)."""
         self._models: dict[str, dict[int, Served]] = {}
         for item in served:
             self._models.setdefault(item.name, {})[item.version] = item
-        self._latest = {name: versions[max(versions)] for name, versions in self._models.items()}
+        defaults = defaults or {}
+        self._latest = {
+            name: versions[defaults.get(name, max(versions))]
+            for name, versions in self._models.items()
+        }
 
     def names(self) -> list[str]:
         return sorted(self._models)
@@ -65,9 +71,12 @@ class Registry:
         """The served version, or None (no error: routing falls back to the latest)."""
         return self._models.get(name, {}).get(version)
 
-    def replace(self, name: str, versions: dict[int, Served]) -> list[Served]:
-        """Serve exactly ``versions`` of ``name`` from now on (none: stop serving it); returns
-        the versions it no longer serves, for the caller to drain and close.
+    def replace(
+        self, name: str, versions: dict[int, Served], default: int | None = None
+    ) -> list[Served]:
+        """Serve exactly ``versions`` of ``name`` from now on (none: stop serving it), the
+        ``default`` one (the newest when None) to requests that name none; returns the
+        versions it no longer serves, for the caller to drain and close.
 
         On the event loop, between two requests: a request admitted before sees the old set,
         every later one the new, and none sees a mix.
@@ -75,7 +84,7 @@ class Registry:
         before = self._models.get(name, {})
         if versions:
             self._models[name] = dict(versions)
-            self._latest[name] = versions[max(versions)]
+            self._latest[name] = versions[default if default in versions else max(versions)]
         else:
             self._models.pop(name, None)
             self._latest.pop(name, None)

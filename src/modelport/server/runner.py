@@ -124,6 +124,7 @@ class Runner:
         deadline: float,
         gone: Gone | None = None,
         arrived: float | None = None,
+        inline: bool = True,
     ) -> tuple[Outputs, Timing]:
         """Outputs for ``inputs`` (already validated), or Overloaded/DeadlineExceeded.
 
@@ -131,7 +132,8 @@ class Runner:
         ConnectionAbortedError raised. It is awaited only for work still waiting after
         ``WATCH_AFTER_S``; both are looked at every ``SWEEP_S``. ``arrived``
         (``time.monotonic()``) is when the request reached the server: a batching window
-        counts from then.
+        counts from then. ``inline=False`` never runs on the event loop (a shadow's copy:
+        nothing it costs may delay live work).
         """
         self.check_capacity()
         job = _Job(inputs, _rows(inputs), time.monotonic(), deadline)
@@ -139,7 +141,7 @@ class Runner:
         # One inference thread: a fast model runs inline whatever the load. Several: only while
         # they are idle, since busy they run requests in parallel on other cores.
         inline_ok = self.threads == 1 or self.pending == 0
-        if warm and inline_ok and self._row_s * job.rows < self.inline_below_s:
+        if inline and warm and inline_ok and self._row_s * job.rows < self.inline_below_s:
             self._on_batch(job.rows)
             return self._predict(job)
         self.pending += 1

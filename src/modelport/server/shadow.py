@@ -109,7 +109,7 @@ class Shadows:
         try:
             await asyncio.sleep(0)  # the door sends its answer first
             deadline = time.monotonic() + self._timeout_s
-            shadow, _ = await candidate.runner.run(batch, deadline)
+            shadow, _ = await candidate.runner.run(batch, deadline, inline=False)
         except Exception as exc:
             log.info("shadow %s:%s failed on %s: %s", live.name, candidate.label, rid, exc)
             self._count(live, candidate.label, "error")

@@ -151,11 +151,25 @@ class Versions:
 
     # -- what should be served ----------------------------------------------------------------
 
+    def live(self, name: str) -> list[int]:
+        """The versions the policy selects (a shadow candidate aside: it is never live)."""
+        if self.policy.specific:
+            return self.policy.select(self.repo.versions(name))
+        target = self.shadow_targets.get(name)
+        serveable = self.repo.serveable(name)
+        return self.policy.select([v for v in serveable if not target or v != target.candidate])
+
+    def default(self, name: str, served: Iterable[int]) -> int | None:
+        """The version that requests naming none get: the newest live one served."""
+        served = list(served)
+        live = [v for v in served if v in self.live(name)]
+        return max(live) if live else max(served, default=None)
+
     def wanted(self, name: str) -> list[int]:
         """The versions of ``name`` to serve: the policy's, and those splits and shadows name."""
         if name in self.unloaded or name not in self.repo.names():
             return []
-        wanted = set(self.repo.select_one(name, self.policy))
+        wanted = set(self.live(name))
         split = self.splits.get(name)
         if split is not None:
             wanted.update(split.versions)
@@ -167,14 +181,19 @@ class Versions:
     def load_all(self) -> Registry:
         """Every wanted version, loaded and warmed up (at start, in a thread); raises."""
         served: list[Served] = []
+        defaults: dict[str, int] = {}
         try:
             for name in self.repo.names():
-                served.extend(self._load(name, v) for v in self.wanted(name))
+                wanted = self.wanted(name)
+                served.extend(self._load(name, v) for v in wanted)
+                default = self.default(name, wanted)
+                if default is not None:
+                    defaults[name] = default
         except BaseException:
             for item in served:
                 item.runner.close()
             raise
-        return Registry(served)
+        return Registry(served, defaults)
 
     def _load(self, name: str, version: int) -> Served:
         return serve_version(self.repo, name, version, self.config)
@@ -232,9 +251,12 @@ class Versions:
                 after = {**current, **fresh}
             else:
                 after = {v: current.get(v) or fresh[v] for v in wanted}
+            default = self.default(name, after)
             if after.keys() == current.keys():
+                if after and registry.get(name).version != default:  # rules changed
+                    registry.replace(name, after, default)
                 return [], failures
-            retired = registry.replace(name, after)
+            retired = registry.replace(name, after, default)
             SWITCHES.labels(name).inc()
             log.info(
                 "%s now serves version(s) %s%s", name, ",".join(map(str, sorted(after))) or "-",

@@ -25,6 +25,7 @@ from modelport.server.versions import RULES, Fingerprint, Versions, fingerprint
 log = logging.getLogger("modelport.server")
 
 Snapshot = dict[str, Any]
+_SETTLE_S = 0.05
 
 
 def read_routes(path: Path) -> list[str]:
@@ -92,6 +93,11 @@ class Watcher:
         before, after = last.get("models", {}), now["models"]
         changed = {n for n in set(before) | set(after) if before.get(n) != after.get(n)}
         if self.routes_file is not None and last.get("routes") != now["routes"]:
+            # A file rewritten in place is empty or half written for a moment: read it once
+            # it has stayed the same a little while (writing it whole, then renaming, is best).
+            await asyncio.sleep(_SETTLE_S)
+            if await asyncio.to_thread(self._snapshot) != now:
+                return False
             self._reload_rules()
             changed = set(after) | set(before)
         try:
