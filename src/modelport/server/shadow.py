@@ -85,6 +85,7 @@ class Shadows:
         self.disagreements: collections.deque[dict[str, Any]] = collections.deque(maxlen=kept)
         self.counts: dict[tuple[str, str, str], dict[str, int]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._children: dict[tuple[str, str, str, str], Any] = {}
 
     def offer(self, live: Served, batch: dict[str, np.ndarray], outputs: Outputs, rid: str) -> None:
         candidate_version = self.targets.get(live.name)
@@ -131,8 +132,12 @@ class Shadows:
             )  # fmt: skip
 
     def _count(self, live: Served, candidate: str, result: str) -> None:
-        SHADOW.labels(live.name, live.label, candidate, result).inc()
-        counts = self.counts.setdefault((live.name, live.label, candidate), {})
+        labels = (live.name, live.label, candidate, result)
+        child = self._children.get(labels)
+        if child is None:  # labels() costs microseconds: once per combination
+            child = self._children[labels] = SHADOW.labels(*labels)
+        child.inc()
+        counts = self.counts.setdefault(labels[:3], {})
         counts[result] = counts.get(result, 0) + 1
 
     def report(self) -> dict[str, Any]:
