@@ -188,3 +188,29 @@ def test_a_shadow_never_changes_or_delays_answers_and_counts_agreement(
     assert "88.24%" in report.output  # 30 of 34
     assert "4 disagreement(s) kept" in report.output
     assert "candidate y=[1015.0]" in report.output  # 203 x 5
+
+
+def test_shadow_comparison_by_row_argmax_labels_and_tolerance() -> None:
+    from modelport.server.shadow import compare
+
+    live = {
+        "label": np.array([1, 2, 3]),
+        "scores": np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]], np.float32),
+    }
+    shadow = {
+        "label": np.array([1, 2, 0]),  # row 2 differs
+        "scores": np.array([[0.7, 0.3], [0.6, 0.4], [0.6, 0.4]], np.float32),  # row 1 flips
+    }
+    agree, worst = compare(live, shadow, 3, 1e-4)
+    assert agree.tolist() == [True, False, False]
+    np.testing.assert_allclose(worst, [0.2, 0.4, 0.0], atol=1e-6)
+    values = {"y": np.array([1.0, 2.0], np.float32)}
+    agree, _ = compare(values, {"y": np.array([1.00001, 2.1], np.float32)}, 2, 1e-4)
+    assert agree.tolist() == [True, False]
+    agree, worst = compare(values, {"y": np.zeros(3, np.float32)}, 2, 1e-4)  # other shape
+    assert agree.tolist() == [False, False]
+    assert np.isinf(worst).all()
+    fixed = {"grid": np.zeros((2, 3, 4), np.float32)}  # a fixed-shape answer, compared whole
+    agree, worst = compare(fixed, {"grid": np.ones((2, 3, 4), np.float32)}, 1, 1e-4)
+    assert agree.tolist() == [False]
+    assert worst.tolist() == [1.0]
