@@ -68,6 +68,23 @@ def test_a_split_keeps_its_proportions_and_a_key_its_version(
         for key in list(by_key)[:10]:
             result = rpc.infer("scorer", [x], headers={"x-routing-key": key})
             assert result.get_response().model_version == by_key[key]
+        import grpc
+
+        from modelport.server.grpc.proto import grpc_predict_v2_pb2 as pb
+
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            infer = channel.unary_unary(
+                "/inference.GRPCInferenceService/ModelInfer",
+                request_serializer=pb.ModelInferRequest.SerializeToString,
+                response_deserializer=pb.ModelInferResponse.FromString,
+            )
+            request = pb.ModelInferRequest(model_name="scorer")
+            request.inputs.add(name="x", datatype="FP32", shape=[1]).contents.fp32_contents.append(
+                1
+            )
+            answer, call = infer.with_call(request)
+            trailers = dict(call.trailing_metadata())
+            assert trailers["model-version"] == answer.model_version
         # A request that names its version is not split; v1 answers say so too.
         named = http.post("/v2/models/scorer/versions/2/infer", json=infer_body([1.0]))
         assert named.json()["model_version"] == "2"

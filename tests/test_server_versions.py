@@ -184,3 +184,41 @@ def test_rollback_takes_effect_on_a_watching_server(tmp_path: Path) -> None:
     assert repo.manifest("scorer").version == 1  # latest skips what is withdrawn
     restored = cli.invoke(main, ["rollback", "scorer", "--restore", "2", "--repo", str(repo.root)])
     assert "latest is now 2" in restored.output
+
+
+def test_without_inotify_a_scan_finds_new_and_withdrawn_versions(tmp_path: Path) -> None:
+    import asyncio
+
+    from modelport.server.engine import Engine
+    from modelport.server.versions import Versions
+    from modelport.server.watch import Watcher
+
+    repo = modelport.Repository.init(tmp_path / "models")
+    modelport.add_model(repo, "tiny", mlp_onnx((4, 8, 3), seed=3))
+    config = ServerConfig(watch=True, watch_interval_s=0.05)
+
+    async def follow() -> list[int]:
+        engine = Engine(config)
+        versions = Versions(repo.root, config, engine)
+        engine.registry = versions.load_all()
+        watching = asyncio.create_task(Watcher(versions, config, inotify=False).run())
+        seen = [engine.models().get("tiny").version]
+
+        async def until(version: int) -> None:
+            for _ in range(200):
+                await asyncio.sleep(0.02)
+                if engine.models().get("tiny").version == version:
+                    seen.append(version)
+                    return
+            raise TimeoutError(f"version {version} never served")
+
+        await asyncio.to_thread(modelport.add_model, repo, "tiny", mlp_onnx((4, 8, 3), seed=4))
+        await until(2)
+        repo.withdraw("tiny", [2], "test")
+        await until(1)
+        watching.cancel()
+        await versions.close()
+        await engine.close()
+        return seen
+
+    assert asyncio.run(follow()) == [1, 2, 1]

@@ -140,24 +140,27 @@ class Versions:
             )
 
     def _check_same_tensors(self, target: ShadowTarget) -> None:
-        live = self.repo.manifest(target.model).signature
         candidate = self.repo.manifest(target.model, target.candidate).signature
-        if (live.inputs, live.outputs) != (candidate.inputs, candidate.outputs):
-            raise RolloutError(
-                f"shadow of {target.model!r}: version {target.candidate} has other inputs or "
-                f"outputs than the live version ({candidate.to_dict()} against "
-                f"{live.to_dict()}); a shadow must answer the same requests the same way"
-            )
+        for version in self._live(target.model, target.candidate):
+            live = self.repo.manifest(target.model, version).signature
+            if (live.inputs, live.outputs) != (candidate.inputs, candidate.outputs):
+                raise RolloutError(
+                    f"shadow of {target.model!r}: version {target.candidate} has other inputs "
+                    f"or outputs than the live version {version} ({candidate.to_dict()} "
+                    f"against {live.to_dict()}); a shadow must answer the same requests"
+                )
 
     # -- what should be served ----------------------------------------------------------------
 
     def live(self, name: str) -> list[int]:
         """The versions the policy selects (a shadow candidate aside: it is never live)."""
+        target = self.shadow_targets.get(name)
+        return self._live(name, None if target is None else target.candidate)
+
+    def _live(self, name: str, candidate: int | None) -> list[int]:
         if self.policy.specific:
             return self.policy.select(self.repo.versions(name))
-        target = self.shadow_targets.get(name)
-        serveable = self.repo.serveable(name)
-        return self.policy.select([v for v in serveable if not target or v != target.candidate])
+        return self.policy.select([v for v in self.repo.serveable(name) if v != candidate])
 
     def default(self, name: str, served: Iterable[int]) -> int | None:
         """The version that requests naming none get: the newest live one served."""

@@ -39,7 +39,11 @@ def read_routes(path: Path) -> list[str]:
 class Watcher:
     """Keeps a Versions in step with its repository (and routes file) until cancelled."""
 
-    def __init__(self, versions: Versions, config: ServerConfig) -> None:
+    def __init__(
+        self, versions: Versions, config: ServerConfig, inotify: bool | None = None
+    ) -> None:
+        """``inotify``: wake on inotify's reports (default: when watchfiles is installed)."""
+        self.inotify = installed("watchfiles") if inotify is None else inotify
         self.versions = versions
         self.config = config
         self.routes_file = Path(config.routes_file) if config.routes_file else None
@@ -65,7 +69,7 @@ class Watcher:
 
     async def run(self) -> None:
         notifier = None
-        if installed("watchfiles"):
+        if self.inotify:
             notifier = asyncio.create_task(self._notify())
         mode = "inotify and a scan" if notifier is not None else "a scan"
         log.info("watching %s: %s every %g s", self.versions.repo.root, mode,

@@ -224,7 +224,10 @@ class GRPCDoor:
                     )
                 response = await function(request, context, record, metadata)
                 code = Code.OK
-                context.set_trailing_metadata((("x-request-id", request_id),))
+                trailers = [("x-request-id", request_id)]
+                if record.version is not None:  # which version answered (splits, reloads)
+                    trailers.append(("model-version", record.version))
+                context.set_trailing_metadata(tuple(trailers))
                 return response
             except Exception as exc:
                 code, message = self._status(exc, request_id)
