@@ -222,3 +222,32 @@ def test_without_inotify_a_scan_finds_new_and_withdrawn_versions(tmp_path: Path)
         return seen
 
     assert asyncio.run(follow()) == [1, 2, 1]
+
+
+def test_rollback_to_a_version_and_its_refusals(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from modelport.cli import main
+
+    repo = modelport.Repository.init(tmp_path / "models")
+    for seed in (1, 2, 3, 4):
+        modelport.add_model(repo, "tiny", mlp_onnx((4, 8, 3), seed=seed))
+    cli = CliRunner()
+
+    def rollback(*args: str) -> Any:
+        return cli.invoke(main, ["rollback", "tiny", *args, "--repo", str(repo.root)])
+
+    assert "withdrew 3, 4; latest is now 2" in rollback("--to", "2").output
+    assert repo.select(modelport.VersionPolicy.parse("all")) == {"tiny": [1, 2]}
+    assert repo.select(modelport.VersionPolicy.parse("specific:4")) == {"tiny": [4]}
+    refused = rollback("--to", "3")
+    assert refused.exit_code == 1
+    assert "no version 3 to go back to; not withdrawn: 1, 2" in str(refused.exception)
+    assert rollback().exit_code == 0  # back to 1
+    only = rollback()
+    assert "its only version not withdrawn" in str(only.exception)
+    assert "latest is now 4" in rollback("--restore", "4").output
+    assert repo.manifest("tiny").version == 4
+    (repo.root / "tiny" / "withdrawn.json").write_text("[1, 2]")
+    with pytest.raises(modelport.ManifestError, match=r"withdrawn\.json is malformed"):
+        repo.withdrawn("tiny")

@@ -37,7 +37,7 @@ def rollback(name: str, to: int | None, reason: str, restore: int | None, repo_p
         if len(serveable) < 2:
             raise ModelportError(
                 f"{name}:{serveable[-1]} is its only version not withdrawn: there is nothing to "
-                "go back to (withdraw it anyway with --to 0... is refused; import a fixed version)"
+                "go back to; import a fixed version instead"
             )
         to = serveable[-2]
     if to not in serveable:
