@@ -1,4 +1,5 @@
-"""The front doors side by side: REST JSON, REST binary tensors and gRPC, on one server.
+"""The front doors side by side: REST JSON, REST binary tensors (each also gzip-compressed,
+as tritonclient's request_compression_algorithm sends them) and gRPC, on one server.
 
     .venv/bin/python benchmarks/front_doors.py
     .venv/bin/python benchmarks/front_doors.py --seconds 5 --rounds 5 --concurrency 16
@@ -34,7 +35,7 @@ import numpy as np
 
 BIN = Path(sys.executable).parent
 SERVER_CPU, LOAD_CPU = 0, 1
-DOORS = ("REST JSON", "REST binary", "gRPC")
+DOORS = ("REST JSON", "REST JSON gzip", "REST binary", "REST binary gzip", "gRPC")
 
 
 def image_model() -> bytes:
@@ -63,8 +64,7 @@ def image_model() -> bytes:
 class Bodies:
     """One request, encoded once per door."""
 
-    rest_json: bytes
-    rest_binary: bytes  # HTTP request bytes, headers included
+    rest: dict[str, bytes]  # door -> HTTP request bytes, headers included
     grpc: bytes
     expected: np.ndarray
 
@@ -73,6 +73,8 @@ def encode(
     model: str, name: str, x: np.ndarray, output: str, expected: np.ndarray, port: int
 ) -> Bodies:
     """The request for ``model`` on ``x``, asking for ``output`` only (an FP32 tensor)."""
+    import gzip
+
     import tritonclient.grpc as triton
 
     def http(body: bytes, extra: str = "") -> bytes:
@@ -96,14 +98,21 @@ def encode(
             "outputs": [{"name": output, "parameters": {"binary_data": True}}],
         }
     ).encode()  # fmt: skip
-    binary = http(header + x.tobytes(), f"Inference-Header-Content-Length: {len(header)}\r\n")
+    binary_header = f"Inference-Header-Content-Length: {len(header)}\r\n"
+    squeezed = "Content-Encoding: gzip\r\n"
+    rest = {
+        "REST JSON": http(as_json),
+        "REST JSON gzip": http(gzip.compress(as_json, 6), squeezed),
+        "REST binary": http(header + x.tobytes(), binary_header),
+        "REST binary gzip": http(gzip.compress(header + x.tobytes(), 6), binary_header + squeezed),
+    }
     item = triton.InferInput(name, shape, "FP32")
     item.set_data_from_numpy(x)
     request = triton.service_pb2.ModelInferRequest(model_name=model)
     request.inputs.extend([item._get_tensor()])
     request.raw_input_contents.extend([item._get_content()])
     request.outputs.add(name=output)
-    return Bodies(http(as_json), binary, request.SerializeToString(), expected)
+    return Bodies(rest, request.SerializeToString(), expected)
 
 
 # -- clients: small on purpose, so the server is what is measured ------------------------------
@@ -165,7 +174,7 @@ async def load(
             closers.append(channel.close)
         else:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            request = bodies.rest_json if door == "REST JSON" else bodies.rest_binary
+            request = bodies.rest[door]
             calls.append(lambda r=reader, w=writer, q=request: http_call(r, w, q))
 
             async def close(w: asyncio.StreamWriter = writer) -> None:
@@ -187,9 +196,8 @@ async def check(port: int, grpc_port: int, bodies: Bodies) -> None:
     import grpc
     import tritonclient.grpc as triton
 
-    for door in ("REST JSON", "REST binary"):
+    for door, request in bodies.rest.items():
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        request = bodies.rest_json if door == "REST JSON" else bodies.rest_binary
         got = rest_outputs(await http_call(reader, writer, request))
         writer.close()
         np.testing.assert_allclose(got, bodies.expected, rtol=1e-4, atol=1e-5, err_msg=door)
@@ -281,12 +289,12 @@ def main() -> None:
         f"rounds of {args.seconds:g} s; server on CPU {SERVER_CPU}, load on CPU {LOAD_CPU}.\n"
     )
     print(
-        f"| {'model':8} | {'input':8} | {'door':12} | {'req/s':>8} | {'p50 ms':>7} "
+        f"| {'model':8} | {'input':8} | {'door':16} | {'req/s':>8} | {'p50 ms':>7} "
         f"| {'p99 ms':>7} |"
     )
-    print(f"|{'-' * 10}|{'-' * 10}|{'-' * 14}|{'-' * 10}|{'-' * 9}|{'-' * 9}|")
+    print(f"|{'-' * 10}|{'-' * 10}|{'-' * 18}|{'-' * 10}|{'-' * 9}|{'-' * 9}|")
     for model, size, door, rps, p50, p99 in rows:
-        print(f"| {model:8} | {size:8} | {door:12} | {rps:8.0f} | {p50:7.2f} | {p99:7.2f} |")
+        print(f"| {model:8} | {size:8} | {door:16} | {rps:8.0f} | {p50:7.2f} | {p99:7.2f} |")
 
 
 if __name__ == "__main__":

@@ -62,6 +62,8 @@ def test_on_loopback_standard_clients_need_no_token_but_pages_are_refused(repo_r
     with run_server(repo_root, *args) as server:
         rest = triton_http.InferenceServerClient(server.url.removeprefix("http://"))
         rpc = triton_grpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        assert "model_repository" in rest.get_server_metadata()["extensions"]
+        assert "model_repository" in rpc.get_server_metadata().extensions
         index = rest.get_model_repository_index()
         assert {"name": "scorer", "version": "2", "state": "READY", "reason": ""} in index
         assert {

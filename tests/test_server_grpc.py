@@ -92,8 +92,14 @@ def tensor(name: str, values: np.ndarray, datatype: str = "FP32") -> triton.Infe
     return item
 
 
-def typed_request(model: str, values: dict[str, tuple[str, np.ndarray]]) -> Any:
+def typed_request(
+    model: str, values: dict[str, tuple[str, np.ndarray]], typed_outputs: bool = True
+) -> Any:
+    """A request with typed contents; unless ``typed_outputs`` is False it asks for typed
+    outputs too (the parameter binary_data_output=false), the server answering raw otherwise."""
     request = service_pb2.ModelInferRequest(model_name=model)
+    if typed_outputs:
+        request.parameters["binary_data_output"].bool_param = False
     for name, (datatype, array) in values.items():
         entry = request.inputs.add(name=name, datatype=datatype, shape=array.shape)
         data = array.ravel().tolist()
@@ -185,11 +191,19 @@ def test_the_kserve_sdk_grpc_client_works_too(
         np.testing.assert_allclose(np.load(path), reference(repo, 1, X), rtol=1e-6)
 
 
-def test_infer_typed_contents(stub: Any, repo: Path) -> None:
-    response = stub.ModelInfer(typed_request("tiny", {"input": ("FP32", X)}))
+def test_infer_typed_contents_answers_raw_as_triton_does(stub: Any, repo: Path) -> None:
+    response = stub.ModelInfer(typed_request("tiny", {"input": ("FP32", X)}, typed_outputs=False))
     (output,) = response.outputs
     assert (output.name, output.datatype, list(output.shape)) == ("logits", "FP32", [2, 3])
-    assert not response.raw_output_contents  # typed in, typed out
+    assert not output.HasField("contents")
+    got = np.frombuffer(response.raw_output_contents[0], "<f4").reshape(2, 3)
+    np.testing.assert_allclose(got, reference(repo, 2, X), rtol=1e-6)
+
+
+def test_typed_outputs_when_the_request_asks(stub: Any, repo: Path) -> None:
+    response = stub.ModelInfer(typed_request("tiny", {"input": ("FP32", X)}))
+    (output,) = response.outputs
+    assert not response.raw_output_contents
     got = np.array(output.contents.fp32_contents, np.float32).reshape(2, 3)
     np.testing.assert_allclose(got, reference(repo, 2, X), rtol=1e-6)
 
@@ -254,18 +268,28 @@ def test_field_numbers_match_tritons() -> None:
             fields(nested, out)
         return out
 
+    from tritonclient.grpc import model_config_pb2
+
+    triton = {**model_config_pb2.DESCRIPTOR.message_types_by_name}
+    triton.update(service_pb2.DESCRIPTOR.message_types_by_name)
     checked = 0
     for name, descriptor in ours.DESCRIPTOR.message_types_by_name.items():
         mine = fields(descriptor, {})
-        theirs = fields(service_pb2.DESCRIPTOR.message_types_by_name[name], {})
+        theirs = fields(triton[name], {})
         for message, numbers in mine.items():
             assert {k: theirs[message][k] for k in numbers} == numbers, message
             checked += 1
-    assert checked >= 20
+    assert checked >= 30
+    ours_types = ours.DESCRIPTOR.enum_types_by_name["DataType"].values_by_name
+    theirs_types = model_config_pb2.DESCRIPTOR.enum_types_by_name["DataType"].values_by_name
+    assert {k: v.number for k, v in ours_types.items()} == {
+        k: v.number for k, v in theirs_types.items()
+    }
     service = ours.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     assert service.full_name == "inference.GRPCInferenceService"
     assert {m.name for m in service.methods} == {
-        "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer"
+        "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer",
+        "ModelConfig", "ModelStatistics",
     }  # fmt: skip
 
 

@@ -155,10 +155,12 @@ class Engine:
         timeout = self.config.limits.request_timeout_s
         if timeout_s is not None:
             timeout = min(timeout, max(timeout_s, 0.0))
-        deadline = time.monotonic() + timeout
-        if self.cache is None or not use_cache or not served.cacheable:
-            return await self._infer_now(served, batch, deadline, gone, arrived)
         measured = served.measured
+        now = time.monotonic()
+        measured.input.observe(now - record.started)
+        deadline = now + timeout
+        if self.cache is None or not use_cache or not served.cacheable:
+            return await self._infer_now(served, batch, deadline, gone, arrived, record)
         key = cache_key(
             served.name, served.version, batch, digest=served.digest,
             namespace=self.config.cache_namespace,
@@ -167,19 +169,22 @@ class Engine:
         if cached is not None:
             measured.cache_hit.inc()
             record.cache = "hit"
+            record.computed = time.monotonic()
             return cached
         measured.cache_miss.inc()
         record.cache = "miss"
         running = self._computing.get(key)
         if running is not None:  # the same inputs are being computed now: share the answer
             try:
-                return await asyncio.shield(running)
+                shared = await asyncio.shield(running)
+                record.computed = time.monotonic()
+                return shared
             except ConnectionAbortedError:  # its client left, and took the work with it
-                return await self._infer_now(served, batch, deadline, gone, arrived)
+                return await self._infer_now(served, batch, deadline, gone, arrived, record)
         future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
         self._computing[key] = future
         try:
-            outputs = await self._infer_now(served, batch, deadline, gone, arrived)
+            outputs = await self._infer_now(served, batch, deadline, gone, arrived, record)
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError):
                 # The caller was cancelled (a gRPC client that left): waiters compute anew.
@@ -198,7 +203,7 @@ class Engine:
 
     async def _infer_now(
         self, served: Served, batch: dict[str, np.ndarray], deadline: float, gone: Gone | None,
-        arrived: float | None,
+        arrived: float | None, record: RequestRecord,
     ) -> Outputs:  # fmt: skip
         measured = served.measured
         self.in_flight += 1
@@ -218,6 +223,7 @@ class Engine:
             measured.queue_depth.dec()
         measured.queue.observe(timing.queue_s)
         measured.inference.observe(timing.inference_s)
+        record.computed = time.monotonic()
         return outputs
 
     async def close(self) -> None:

@@ -398,7 +398,7 @@ async def _predict(
         if status == 500:
             log.error("request %s failed: %s", record.request_id, exc, exc_info=exc)
         raise _graphql_error(exc, record.request_id) from None
-    finally:  # counted per predict (and the version it held released); logged as a whole
+    finally:  # counted per predict, the version it held released; logged as a whole
         record.finish(status)
 
 

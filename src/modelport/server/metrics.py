@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from bisect import bisect_left
 from typing import Any
 
@@ -43,9 +44,15 @@ REQUESTS = Counter(
 )
 LATENCY = Histogram(
     "modelport_request_duration_seconds",
-    "Inference request latency by phase: queue (waiting), inference (the model), total.",
+    "Inference request latency by phase: input (reading and checking the request), queue "
+    "(waiting), inference (the model), output (encoding and sending the answer), total.",
     ["model", "version", "phase"],
     buckets=_LATENCY_BUCKETS,
+)
+REQUEST_SECONDS = Counter(
+    "modelport_request_seconds_total",
+    "Seconds spent answering inference requests, by outcome: success (2xx) or fail.",
+    ["model", "version", "outcome"],
 )
 _IN_FLIGHT = Gauge(
     "modelport_requests_in_flight",
@@ -57,6 +64,22 @@ BATCH_SIZE = Histogram(
     "Rows per inference call (several requests' rows when batching).",
     ["model", "version"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
+BATCHES = Counter(
+    "modelport_batches_total",
+    "Model executions by batch size in rows (the first MAX_BATCH_SIZES sizes seen).",
+    ["model", "version", "size"],
+)
+BATCH_SECONDS = Counter(
+    "modelport_batch_seconds_total",
+    "Seconds the model ran, by batch size in rows (the first MAX_BATCH_SIZES sizes seen).",
+    ["model", "version", "size"],
+)
+LAST_INFERENCE = Gauge(
+    "modelport_last_inference_timestamp_seconds",
+    "When the model last ran (seconds since the epoch).",
+    ["model", "version"],
+    multiprocess_mode="max",
 )
 QUEUE_DEPTH = Gauge(
     "modelport_queue_depth",
@@ -92,8 +115,12 @@ PREDICTION_AGE = Gauge(
     multiprocess_mode="mostrecent",
 )
 
+# Batch sizes broken out per model version: without batching a client picks the rows, and
+# random sizes must not grow the series (and the multiprocess files) without bound. Past it,
+# executions are still counted, in the batch-size histogram.
+MAX_BATCH_SIZES = 64
 
-_PENDING: list[BulkCounter | BulkHistogram] = []  # what flush() hands over
+_PENDING: list[BulkCounter | BulkHistogram | BulkLatest] = []  # what flush() hands over
 
 
 def _write_through() -> bool:
@@ -150,6 +177,26 @@ class BulkHistogram:
             self._sum = 0.0
 
 
+class BulkLatest:
+    """A gauge child set to the latest value, handed over at flush."""
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self._value: float | None = None
+        self._through = _write_through()
+        _PENDING.append(self)
+
+    def set(self, value: float) -> None:
+        self._value = value
+        if self._through:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._value is not None:
+            self._child.set(self._value)
+            self._value = None
+
+
 def flush() -> None:
     """Hand every count kept in this process to prometheus_client (before rendering)."""
     for metric in _PENDING:
@@ -163,9 +210,14 @@ class ModelMetrics:
     """One model version's metric children, looked up once: labels() is costly per call."""
 
     def __init__(self, model: str, version: str) -> None:
+        self.input = BulkHistogram(LATENCY.labels(model, version, "input"))
         self.queue = BulkHistogram(LATENCY.labels(model, version, "queue"))
         self.inference = BulkHistogram(LATENCY.labels(model, version, "inference"))
+        self.output = BulkHistogram(LATENCY.labels(model, version, "output"))
         self.total = BulkHistogram(LATENCY.labels(model, version, "total"))
+        self.success_s = BulkCounter(REQUEST_SECONDS.labels(model, version, "success"))
+        self.fail_s = BulkCounter(REQUEST_SECONDS.labels(model, version, "fail"))
+        self.last_inference = BulkLatest(LAST_INFERENCE.labels(model, version))
         self.body = BulkHistogram(REQUEST_BYTES.labels(model))
         self.batch_size = BulkHistogram(BATCH_SIZE.labels(model, version))
         self.cache_hit = BulkCounter(CACHE.labels(model, version, "hit"))
@@ -176,8 +228,10 @@ class ModelMetrics:
         self.deadline = BulkCounter(REJECTED.labels(model, version, "deadline"))
         self._model, self._version = model, version
         self._requests: dict[int, BulkCounter] = {}
+        self._sizes: dict[int, tuple[BulkCounter, BulkCounter]] = {}
 
-    def finished(self, status: int, total_s: float) -> None:
+    def finished(self, status: int, total_s: float, output_s: float | None = None) -> None:
+        """A request answered: ``output_s`` is the time since the model's outputs were ready."""
         counter = self._requests.get(status)
         if counter is None:
             counter = self._requests[status] = BulkCounter(
@@ -185,6 +239,25 @@ class ModelMetrics:
             )
         counter.inc()
         self.total.observe(total_s)
+        (self.success_s if 200 <= status < 300 else self.fail_s).inc(total_s)
+        if output_s is not None:
+            self.output.observe(output_s)
+
+    def executed(self, rows: int, seconds: float) -> None:
+        """The model ran once on ``rows`` rows (one request's, or a batch of several)."""
+        self.batch_size.observe(rows)
+        self.last_inference.set(time.time())
+        size = self._sizes.get(rows)
+        if size is None:
+            if len(self._sizes) >= MAX_BATCH_SIZES:
+                return
+            labels = (self._model, self._version, str(rows))
+            size = self._sizes[rows] = (
+                BulkCounter(BATCHES.labels(*labels)),
+                BulkCounter(BATCH_SECONDS.labels(*labels)),
+            )
+        size[0].inc()
+        size[1].inc(seconds)
 
 
 @functools.cache
@@ -198,11 +271,16 @@ def forget_process() -> None:
         multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 
-def render() -> tuple[bytes, str]:
-    """The metrics page and its content type."""
+def counted() -> CollectorRegistry:
+    """Everything counted so far, by every worker: what ``/metrics`` and statistics read."""
     flush()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+        return registry
+    return REGISTRY
+
+
+def render() -> tuple[bytes, str]:
+    """The metrics page and its content type."""
+    return generate_latest(counted()), CONTENT_TYPE_LATEST

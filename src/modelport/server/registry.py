@@ -215,6 +215,6 @@ def _serve(name: str, version: int, model: Model, config: ServerConfig, digest: 
     if batching is not None and not batchable(model):
         log.warning("%s:%d is not batched: its tensors have no dynamic first dim", name, version)
         batching = None
-    on_batch = metrics.for_model(name, str(version)).batch_size.observe
+    on_batch = metrics.for_model(name, str(version)).executed
     runner = Runner(model, config.limits.max_queue, instances, batching, on_batch)
     return Served(name, version, model, runner, bool(serving.get("cache", True)), digest)

@@ -86,6 +86,7 @@ class RequestRecord:
     model: str | None = None
     version: str | None = None  # a version number, or "store" for stored predictions
     cache: str | None = None  # "hit" or "miss" when the prediction cache was asked
+    computed: float = 0.0  # time.monotonic() when its outputs were ready
     elapsed_s: float = 0.0  # set by finish()
     leases: list[Served] | None = None  # versions admitted to (Engine.admit), held till the end
 
@@ -102,9 +103,12 @@ class RequestRecord:
         line (``log``), which a door then builds."""
         if self.leases is not None:
             self.release()
-        self.elapsed_s = time.monotonic() - self.started
+        now = time.monotonic()
+        self.elapsed_s = now - self.started
         if self.model is not None:
-            metrics.for_model(self.model, self.version or "").finished(status, self.elapsed_s)
+            output_s = now - self.computed if self.computed else None
+            measured = metrics.for_model(self.model, self.version or "")
+            measured.finished(status, self.elapsed_s, output_s)
         return access_log.isEnabledFor(logging.INFO)
 
     def log(self, status: int, fields: dict[str, Any]) -> None:

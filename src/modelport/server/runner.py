@@ -81,15 +81,15 @@ class Runner:
         max_queue: int,
         threads: int = 1,
         batching: BatchingConfig | None = None,
-        on_batch: Callable[[int], None] = lambda _: None,
+        on_batch: Callable[[int, float], None] = lambda rows, seconds: None,
         inline_below_s: float = INLINE_BELOW_S,
     ) -> None:
         self.model = model
         self.max_queue = max_queue
         self.threads = threads
+        self.batching = batching
         self.inline_below_s = inline_below_s if batching is None else 0.0
         self.pending = 0
-        self.max_batch_size = 1 if batching is None else batching.max_batch_size
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix=f"infer-{model.name}")
         self._row_s = 0.0  # inference time per row: the least seen lately (see _call)
         self._calls = 0
@@ -100,7 +100,7 @@ class Runner:
                 costs = measure_costs(model, batching.max_batch_size)
                 target = LatencyTarget(batching.latency_budget_s, batching.max_batch_size, costs)
             self._batcher = Batcher(
-                self._run_batch, batching, lambda job: job.rows, threads, on_batch, target
+                self._run_batch, batching, lambda job: job.rows, threads, target=target
             )
         self._on_batch = on_batch
         # Work waiting on a thread or the batcher, and one timer that sweeps it for passed
@@ -142,14 +142,14 @@ class Runner:
         # they are idle, since busy they run requests in parallel on other cores.
         inline_ok = self.threads == 1 or self.pending == 0
         if inline and warm and inline_ok and self._row_s * job.rows < self.inline_below_s:
-            self._on_batch(job.rows)
-            return self._predict(job)
+            answer = self._predict(job)
+            self._on_batch(job.rows, answer[1].inference_s)
+            return answer
         self.pending += 1
         loop = asyncio.get_running_loop()
         if self._batcher is not None:
             future = self._batcher.enqueue(job, arrived)
         else:
-            self._on_batch(job.rows)
             future = loop.run_in_executor(self._executor, self._predict, job)
         # The sweep cancels work whose deadline passed, and looks for a client that left only
         # once its work has waited WATCH_AFTER_S (rather than asyncio.wait_for and a watcher
@@ -159,6 +159,8 @@ class Runner:
             self._sweep = loop.call_later(SWEEP_S, self._sweep_waiting)
         try:
             result: tuple[Outputs, Timing] = await future
+            if self._batcher is None:  # the batch's own run counted it
+                self._on_batch(job.rows, result[1].inference_s)
             return result
         except asyncio.CancelledError:
             if waiting.expired:
@@ -196,7 +198,9 @@ class Runner:
 
     async def _run_batch(self, jobs: list[_Job]) -> list[tuple[Outputs, Timing]]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._predict_batch, jobs)
+        answers = await loop.run_in_executor(self._executor, self._predict_batch, jobs)
+        self._on_batch(sum(job.rows for job in jobs), answers[0][1].inference_s)
+        return answers
 
     def _predict_batch(self, jobs: list[_Job]) -> list[tuple[Outputs, Timing]]:
         if len(jobs) == 1:

@@ -70,7 +70,11 @@ def warm_up(where: str, model: Model, runner: Runner) -> float:
         raise WarmupError(f"{where}: its sample inputs do not fit its signature: {exc}") from None
     signature = model.signature
     fixed_rows = not all(s.shape and s.shape[0] == -1 for s in signature.inputs)
-    sizes = [len(next(iter(inputs.values())))] if fixed_rows else sorted({1, runner.max_batch_size})
+    sizes = (
+        [len(next(iter(inputs.values())))]
+        if fixed_rows
+        else sorted({1, runner.batching.max_batch_size if runner.batching else 1})
+    )
     for size in sizes:
         batch = inputs if fixed_rows else _rows(inputs, size)
         calls = max(CALLS * runner.threads, MIN_CALLS if size == sizes[0] else 0)

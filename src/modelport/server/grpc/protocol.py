@@ -63,8 +63,9 @@ def _fail(message: str, name: str | None = None) -> InvalidInputError:
 def parse_infer_request(message: pb.ModelInferRequest, limits: ServerLimits) -> InferRequest:
     """Named input arrays from a request with typed ``contents`` or ``raw_input_contents``.
 
-    ``binary_output`` of the result is true when the request came raw: the answer then comes
-    back in ``raw_output_contents`` too.
+    ``binary_output`` of the result is true unless the request's parameter
+    ``binary_data_output`` is false: the answer then comes in ``raw_output_contents``, as
+    Triton answers, whichever way the inputs came.
     """
     if not message.inputs:
         raise _fail("'inputs' must list at least one tensor")
@@ -111,8 +112,17 @@ def parse_infer_request(message: pb.ModelInferRequest, limits: ServerLimits) -> 
         datatypes=datatypes,
         id=message.id or None,
         outputs=outputs,
-        binary_output=bool(raw),
+        binary_output=_raw_output_wanted(message),
     )
+
+
+def _raw_output_wanted(message: pb.ModelInferRequest) -> bool:
+    wanted = message.parameters.get("binary_data_output")
+    if wanted is None:
+        return True
+    if wanted.WhichOneof("parameter_choice") != "bool_param":
+        raise _fail("parameter 'binary_data_output' must be a bool_param")
+    return wanted.bool_param
 
 
 def _from_contents(
@@ -171,7 +181,8 @@ def encode_infer_response(
     request: InferRequest,
     outputs: dict[str, np.ndarray],
 ) -> pb.ModelInferResponse:
-    """The response: raw contents when the request came raw or an output is FP16, else typed."""
+    """The response: raw contents unless the request asked for typed contents and every
+    output has a typed field (FP16 and BF16 have none)."""
     names = [o.name for o in request.outputs] if request.outputs else list(outputs)
     datatypes = {name: datatype_of(outputs[name]) for name in names}
     raw = request.binary_output or any(d not in CONTENTS for d in datatypes.values())

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf import json_format
 from grpc_health.v1 import health_pb2
 
 from modelport import __version__
@@ -32,6 +33,7 @@ from modelport.errors import (
 from modelport.repository import check_name, check_version
 from modelport.runtimes import PLATFORMS
 from modelport.server.engine import Engine
+from modelport.server.extensions import EXTENSIONS, model_config, model_statistics
 from modelport.server.grpc.proto import grpc_predict_v2_pb2 as pb
 from modelport.server.grpc.protocol import encode_infer_response, parse_infer_request
 from modelport.server.requests import RequestRecord, bearer_ok, cache_wanted, client_request_id
@@ -174,6 +176,13 @@ class GRPCDoor:
                 self._model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse, False
             ),
             "ModelInfer": (self._model_infer, pb.ModelInferRequest, pb.ModelInferResponse, False),
+            "ModelConfig": (
+                self._model_config, pb.ModelConfigRequest, pb.ModelConfigResponse, False
+            ),
+            "ModelStatistics": (
+                self._model_statistics, pb.ModelStatisticsRequest, pb.ModelStatisticsResponse,
+                False,
+            ),
         }  # fmt: skip
         return grpc.method_handlers_generic_handler(
             SERVICE,
@@ -285,7 +294,27 @@ class GRPCDoor:
         return pb.ModelReadyResponse(ready=self.engine.ready)
 
     async def _server_metadata(self, *_: Any) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name="modelport", version=__version__, extensions=[])
+        return pb.ServerMetadataResponse(
+            name="modelport", version=__version__,
+            extensions=EXTENSIONS + (["model_repository"] if self.config.control else []),
+        )  # fmt: skip
+
+    async def _model_config(
+        self, request: pb.ModelConfigRequest, *_: Any
+    ) -> pb.ModelConfigResponse:
+        name, version = _model_ref(request.name, request.version)
+        config = model_config(self.engine.models().get(name, version))
+        return pb.ModelConfigResponse(config=json_format.ParseDict(config, pb.ModelConfig()))
+
+    async def _model_statistics(
+        self, request: pb.ModelStatisticsRequest, *_: Any
+    ) -> pb.ModelStatisticsResponse:
+        name = check_name(request.name) if request.name else None
+        version = check_version(request.version) if request.version else None
+        if name is None and version is not None:
+            raise InvalidInputError("a version needs a model name")
+        stats = model_statistics(self.engine.models(), name, version)
+        return json_format.ParseDict({"model_stats": stats}, pb.ModelStatisticsResponse())
 
     async def _model_metadata(
         self, request: pb.ModelMetadataRequest, *_: Any

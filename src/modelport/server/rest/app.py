@@ -26,6 +26,7 @@ from modelport.repository import is_number
 from modelport.runtimes import PLATFORMS
 from modelport.server import metrics
 from modelport.server.engine import Engine
+from modelport.server.extensions import EXTENSIONS, model_config, model_statistics
 from modelport.server.lookups import Lookups, parse_lookup
 from modelport.server.registry import Registry, Served
 from modelport.server.requests import RequestRecord, cache_wanted, client_request_id
@@ -41,6 +42,7 @@ from modelport.server.rest.http import (
     Response,
     Scope,
     Send,
+    decoded,
     error_response,
     header,
     json_response,
@@ -93,6 +95,7 @@ class RestApp:
         self._routes: dict[tuple[str, bytes], tuple[Endpoint, dict[str, Any]]] = {}
         self._gate = Gate(config)
         self.control = ControlRoutes(engine, config, self._body)  # versions: set by the Service
+        self._extensions = EXTENSIONS + (["model_repository"] if config.control else [])
         self._handlers.update(self.control.handlers())
 
     def models_changed(self) -> None:
@@ -164,7 +167,7 @@ class RestApp:
 
     async def _server_metadata(self, *_: Any) -> Response:
         return json_response(
-            {"name": "modelport", "version": __version__, "extensions": ["binary_tensor_data"]}
+            {"name": "modelport", "version": __version__, "extensions": self._extensions}
         )
 
     async def _model_metadata(self, *_: Any, name: str, version: int | None = None) -> Response:
@@ -185,6 +188,15 @@ class RestApp:
         return json_response(
             {"name": name, "ready": self.engine.ready}, 200 if self.engine.ready else 503
         )
+
+    async def _model_stats(
+        self, *_: Any, name: str | None = None, version: int | None = None
+    ) -> Response:
+        stats = model_statistics(self._registry(), name, version)
+        return json_response({"model_stats": stats})
+
+    async def _model_config(self, *_: Any, name: str, version: int | None = None) -> Response:
+        return json_response(model_config(self._registry().get(name, version)))
 
     async def _metrics(self, *_: Any) -> Response:
         if self.lookups is not None:
@@ -314,6 +326,7 @@ class RestApp:
         return served, body
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
+        """The request body, decompressed when it came compressed; the limit is on both."""
         length = header(scope, b"content-length")
         limits = self.config.limits
         declared = int(length) if length and is_number(length) else None
@@ -325,16 +338,21 @@ class RestApp:
         if deadline_extension is not None:  # our HTTP/1.1 protocol times only a real wait
             deadline_extension["at"] = time.monotonic() + timeout
             try:
-                return await read_body(receive, declared, limit, hint)
+                body = await read_body(receive, declared, limit, hint)
             except TimeoutError:
                 raise _body_too_late(timeout) from None
-        with Deadline(timeout) as deadline:
-            try:
-                return await read_body(receive, declared, limit, hint)
-            except asyncio.CancelledError:
-                if not deadline.expired:
-                    raise
-                raise _body_too_late(timeout) from None
+        else:
+            with Deadline(timeout) as deadline:
+                try:
+                    body = await read_body(receive, declared, limit, hint)
+                except asyncio.CancelledError:
+                    if not deadline.expired:
+                        raise
+                    raise _body_too_late(timeout) from None
+        encoding = header(scope, b"content-encoding")
+        if encoding is None:
+            return body
+        return await decoded(body, encoding, limit, hint)
 
     async def _run(
         self, scope: Scope, receive: Receive, served: Served, inputs: Any, record: RequestRecord,

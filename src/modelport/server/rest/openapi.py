@@ -77,10 +77,7 @@ _SCHEMAS: dict[str, Any] = {
     "Error": _schema("error!"),
     "ServerLive": _schema("live!:bool"),
     "ServerReady": _schema("ready!:bool"),
-    "RepositoryModel": _schema(
-        "name! version! state! reason",
-        description="READY, LOADING, UNAVAILABLE (the reason says why)",
-    ),
+    "RepositoryModel": _schema("name! version! state! reason", description="reason: why not READY"),
     "RepositoryIndex": {"type": "array", "items": _type("RepositoryModel")},
     "ShadowReport": _schema("shadows!:[]any targets!:any disagreements!:[]any"),
     "ServerMetadata": _schema("name! version! extensions!:[]str"),
@@ -90,6 +87,29 @@ _SCHEMAS: dict[str, Any] = {
         "name! versions!:[]str platform! inputs!:[]TensorMetadata outputs!:[]TensorMetadata"
     ),
     "ModelReady": _schema("name! ready!:bool"),
+    "Duration": _schema("count!:int ns!:int", description="How many, and their total in ns."),
+    "InferStatistics": _schema(
+        "success:Duration fail:Duration queue:Duration compute_input:Duration "
+        "compute_infer:Duration compute_output:Duration cache_hit:Duration cache_miss:Duration"
+    ),
+    "BatchStatistics": _schema("batch_size!:int compute_infer:Duration"),
+    "ModelStatistics": _schema(
+        "name! version! last_inference!:int inference_count!:int execution_count!:int "
+        "inference_stats!:InferStatistics batch_stats!:[]BatchStatistics",
+        description="last_inference: ms since the epoch; inference_count counts rows, "
+        "execution_count model runs.",
+    ),
+    "ModelStatisticsResponse": _schema("model_stats!:[]ModelStatistics"),
+    "ModelConfigTensor": _schema(
+        "name! data_type! dims!:[]int",
+        description="dims without the batch dimension when max_batch_size > 0",
+    ),
+    "ModelConfig": _schema(
+        "name! platform! backend! max_batch_size!:int input!:[]ModelConfigTensor "
+        "output!:[]ModelConfigTensor instance_group!:[]any dynamic_batching:any",
+        description="Triton's model configuration, the fields modelport fills; it describes "
+        "and changes nothing.",
+    ),
     "InferParameters": _schema("binary_data_output:bool", additionalProperties=True),
     "TensorParameters": _schema("binary_data_size:int binary_data:bool", additionalProperties=True),
     "RequestInput": _schema(_TENSOR, description="Either data or parameters.binary_data_size."),
@@ -243,13 +263,9 @@ def openapi_spec(
         for name, m in copy.deepcopy(models).items()
     }
     paths: dict[str, dict[str, Any]] = {}
-    served = {  # serve --store; graphql-core; --control; --shadow
-        "": True,
-        "lookups": lookups,
-        "graphql": graphql,
-        "control": control,
-        "shadow": shadow,
-    }
+    # serve --store; graphql-core; --control; --shadow
+    served = {"": True, "lookups": lookups, "graphql": graphql, "control": control}
+    served["shadow"] = shadow
     for endpoint in ENDPOINTS:
         if not served[endpoint.needs]:
             continue
@@ -274,20 +290,10 @@ def openapi_spec(
         },
         "tags": [
             {"name": t}
-            for t in (
-                "health",
-                "server",
-                "models",
-                "inference",
-                "predictions",
-                "graphql",
-                "ops",
-                "control",
-            )
-            if (lookups or t != "predictions")
-            and (graphql or t != "graphql")
-            and (control or shadow or t != "control")
-        ],
+            for t in ("health", "server", "models", "inference", "predictions", "graphql", "ops")
+            if (lookups or t != "predictions") and (graphql or t != "graphql")
+        ]
+        + ([{"name": "control"}] if control or shadow else []),
         "security": [{"bearer": []}],
         "paths": paths,
         "components": {"schemas": copy.deepcopy(_SCHEMAS), "securitySchemes": {"bearer": bearer}},

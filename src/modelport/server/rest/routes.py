@@ -35,8 +35,11 @@ _TABLE = """
 live get /v2/health/live - ServerLive - health Is the server process alive
 ready get /v2/health/ready - ServerReady 503 health Are the models loaded and work accepted
 server_metadata get /v2 - ServerMetadata 401 server Server name, version and protocol extensions
+model_stats get /v2/models/stats - ModelStatisticsResponse 401 statistics Statistics of every served model version
 model_metadata get /v2/models/{model_name}* - ModelMetadata 401,404 models Model metadata and signature
 model_ready get /v2/models/{model_name}*/ready - ModelReady 401,404,503 models Is the model ready
+model_stats get /v2/models/{model_name}*/stats - ModelStatisticsResponse 401,404 statistics Statistics of a model's versions, or of one
+model_config get /v2/models/{model_name}*/config - ModelConfig 401,404 models How the model is served (Triton's model configuration)
 infer post /v2/models/{model_name}*/infer InferRequest InferResponse all inference Run inference
 predict_v1 post /v1/models/{model_name}*:predict PredictRequest PredictResponse all inference Predict instances
 metrics get /metrics - text/plain 401 ops Prometheus metrics (text exposition format)
