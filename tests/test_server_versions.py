@@ -251,3 +251,31 @@ def test_rollback_to_a_version_and_its_refusals(tmp_path: Path) -> None:
     (repo.root / "tiny" / "withdrawn.json").write_text("[1, 2]")
     with pytest.raises(modelport.ManifestError, match=r"withdrawn\.json is malformed"):
         repo.withdrawn("tiny")
+
+
+def test_a_request_in_flight_finishes_on_the_version_being_replaced(tmp_path: Path) -> None:
+    repo = modelport.Repository.init(tmp_path / "models")
+    add_scorer(repo, "scorer", factor=2.0, sleep_s=1.0)  # on inputs >= 50
+    with run_server(repo.root, *WATCH) as server:
+        slow: dict[str, Any] = {}
+
+        def long_request() -> None:
+            with httpx.Client(base_url=server.url, timeout=30) as http:
+                slow["answer"] = http.post("/v2/models/scorer/infer", json=infer_body([60.0]))
+
+        thread = threading.Thread(target=long_request)
+        thread.start()
+        time.sleep(0.2)  # in the model now
+        add_scorer(repo, "scorer", factor=3.0)
+        wait_for(
+            lambda: httpx.post(f"{server.url}/v2/models/scorer/infer", json=infer_body([1.0]))
+            .json()["model_version"] == "2",
+            what="version 2 answering",
+        )  # fmt: skip
+        assert "scorer:1 unloaded" not in server.log  # still answering its request
+        thread.join()
+        wait_for(lambda: "scorer:1 unloaded" in server.log, what="version 1 unloaded")
+    answer = slow["answer"]
+    assert answer.status_code == 200
+    assert answer.json()["model_version"] == "1"
+    assert answer.json()["outputs"][0]["data"] == [120.0]
