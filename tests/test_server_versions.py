@@ -3,6 +3,7 @@ rollback, against a real server process and real clients."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -104,6 +105,10 @@ def test_broken_versions_never_take_traffic(tmp_path: Path) -> None:
             reasons[reason] = next(e for e in index if e["version"] == str(version))
         time.sleep(0.3)  # a few more scans: nothing is tried again while files stay
         page = http.get("/metrics").text
+        # An explicit load tries the latest again, and says why it fails; version 1 stays.
+        loaded = http.post("/v2/repository/models/scorer/load")
+        assert loaded.status_code == 400
+        assert "could not load 'scorer': scorer:4 failed its warm-up" in loaded.json()["error"]
         log = server.log
     assert traffic.failures() == []
     assert traffic.versions() == {"1"}
@@ -216,12 +221,18 @@ def test_without_inotify_a_scan_finds_new_and_withdrawn_versions(tmp_path: Path)
         await until(2)
         repo.withdraw("tiny", [2], "test")
         await until(1)
+        shutil.rmtree(repo.root / "tiny")  # a model removed: it is no longer served
+        for _ in range(200):
+            await asyncio.sleep(0.02)
+            if "tiny" not in engine.models().names():
+                seen.append(0)
+                break
         watching.cancel()
         await versions.close()
         await engine.close()
         return seen
 
-    assert asyncio.run(follow()) == [1, 2, 1]
+    assert asyncio.run(follow()) == [1, 2, 1, 0]
 
 
 def test_rollback_to_a_version_and_its_refusals(tmp_path: Path) -> None:
