@@ -115,13 +115,14 @@ class Versions:
             self._check_same_tensors(target)
         self.splits, self.shadow_targets = splits, targets
         self.engine.router = Router(splits) if splits else None
-        if targets:
-            self.engine.shadows = Shadows(
-                {m: t.candidate for m, t in targets.items()}, lambda: self.engine.registry,
-                self.config.limits.request_timeout_s,
-            )  # fmt: skip
-        else:
+        candidates = {m: t.candidate for m, t in targets.items()}
+        running = self.engine.shadows
+        if not candidates:
             self.engine.shadows = None
+        elif running is None or running.targets != candidates:  # else its counts carry on
+            self.engine.shadows = Shadows(
+                candidates, lambda: self.engine.registry, self.config.limits.request_timeout_s
+            )
         RULES.labels("applied").inc()
 
     def _check_serveable(self, name: str, version: int, what: str) -> None:
