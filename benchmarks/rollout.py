@@ -11,7 +11,8 @@
    second aside; target at most 2x), and the time from a version's files landing to its first
    answer.
 2. Shadow: p50 latency at concurrency 1 of a server with ``--shadow digits=2`` (version 1 live)
-   against one without, interleaved rounds (target within 10%).
+   against one without, interleaved rounds (target within 10%), and the server's CPU time per
+   request (every thread's, from /proc schedstat), which a busy machine disturbs far less.
 
 Each server runs pinned to CPU 0 (one worker, cache off, no access log, one onnxruntime thread),
 the callers on CPU 1: raw HTTP/1.1 on keep-alive connections, one per caller, the JSON body
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -172,10 +174,51 @@ async def switches(
     }
 
 
-async def p50(port: int, request: bytes, seconds: float) -> float:
+def cpu_ns(pid: int) -> int:
+    """CPU time of every thread of a process so far (schedstat: nanoseconds on a CPU)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError):  # a thread that just ended
+            total += int((task / "schedstat").read_text().split()[0])
+    return total
+
+
+async def p50(port: int, request: bytes, seconds: float, pid: int) -> tuple[float, float]:
+    """p50 latency in ms at c=1, and the server's CPU time per request in us."""
+    before = cpu_ns(pid)
     samples = await load(port, request, 1, seconds)
+    await asyncio.sleep(0.05)  # the last shadow copies run
+    used = cpu_ns(pid) - before
     assert all(s.status == 200 for s in samples), "a request failed"
-    return percentile([s.seconds for s in samples], 0.5) * 1000
+    return percentile([s.seconds for s in samples], 0.5) * 1000, used / len(samples) / 1000
+
+
+def run_switches(repo: Path, body: bytes, args: argparse.Namespace) -> dict[str, float]:
+    from modelport.testing import free_port
+
+    port = free_port()
+    server = start_server(repo, port, "--watch", "--watch-interval-s", "1")
+    try:
+        print(f"switching versions for {args.seconds:g} s ...", file=sys.stderr)
+        request = request_bytes(port, body)
+        return asyncio.run(switches(repo, port, request, args.seconds, args.switches))
+    finally:
+        stop(server)
+
+
+def print_switches(r: dict[str, float], args: argparse.Namespace) -> None:
+    gap = (args.seconds * 3 / 4 - 2) / args.switches
+    print(f"\nVersion switches: digits, c=16, {args.seconds:g} s of load, {args.switches} "
+          f"versions landing (one every {gap:.1f} s after a steady quarter)")  # fmt: skip
+    print(
+        "| requests | non-2xx | p50 steady | p99 steady | p99 within 1 s of a landing | "
+        "ratio | landing -> first answer, median / max | versions that answered |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    print(f"| {r['requests']:,.0f} | {r['non_2xx']:.0f} | {r['steady_p50_ms']:.2f} ms | "
+          f"{r['steady_p99_ms']:.2f} ms | {r['switch_p99_ms']:.2f} ms | "
+          f"{r['switch_p99_ms'] / r['steady_p99_ms']:.2f}x | {r['landing_median_ms']:.0f} / "
+          f"{r['landing_max_ms']:.0f} ms | {r['switched']:.0f} of {args.switches} |")  # fmt: skip
 
 
 def main() -> None:
@@ -184,6 +227,7 @@ def main() -> None:
     parser.add_argument("--switches", type=int, default=20)
     parser.add_argument("--shadow-seconds", type=float, default=5.0, help="per server per round")
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--shadow-only", action="store_true", help="skip the switches")
     args = parser.parse_args()
     if shutil.which("taskset") is None or len(os.sched_getaffinity(0)) < 2:
         sys.exit("needs taskset and 2 CPUs: the server runs on CPU 0, the load on CPU 1")
@@ -205,15 +249,7 @@ def main() -> None:
                          "data": x.ravel().tolist()}]}
         ).encode()  # fmt: skip
 
-        port = free_port()
-        server = start_server(repo.root, port, "--watch", "--watch-interval-s", "1")
-        try:
-            print(f"switching versions for {args.seconds:g} s ...", file=sys.stderr)
-            result = asyncio.run(
-                switches(repo.root, port, request_bytes(port, body), args.seconds, args.switches)
-            )
-        finally:
-            stop(server)
+        result = None if args.shadow_only else run_switches(repo.root, body, args)
 
         # The shadow: version 2 (a copy) shadows version 1 on one server, not on the other.
         shadow_repo = modelport.Repository.init(Path(tmp) / "shadow-models")
@@ -226,10 +262,11 @@ def main() -> None:
         try:
             with_shadow, without = [], []
             for round_ in range(args.rounds):
-                order = [(plain_port, without), (shadow_port, with_shadow)]
-                for port_, into in order if round_ % 2 == 0 else reversed(order):
+                order = [(plain_port, plain, without), (shadow_port, shadowed, with_shadow)]
+                for port_, server_, into in order if round_ % 2 == 0 else reversed(order):
                     request = request_bytes(port_, body)
-                    into.append(asyncio.run(p50(port_, request, args.shadow_seconds)))
+                    seconds = args.shadow_seconds
+                    into.append(asyncio.run(p50(port_, request, seconds, server_.pid)))
             import httpx
 
             page = httpx.get(f"http://127.0.0.1:{shadow_port}/metrics").text
@@ -241,24 +278,19 @@ def main() -> None:
             stop(plain)
             stop(shadowed)
 
-    r, gap = result, (args.seconds * 3 / 4 - 2) / args.switches
-    print(f"\nVersion switches: digits, c=16, {args.seconds:g} s of load, {args.switches} "
-          f"versions landing (one every {gap:.1f} s after a steady quarter)")  # fmt: skip
-    print(
-        "| requests | non-2xx | p50 steady | p99 steady | p99 within 1 s of a landing | "
-        "ratio | landing -> first answer, median / max | versions that answered |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
-    print(f"| {r['requests']:,.0f} | {r['non_2xx']:.0f} | {r['steady_p50_ms']:.2f} ms | "
-          f"{r['steady_p99_ms']:.2f} ms | {r['switch_p99_ms']:.2f} ms | "
-          f"{r['switch_p99_ms'] / r['steady_p99_ms']:.2f}x | {r['landing_median_ms']:.0f} / "
-          f"{r['landing_max_ms']:.0f} ms | {r['switched']:.0f} of {args.switches} |")  # fmt: skip
-    a, b = statistics.median(without), statistics.median(with_shadow)
+    if result is not None:
+        print_switches(result, args)
+    a, b = (statistics.median(p for p, _ in runs) for runs in (without, with_shadow))
+    ca, cb = (statistics.median(c for _, c in runs) for runs in (without, with_shadow))
     print(f"\nShadow: digits, c=1, {args.rounds} interleaved rounds of "
-          f"{args.shadow_seconds:g} s, medians of round p50s")  # fmt: skip
-    print("| p50 without shadow | p50 with --shadow digits=2 | ratio | copies the shadow ran |")
+          f"{args.shadow_seconds:g} s, medians over rounds")  # fmt: skip
+    print("| | without shadow | with --shadow digits=2 | ratio |")
     print("|---|---|---|---|")
-    print(f"| {a:.3f} ms | {b:.3f} ms | {b / a:.3f}x | {shadowed_count:,.0f} |")
+    print(f"| p50 latency | {a:.3f} ms | {b:.3f} ms | {b / a:.3f}x |")
+    print(f"| server CPU per request | {ca:.0f} us | {cb:.0f} us | {cb / ca:.3f}x |")
+    print(f"({shadowed_count:,.0f} copies run by the shadow; p50 per round without: "
+          f"{', '.join(f'{p:.3f}' for p, _ in without)}; with: "
+          f"{', '.join(f'{p:.3f}' for p, _ in with_shadow)} ms)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from prometheus_client import Counter, Histogram
 
+from modelport.server import metrics
 from modelport.server.registry import Registry, Served
 from modelport.server.runner import batchable
 
@@ -119,6 +120,9 @@ class Shadows:
         candidate = self.targets.get(live.name)
         if candidate is None or candidate == live.version:
             return
+        rows = _rows(inputs)
+        if not rows:  # nothing to compare
+            return
         queued = self._queued.get(live.name)
         if queued is None:
             queued = self._queued[live.name] = []
@@ -126,7 +130,7 @@ class Shadows:
         if len(queued) >= self._max_pending:
             self._count(live.name, live.label, str(candidate), "skipped")
             return
-        queued.append(_Copy(live, inputs, outputs, rid, _rows(inputs)))
+        queued.append(_Copy(live, inputs, outputs, rid, rows))
 
     def _flush(self, name: str, version: int) -> None:
         copies = self._queued.pop(name, [])
@@ -170,38 +174,44 @@ class Shadows:
                 self._count(candidate.name, copy.live.label, candidate.label, "error")
             return
         agree, worst = compare(live, shadow, rows, self._atol)
-        start = 0
+        spans = [c.rows for c in chunk] if stacked else [1] * len(chunk)
+        starts = np.cumsum([0, *spans[:-1]])
+        agreed = np.logical_and.reduceat(agree, starts)  # per copy, in a few array calls
+        most = np.maximum.reduceat(worst, starts)
         diff = self._child(SHADOW_DIFF, candidate.name, candidate.label)
-        for copy in chunk:
-            end = start + (copy.rows if stacked else 1)
-            ok, most = bool(agree[start:end].all()), float(worst[start:end].max(initial=0))
-            if most != np.inf:
-                diff.observe(most)
-            self._count(candidate.name, copy.live.label, candidate.label,
-                        "agree" if ok else "disagree")  # fmt: skip
-            if not ok:
-                self.disagreements.append(
-                    {
-                        "at": time.time(), "request_id": copy.request_id, "model": candidate.name,
-                        "live_version": copy.live.version, "candidate_version": candidate.version,
-                        "max_abs_diff": None if most == np.inf else most,
-                        "inputs": _shown(copy.inputs), "live": _shown(copy.outputs),
-                        "candidate": _shown({n: v[start:end] for n, v in shadow.items()}),
-                    }
-                )  # fmt: skip
-            start = end
+        for value in most[np.isfinite(most)].tolist():
+            diff.observe(value)
+        tally: collections.Counter[tuple[str, str]] = collections.Counter(
+            (c.live.label, "agree" if ok else "disagree")
+            for c, ok in zip(chunk, agreed.tolist(), strict=True)
+        )
+        for (live_label, result), count in tally.items():
+            self._count(candidate.name, live_label, candidate.label, result, count)
+        for i in np.flatnonzero(~agreed).tolist():
+            copy, start = chunk[i], int(starts[i])
+            end = start + spans[i]
+            self.disagreements.append(
+                {
+                    "at": time.time(), "request_id": copy.request_id, "model": candidate.name,
+                    "live_version": copy.live.version, "candidate_version": candidate.version,
+                    "max_abs_diff": float(most[i]) if np.isfinite(most[i]) else None,
+                    "inputs": _shown(copy.inputs), "live": _shown(copy.outputs),
+                    "candidate": _shown({n: v[start:end] for n, v in shadow.items()}),
+                }
+            )  # fmt: skip
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (metric._name, *labels)
         child = self._children.get(key)
-        if child is None:  # labels() costs microseconds: once per combination
-            child = self._children[key] = metric.labels(*labels)
+        if child is None:  # labels() costs microseconds: once per combination; then counted
+            kind = metrics.BulkHistogram if metric is SHADOW_DIFF else metrics.BulkCounter
+            child = self._children[key] = kind(metric.labels(*labels))  # as requests are
         return child
 
-    def _count(self, model: str, live: str, candidate: str, result: str) -> None:
-        self._child(SHADOW, model, live, candidate, result).inc()
+    def _count(self, model: str, live: str, candidate: str, result: str, n: int = 1) -> None:
+        self._child(SHADOW, model, live, candidate, result).inc(n)
         counts = self.counts.setdefault((model, live, candidate), {})
-        counts[result] = counts.get(result, 0) + 1
+        counts[result] = counts.get(result, 0) + n
 
     def report(self) -> dict[str, Any]:
         """What ``GET /v2/shadow`` answers: counts per model and version pair, disagreements."""

@@ -17,6 +17,7 @@ checked against the repository, and a bad one is refused while the last good one
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -200,7 +201,18 @@ class Versions:
         return Registry(served, defaults)
 
     def _load(self, name: str, version: int) -> Served:
-        return serve_version(self.repo, name, version, self.config)
+        config = self.config
+        target = self.shadow_targets.get(name)
+        if (
+            target is not None
+            and target.candidate == version
+            and not config.runtime.intra_op_threads
+        ):
+            # A shadow takes one onnxruntime thread: a pool per core, spinning between calls,
+            # would take CPU from the live versions.
+            runtime = dataclasses.replace(config.runtime, intra_op_threads=1)
+            config = dataclasses.replace(config, runtime=runtime)
+        return serve_version(self.repo, name, version, config)
 
     # -- keeping in step ----------------------------------------------------------------------
 
