@@ -4,11 +4,11 @@
     shadows.offer(served, inputs, outputs, request_id)     # the engine, after each answer
 
 The copy never changes or delays the live answer. ``offer`` only queues it; every ``WINDOW_S``
-the copies queued for a model run on the candidate as one batch (rows stacked when every
-tensor has a dynamic first dimension) on its inference threads, never on the event loop, and
-are compared in a few array operations: what a copy costs the server is a share of one call,
-so that shadowing a small model at low load stays within a few percent of its latency. Beyond
-``max_pending`` queued copies, copies are dropped (counted ``skipped``).
+(or as soon as ``FULL_ROWS`` copies wait) the copies queued for a model run on the candidate
+as one batch (rows stacked when every tensor has a dynamic first dimension) on its inference
+threads, never on the event loop, and are compared in a few array operations: what a copy
+costs the server is a share of one call. Beyond ``max_pending`` copies queued or running,
+copies are dropped (counted ``skipped``).
 
 Agreement is counted per request in ``/metrics``: classifier scores (a float output of shape
 [-1, classes]) agree when their argmax does, labels and other exact types when equal, other
@@ -49,7 +49,8 @@ SHADOW_DIFF = Histogram(
     ["model", "candidate_version"],
     buckets=(1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0),
 )
-WINDOW_S = 0.01  # copies queued this long run together
+WINDOW_S = 0.05  # copies queued this long run together (or fewer, once FULL_ROWS are)
+FULL_ROWS = 128  # copies queued that make a call worth making at once
 MAX_ROWS = 256  # rows of one shadow call
 SHOWN_VALUES = 16  # values of each tensor kept with a disagreement
 
@@ -111,6 +112,7 @@ class Shadows:
         self.disagreements: collections.deque[dict[str, Any]] = collections.deque(maxlen=kept)
         self.counts: dict[tuple[str, str, str], dict[str, int]] = {}
         self._queued: dict[str, list[_Copy]] = {}
+        self._running = 0  # copies handed to the candidates and not yet judged
         self._tasks: set[asyncio.Task[None]] = set()
         self._children: dict[tuple[str, ...], Any] = {}
 
@@ -127,13 +129,17 @@ class Shadows:
         if queued is None:
             queued = self._queued[live.name] = []
             asyncio.get_running_loop().call_later(WINDOW_S, self._flush, live.name, candidate)
-        if len(queued) >= self._max_pending:
+        if len(queued) + self._running >= self._max_pending:  # the candidate cannot keep up
             self._count(live.name, live.label, str(candidate), "skipped")
             return
         queued.append(_Copy(live, inputs, outputs, rid, rows))
+        if len(queued) >= FULL_ROWS:  # a full call's worth: no need to wait for the window
+            self._flush(live.name, candidate)
 
     def _flush(self, name: str, version: int) -> None:
         copies = self._queued.pop(name, [])
+        if not copies:  # flushed early, when full
+            return
         registry = self._registry()
         candidate = None if registry is None else registry.find(name, version)
         if candidate is None:
@@ -141,6 +147,7 @@ class Shadows:
                 self._count(name, copy.live.label, str(version), "skipped")
             return
         candidate.users += 1  # held: a retired candidate drains its copies like requests
+        self._running += len(copies)
         task = asyncio.get_running_loop().create_task(self._run(candidate, copies))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -157,6 +164,7 @@ class Shadows:
                 await self._judge(candidate, chunk, rows)
         finally:
             candidate.users -= 1
+            self._running -= len(copies)
 
     async def _judge(self, candidate: Served, chunk: list[_Copy], rows: int) -> None:
         inputs, live = chunk[0].inputs, chunk[0].outputs
