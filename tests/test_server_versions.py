@@ -290,3 +290,23 @@ def test_a_request_in_flight_finishes_on_the_version_being_replaced(tmp_path: Pa
     assert answer.status_code == 200
     assert answer.json()["model_version"] == "1"
     assert answer.json()["outputs"][0]["data"] == [120.0]
+
+
+def test_every_worker_follows_the_repository(tmp_path: Path) -> None:
+    repo = modelport.Repository.init(tmp_path / "models")
+    add_scorer(repo, "scorer", factor=2.0)
+    args = ("--watch", "--watch-interval-s", "0.1", "--trust-code", "--cache", "off",
+            "--workers", "2")  # fmt: skip
+    with run_server(repo.root, *args) as server, httpx.Client(base_url=server.url) as http:
+
+        def versions(count: int) -> set[str]:  # a connection each: both workers answer
+            url = f"{server.url}/v2/models/scorer/infer"
+            answers = [httpx.post(url, json=infer_body([1.0])) for _ in range(count)]
+            return {answer.json()["model_version"] for answer in answers}
+
+        assert versions(10) == {"1"}
+        add_scorer(repo, "scorer", factor=3.0)
+        wait_for(lambda: versions(20) == {"2"}, what="every worker on version 2")
+        page = http.get("/metrics").text
+    loaded = {"model": "scorer", "version": "2", "result": "loaded"}
+    assert metric(page, "modelport_version_loads_total", **loaded) == 2  # summed over workers

@@ -354,14 +354,21 @@ class Versions:
         registry = self.engine.registry
         entries = []
         for name in self.repo.names():
-            withdrawn = self.repo.withdrawn(name)
-            wanted = self.wanted(name)
+            try:
+                withdrawn, wanted = self.repo.withdrawn(name), self.wanted(name)
+            except ModelportError as exc:  # a malformed withdrawn.json, say
+                problem = str(exc).replace(str(self.repo.root), "<repository>")
+                withdrawn, wanted = {}, []
+            else:
+                problem = ""
             for version in self.repo.versions(name):
                 state, reason = "UNAVAILABLE", ""
                 if registry is not None and registry.find(name, version) is not None:
                     state = "READY"
                 elif (name, version) in self._loading:
                     state = "LOADING"
+                elif problem:
+                    reason = problem
                 elif (name, version) in self.failed:
                     reason = f"failed to load: {self.failed[(name, version)][1]}"
                 elif version in withdrawn:

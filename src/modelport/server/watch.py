@@ -49,6 +49,7 @@ class Watcher:
         self.routes_file = Path(config.routes_file) if config.routes_file else None
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()  # ends inotify's thread (watchfiles checks it every step)
+        self._last_error: str | None = None
 
     def _snapshot(self) -> Snapshot:
         root = self.versions.repo.root
@@ -105,10 +106,15 @@ class Watcher:
             self._reload_rules()
             changed = set(after) | set(before)
         try:
-            return await self.versions.sync(changed)
+            done = await self.versions.sync(changed)
         except Exception as exc:  # a repository being rewritten under us: look again later
-            log.error("could not follow the repository's change: %s", exc)
+            message = str(exc).replace(str(self.versions.repo.root), "<repository>")
+            if message != self._last_error:  # once, not at every scan
+                log.error("could not follow the repository's change: %s", message)
+                self._last_error = message
             return False
+        self._last_error = None
+        return done
 
     def _reload_rules(self) -> None:
         assert self.routes_file is not None
