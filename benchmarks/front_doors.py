@@ -210,13 +210,13 @@ async def check(port: int, grpc_port: int, bodies: Bodies) -> None:
     np.testing.assert_allclose(got, bodies.expected, rtol=1e-4, atol=1e-5, err_msg="gRPC")
 
 
-def start_server(repo: Path, port: int, grpc_port: int) -> subprocess.Popen[bytes]:
+def start_server(repo: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
+    """``modelport serve`` on CPU 0 (one worker, cache off, no access log), once ready."""
     import httpx
 
     process = subprocess.Popen(
         ["taskset", "-c", str(SERVER_CPU), str(BIN / "modelport"), "serve", str(repo),
-         "--port", str(port), "--grpc-port", str(grpc_port), "--cache", "off",
-         "--no-access-log", "--threads", "1"],
+         "--port", str(port), "--cache", "off", "--no-access-log", "--threads", "1", *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     deadline = time.monotonic() + 120
@@ -228,7 +228,7 @@ def start_server(repo: Path, port: int, grpc_port: int) -> subprocess.Popen[byte
             pass
         time.sleep(0.1)
     os.killpg(process.pid, signal.SIGKILL)
-    sys.exit("the server did not become ready")
+    sys.exit(f"the server did not become ready ({' '.join(extra)})")
 
 
 def main() -> None:
@@ -258,7 +258,7 @@ def main() -> None:
             "digits": (None, rng.uniform(0, 16, (1, 64)).astype(np.float32)),
         }
         port, grpc_port = free_port(), free_port()
-        server = start_server(repo.root, port, grpc_port)
+        server = start_server(repo.root, port, "--grpc-port", str(grpc_port))
         try:
             rows = []
             for model, (name, x) in samples.items():

@@ -6,6 +6,7 @@ from pathlib import Path
 import modelport
 
 PUBLIC_API = [
+    "AccuracyDropError",
     "AsyncClient",
     "BatchConfig",
     "BatchError",
@@ -27,6 +28,7 @@ PUBLIC_API = [
     "ModelNotFoundError",
     "ModelportError",
     "NotStoredError",
+    "OptimizationError",
     "OverloadedError",
     "PredictionError",
     "Repository",

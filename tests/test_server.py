@@ -405,6 +405,7 @@ def test_wrong_method(http: httpx.Client) -> None:
     response = http.get("/v2/models/tiny/infer")
     assert response.status_code == 405
     assert "use POST" in response.json()["error"]
+    assert response.headers["allow"] == "POST"  # RFC 9110 asks for it with a 405
 
 
 def test_binary_bytes_elements_are_checked(http: httpx.Client) -> None:

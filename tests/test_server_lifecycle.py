@@ -233,7 +233,7 @@ def test_workers_share_the_port_replace_the_dead_and_sum_metrics(repo: Path) -> 
         url = f"{server.url}/v2/models/tiny/infer"
         deadline = time.monotonic() + 30
         while (
-            len(workers := [p for p in _worker_pids(server.process.pid) if _is_python(p)]) < 2
+            len(workers := [p for p in _worker_pids(server.process.pid) if _is_worker(p)]) < 2
             and time.monotonic() < deadline
         ):
             time.sleep(0.1)  # fmt: skip
@@ -244,7 +244,7 @@ def test_workers_share_the_port_replace_the_dead_and_sum_metrics(repo: Path) -> 
             assert httpx.post(url, json=body, timeout=30).status_code == 200
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            alive = [p for p in _worker_pids(server.process.pid) if _is_python(p)]
+            alive = [p for p in _worker_pids(server.process.pid) if _is_worker(p)]
             if len(alive) == 2 and workers[0] not in alive:
                 break
             time.sleep(0.2)
@@ -259,9 +259,10 @@ def test_workers_share_the_port_replace_the_dead_and_sum_metrics(repo: Path) -> 
         assert float(counted.group(1)) == 40
 
 
-def _is_python(pid: int) -> bool:
+def _is_worker(pid: int) -> bool:
+    """A worker process (multiprocessing's resource tracker is a child of the server too)."""
     try:
-        return "python" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
 
@@ -443,7 +444,7 @@ def test_serving_a_code_model_needs_trust_code(tmp_path: Path) -> None:
 def test_the_config_handed_to_workers_round_trips_with_every_field_set() -> None:
     from typing import Any
 
-    from modelport.config import BatchingConfig, RuntimeConfig
+    from modelport.config import BatchingConfig, PredictionLogConfig, RuntimeConfig
     from modelport.server.lifecycle import config_from_json, config_to_json
 
     # One non-default value per field: a field added without one here fails the test, and so
@@ -488,6 +489,10 @@ def test_the_config_handed_to_workers_round_trips_with_every_field_set() -> None
         "tls_cert": "/etc/modelport/cert.pem",
         "tls_key": "/etc/modelport/key.pem",
         "http": "uvicorn",
+        "otlp_endpoint": "http://collector:4318",
+        "prediction_log": PredictionLogConfig(
+            "postgresql://db/log", sample=0.5, inputs="hash", max_queue_bytes=10, flush_s=2.0
+        ),
         "watch": True,
         "watch_interval_s": 0.5,
         "control": True,

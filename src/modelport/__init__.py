@@ -21,6 +21,7 @@ from modelport.config import (
 )
 from modelport.convert.parity import Tolerance
 from modelport.errors import (
+    AccuracyDropError,
     BatchError,
     ConflictError,
     ConversionError,
@@ -34,6 +35,7 @@ from modelport.errors import (
     ModelNotFoundError,
     ModelportError,
     NotStoredError,
+    OptimizationError,
     OverloadedError,
     PredictionError,
     RequirementsError,
@@ -51,6 +53,7 @@ from modelport.signature import Signature, TensorSpec, validate_inputs
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccuracyDropError",
     "AsyncClient",
     "BatchConfig",
     "BatchError",
@@ -72,6 +75,7 @@ __all__ = [
     "ModelNotFoundError",
     "ModelportError",
     "NotStoredError",
+    "OptimizationError",
     "OverloadedError",
     "PredictionError",
     "Repository",

@@ -150,6 +150,32 @@ class LookupConfig:
 
 
 @dataclass(frozen=True)
+class PredictionLogConfig:
+    """Keeping what the server predicted (``serve --log-predictions URL``), for audits and
+    ``modelport monitor``: a SQLite file or a PostgreSQL URL.
+
+    ``sample`` is the share of requests kept; ``inputs`` is ``"full"`` or ``"hash"`` (only a
+    sha256 of each request's inputs is kept). Records wait in memory, up to
+    ``max_queue_bytes`` of tensors, for a background writer that inserts them in batches;
+    beyond that they are dropped and counted, and requests never wait for the database.
+    """
+
+    url: str
+    sample: float = 0.01
+    inputs: str = "full"
+    max_queue_bytes: int = 64 * 1024 * 1024
+    flush_s: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.sample <= 1.0:
+            raise ValueError("the prediction log's sample must be within (0, 1]")
+        if self.inputs not in ("full", "hash"):
+            raise ValueError("the prediction log keeps inputs 'full' or as a 'hash'")
+        if self.max_queue_bytes < 1 or self.flush_s <= 0:
+            raise ValueError("max_queue_bytes and flush_s must be positive")
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """How ``modelport serve`` runs: where it listens, who may call it, how it stops.
 
@@ -180,6 +206,8 @@ class ServerConfig:
     tls_cert: str | None = None  # PEM certificate (chain) and key: REST and gRPC speak TLS
     tls_key: str | None = None
     http: str = "modelport"  # the HTTP/1.1 protocol: ours, or "uvicorn" (its httptools one)
+    prediction_log: PredictionLogConfig | None = None
+    otlp_endpoint: str | None = None  # OpenTelemetry traces to this OTLP/HTTP collector
     # Versions in production (server/versions.py): follow the repository, the control API,
     # traffic splits ("churn=2:90,3:10") and shadows ("churn=3").
     watch: bool = False

@@ -18,8 +18,10 @@
      ├── ConflictError            another load or unload of the same model is running
      ├── RolloutError             a traffic split or shadow that cannot apply to the repository
      ├── BatchError               a batch run cannot go on: its source, mapping or reject ratio
-     ├── StoreError               the prediction store cannot be reached or written
+     ├── StoreError               a prediction store or log cannot be reached or written
      ├── NotStoredError           no stored prediction for a key
+     ├── OptimizationError        a model cannot be quantized, distilled or benchmarked as asked
+     │    └── AccuracyDropError       the optimized model lost more accuracy than allowed
      └── MissingDependencyError   an optional extra is not installed
 
 Messages say what happened, why, and what to do about it. Transports (REST, gRPC, CLI) map
@@ -128,6 +130,20 @@ class StoreError(ModelportError):
 
 class NotStoredError(ModelportError):
     """No stored prediction for a key, and no features to compute one from."""
+
+
+class OptimizationError(ModelportError):
+    """A model cannot be quantized, distilled or benchmarked as asked: its operators, its
+    signature, the rows given or the student asked for do not allow it."""
+
+
+class AccuracyDropError(OptimizationError):
+    """Every candidate lost more accuracy (or agreement with its parent) than the budget
+    allows, so nothing was imported. ``report`` holds the measurements."""
+
+    def __init__(self, message: str, report: object = None) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 class MissingDependencyError(ModelportError, ImportError):

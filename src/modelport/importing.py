@@ -47,6 +47,7 @@ def add_model(
     serving: Mapping[str, Any] | None = None,
     description: str = "",
     tolerance: Tolerance = Tolerance(),
+    lineage: Mapping[str, Any] | None = None,
 ) -> Manifest:
     """Add ``model`` as the next version of ``name`` and return its manifest.
 
@@ -58,6 +59,8 @@ def add_model(
     scikit-learn and PyTorch models need ``sample_input``: it fixes the input shape and is used
     for the parity check. Pickle/joblib files need ``trust_pickle=True``, and code models
     ``trust_code=True``: both run code when loaded. Raises UntrustedArtifactError without them.
+    ``lineage`` (what the model was made from, e.g. by ``modelport quantize``) is stored in the
+    manifest's metadata.
     """
     check_name(name)
     serving = dict(serving or {})
@@ -67,6 +70,8 @@ def add_model(
     if "batching" in serving:
         BatchingConfig.from_manifest(serving["batching"])  # refuse bad settings now, not at serve
     metadata: dict[str, Any] = {"description": description} if description else {}
+    if lineage:
+        metadata["lineage"] = dict(lineage)
     source = model
     model = _unpickle(model, trust_pickle) if _is_pickle_file(model) else model
     with repo.staging() as staged, tempfile.TemporaryDirectory() as unpacked:

@@ -7,6 +7,8 @@ One module per command group, each registered on ``main`` here:
 - ``rollout.py``: rollback, shadow report
 - ``batch.py``: batch run, batch status
 - ``demo.py``: demo
+- ``monitor.py``: monitor (drift of logged predictions)
+- ``optimize.py``: quantize, distill, bench
 - ``options.py``: what several of them share (--repo, --trust-pickle, --trust-code, JSON)
 """
 
@@ -17,7 +19,8 @@ import sys
 
 import click
 
-from modelport.cli import batch, demo, models, rollout
+from modelport.cli import batch, demo, models, optimize, rollout
+from modelport.cli.monitor import monitor
 from modelport.cli.serving import serve
 from modelport.errors import ModelportError
 
@@ -28,7 +31,15 @@ def main() -> None:
     """modelport: take a trained model from a notebook to production."""
 
 
-for command in (*models.COMMANDS, serve, *rollout.COMMANDS, batch.batch, demo.demo):
+for command in (
+    *models.COMMANDS,
+    serve,
+    *rollout.COMMANDS,
+    batch.batch,
+    demo.demo,
+    monitor,
+    *optimize.COMMANDS,
+):
     main.add_command(command)
 
 

@@ -12,6 +12,7 @@ from modelport.cli.options import TRUST_CODE_OPTION, TRUST_OPTION
 from modelport.config import (
     BatchingConfig,
     LookupConfig,
+    PredictionLogConfig,
     RuntimeConfig,
     ServerConfig,
     ServerLimits,
@@ -221,6 +222,35 @@ def _check_rollout(
     help="With --store: store predictions computed live for stale or missing keys.",
 )
 @click.option(
+    "--log-predictions",
+    "prediction_log",
+    default=None,
+    metavar="URL",
+    help="Keep a sample of requests (inputs, outputs, version, latency, request id) in this "
+    "SQLite file or postgresql:// URL, for audits and 'modelport monitor'.",
+)
+@click.option(
+    "--sample",
+    default=PredictionLogConfig.sample,
+    show_default=True,
+    type=float,
+    help="With --log-predictions: the share of requests kept.",
+)
+@click.option(
+    "--log-inputs",
+    type=click.Choice(["full", "hash"]),
+    default=PredictionLogConfig.inputs,
+    show_default=True,
+    help="With --log-predictions: keep inputs whole, or only a sha256 of each request's.",
+)
+@click.option(
+    "--otlp-endpoint",
+    default=None,
+    metavar="URL",
+    help="Send OpenTelemetry traces of requests to this OTLP/HTTP collector, e.g. "
+    "http://127.0.0.1:4318 (needs modelport[otel]).",
+)
+@click.option(
     "--http",
     type=click.Choice(["modelport", "uvicorn"]),
     default=ServerConfig.http,
@@ -239,8 +269,9 @@ def serve(
     intra_op_threads: int, access_log: bool, trust_pickle: bool, max_batch_size: int | None,
     max_delay_ms: float, latency_budget_ms: float | None, cache: str, cache_ttl_s: float,
     store: str | None, max_age: tuple[str, ...], write_back: bool, http: str, trust_code: bool,
-    cache_namespace: str, tls_cert: Path | None, tls_key: Path | None, watch: bool,
-    watch_interval_s: float, control: bool, control_token: str | None,
+    cache_namespace: str, tls_cert: Path | None, tls_key: Path | None,
+    prediction_log: str | None, sample: float, log_inputs: str, otlp_endpoint: str | None,
+    watch: bool, watch_interval_s: float, control: bool, control_token: str | None,
     control_token_file: Path | None, routes: tuple[str, ...], routes_file: Path | None,
     shadows: tuple[str, ...], **limits: Any,
 ) -> None:  # fmt: skip
@@ -262,6 +293,9 @@ def serve(
         VersionPolicy.parse(version_policy)  # fail now, not in every worker
         if (max_age or write_back) and store is None:
             raise ValueError("--max-age and --write-back need --store")
+        logging_asked = (sample, log_inputs) != (PredictionLogConfig.sample, "full")
+        if logging_asked and prediction_log is None:
+            raise ValueError("--sample and --log-inputs need --log-predictions")
         if max_age:
             from modelport.batch.freshness import MaxAge
 
@@ -280,6 +314,10 @@ def serve(
             control_token=control_token or None, routes=routes, shadows=shadows,
             routes_file=None if routes_file is None else str(routes_file.resolve()),
             lookups=None if store is None else LookupConfig(store, max_age, write_back),
+            otlp_endpoint=otlp_endpoint,
+            prediction_log=None if prediction_log is None else PredictionLogConfig(
+                prediction_log, sample=sample, inputs=log_inputs
+            ),
             batching=None if max_batch_size is None else BatchingConfig(
                 max_batch_size=max_batch_size, max_delay_s=max_delay_ms / 1000,
                 latency_budget_s=None if latency_budget_ms is None else latency_budget_ms / 1000,

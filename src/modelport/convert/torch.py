@@ -32,8 +32,14 @@ def torch_to_onnx(
     module: Any,
     sample: np.ndarray | Sequence[np.ndarray],
     tolerance: Tolerance = Tolerance(),
+    *,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
 ) -> bytes:
-    """Convert ``module`` (in eval mode) using ``sample`` inputs; ConversionError on failure."""
+    """Convert ``module`` (in eval mode) using ``sample`` inputs; ConversionError on failure.
+
+    ``input_names`` and ``output_names`` replace the default names (``input``, ``output``...).
+    """
     require("torch", "torch")
     require("onnxscript", "torch")
     import torch
@@ -54,8 +60,13 @@ def torch_to_onnx(
     tensors = _tensors(arrays)
     module = module.eval()
     expected = _run(module, arrays)
-    input_names = _names("input", len(tensors))
-    output_names = _names("output", len(expected))
+    input_names = list(input_names or _names("input", len(tensors)))
+    output_names = list(output_names or _names("output", len(expected)))
+    if len(input_names) != len(tensors) or len(output_names) != len(expected):
+        raise ConversionError(
+            f"{len(input_names)} input and {len(output_names)} output names given for a module "
+            f"of {len(tensors)} inputs and {len(expected)} outputs"
+        )
     batch = torch.export.Dim("batch")
     dynamic = tuple({0: batch} for _ in tensors)  # positional: forward's arg names vary
     with tempfile.TemporaryDirectory() as tmp, _quiet_exporter():

@@ -14,7 +14,7 @@ import logging
 import secrets
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,7 +26,7 @@ from modelport.errors import (
     NotReadyError,
     OverloadedError,
 )
-from modelport.server import metrics
+from modelport.server import metrics, tracing
 from modelport.server.registry import Registry, Served
 from modelport.server.requests import RequestRecord
 from modelport.server.routing import Router
@@ -34,6 +34,9 @@ from modelport.server.runner import Gone
 from modelport.server.shadow import Shadows
 from modelport.server.tensors import check_finite
 from modelport.signature import validate_inputs
+
+if TYPE_CHECKING:  # the log needs SQLAlchemy, which a server without one need not have
+    from modelport.server.prediction_log import PredictionLog
 
 log = logging.getLogger("modelport.server")
 
@@ -52,6 +55,7 @@ class Engine:
         self.drain_started: float | None = None
         self.in_flight = 0
         self.cache: Cache | None = open_cache(config.cache, config.cache_ttl_s)
+        self.predictions: PredictionLog | None = None  # set by the service when it logs them
         self._computing: dict[bytes, asyncio.Future[Outputs]] = {}
         # Request ids: random per process, then counted (a uuid4 costs a system call).
         self._id_prefix = secrets.token_hex(8)
@@ -165,11 +169,15 @@ class Engine:
             served.name, served.version, batch, digest=served.digest,
             namespace=self.config.cache_namespace,
         )  # fmt: skip
+        looked_at = tracing.now_ns() if record.span is not None else 0
         cached = await self.cache.get(key)
+        if record.span is not None:
+            found = {"modelport.cache": "miss" if cached is None else "hit"}
+            tracing.phase(record.span, "cache", looked_at, tracing.now_ns(), served.traced | found)
         if cached is not None:
             measured.cache_hit.inc()
             record.cache = "hit"
-            record.computed = time.monotonic()
+            self._answered(served, batch, cached, record)
             return cached
         measured.cache_miss.inc()
         record.cache = "miss"
@@ -177,7 +185,7 @@ class Engine:
         if running is not None:  # the same inputs are being computed now: share the answer
             try:
                 shared = await asyncio.shield(running)
-                record.computed = time.monotonic()
+                self._answered(served, batch, shared, record)
                 return shared
             except ConnectionAbortedError:  # its client left, and took the work with it
                 return await self._infer_now(served, batch, deadline, gone, arrived, record)
@@ -210,7 +218,7 @@ class Engine:
         metrics.IN_FLIGHT.inc()
         measured.queue_depth.inc()
         try:
-            outputs, timing = await served.runner.run(batch, deadline, gone, arrived)
+            outputs, timing = await served.runner.run(batch, deadline, gone, arrived, record.span)
         except OverloadedError:
             measured.queue_full.inc()
             raise
@@ -223,8 +231,21 @@ class Engine:
             measured.queue_depth.dec()
         measured.queue.observe(timing.queue_s)
         measured.inference.observe(timing.inference_s)
-        record.computed = time.monotonic()
+        if record.span is not None:  # from the runner's times: the run ended just now
+            ran_from = tracing.seconds_ago_ns(timing.inference_s)
+            waited_from = ran_from - int(timing.queue_s * 1e9)
+            tracing.phase(record.span, "queue", waited_from, ran_from, served.traced)
+            tracing.phase(record.span, "inference", ran_from, tracing.now_ns(), served.traced)
+        self._answered(served, batch, outputs, record)
         return outputs
+
+    def _answered(
+        self, served: Served, inputs: dict[str, np.ndarray], outputs: Outputs,
+        record: RequestRecord,
+    ) -> None:  # fmt: skip
+        record.computed = time.monotonic()
+        if self.predictions is not None:
+            self.predictions.offer(served, inputs, outputs, record)
 
     async def close(self) -> None:
         """Close the cache and unload the models (at shutdown)."""

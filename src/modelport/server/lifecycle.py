@@ -34,6 +34,7 @@ import uvicorn
 from modelport.config import (
     BatchingConfig,
     LookupConfig,
+    PredictionLogConfig,
     RuntimeConfig,
     ServerConfig,
     ServerLimits,
@@ -173,6 +174,9 @@ def config_from_json(text: str) -> tuple[Path, ServerConfig]:
             "lookups": None
             if raw["lookups"] is None
             else LookupConfig(**{**raw["lookups"], "max_age": tuple(raw["lookups"]["max_age"])}),
+            "prediction_log": None
+            if raw["prediction_log"] is None
+            else PredictionLogConfig(**raw["prediction_log"]),
         }
     )
     return Path(data["source"]), config

@@ -30,7 +30,7 @@ from modelport.errors import (
     NotStoredError,
     require,
 )
-from modelport.server import metrics
+from modelport.server import metrics, tracing
 from modelport.server.engine import Engine, Outputs
 from modelport.server.registry import Served
 from modelport.server.requests import RequestRecord
@@ -105,7 +105,11 @@ class Lookups:
             key: self._features(served, name, key, row, limits) for key, row in features.items()
         }
         check_strings(((n, a) for b in batches.values() for n, a in b.items()), limits)
+        looked_at = tracing.now_ns() if record.span is not None else 0
         found = await asyncio.to_thread(self.store.lookup, name, keys)
+        if record.span is not None:
+            where = {"modelport.model": name, "modelport.keys": len(keys)}
+            tracing.phase(record.span, "lookup", looked_at, tracing.now_ns(), where)
         now = time.time()
         max_age = self.max_age.of(name)
         answers: list[dict[str, Any]] = []

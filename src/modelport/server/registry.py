@@ -40,10 +40,12 @@ class Served:
     users: int = 0  # requests admitted to it and not yet answered: a retired one drains them
     label: str = field(init=False)  # the version as text, as logs and metrics show it
     measured: metrics.ModelMetrics = field(init=False, repr=False)  # looked up once
+    traced: dict[str, str] = field(init=False, repr=False)  # its spans' attributes
 
     def __post_init__(self) -> None:
         self.label = str(self.version)
         self.measured = metrics.for_model(self.name, self.label)
+        self.traced = {"modelport.model": self.name, "modelport.version": self.label}
 
 
 class Registry:

@@ -27,7 +27,7 @@ from modelport.errors import (
     OverloadedError,
     PredictionError,
 )
-from modelport.server import metrics
+from modelport.server import metrics, tracing
 
 if TYPE_CHECKING:
     from modelport.server.registry import Served
@@ -88,6 +88,7 @@ class RequestRecord:
     cache: str | None = None  # "hit" or "miss" when the prediction cache was asked
     computed: float = 0.0  # time.monotonic() when its outputs were ready
     elapsed_s: float = 0.0  # set by finish()
+    span: Any = None  # its OpenTelemetry span, when the server traces
     leases: list[Served] | None = None  # versions admitted to (Engine.admit), held till the end
 
     def release(self) -> None:
@@ -109,6 +110,8 @@ class RequestRecord:
             output_s = now - self.computed if self.computed else None
             measured = metrics.for_model(self.model, self.version or "")
             measured.finished(status, self.elapsed_s, output_s)
+        if self.span is not None:
+            tracing.finish(self.span, status, self.model, self.version)
         return access_log.isEnabledFor(logging.INFO)
 
     def log(self, status: int, fields: dict[str, Any]) -> None:

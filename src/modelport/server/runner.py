@@ -15,7 +15,7 @@ import functools
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from modelport.batching import Batcher, LatencyTarget
 from modelport.config import BatchingConfig
 from modelport.errors import DeadlineExceededError, ModelportError, OverloadedError, PredictionError
 from modelport.model import Model, measure_costs
+from modelport.server import tracing
 
 INLINE_BELOW_S = 100e-6  # about the cost of one thread hand-off on a busy core
 WATCH_AFTER_S = 0.05  # work that waits longer looks out for its client leaving
@@ -44,6 +45,7 @@ class _Job(NamedTuple):
     rows: int
     enqueued: float
     deadline: float
+    trace: Any = None  # the request's span, when the server traces: a batch links to it
 
 
 def _withdraw(
@@ -124,6 +126,7 @@ class Runner:
         deadline: float,
         gone: Gone | None = None,
         arrived: float | None = None,
+        trace: Any = None,
         inline: bool = True,
     ) -> tuple[Outputs, Timing]:
         """Outputs for ``inputs`` (already validated), or Overloaded/DeadlineExceeded.
@@ -136,7 +139,7 @@ class Runner:
         nothing it costs may delay live work).
         """
         self.check_capacity()
-        job = _Job(inputs, _rows(inputs), time.monotonic(), deadline)
+        job = _Job(inputs, _rows(inputs), time.monotonic(), deadline, trace)
         warm = self._calls >= _WARMUP_CALLS
         # One inference thread: a fast model runs inline whatever the load. Several: only while
         # they are idle, since busy they run requests in parallel on other cores.
@@ -199,7 +202,12 @@ class Runner:
     async def _run_batch(self, jobs: list[_Job]) -> list[tuple[Outputs, Timing]]:
         loop = asyncio.get_running_loop()
         answers = await loop.run_in_executor(self._executor, self._predict_batch, jobs)
-        self._on_batch(sum(job.rows for job in jobs), answers[0][1].inference_s)
+        rows, ran_s = sum(job.rows for job in jobs), answers[0][1].inference_s
+        self._on_batch(rows, ran_s)
+        if len(jobs) > 1 and tracing.on():
+            attributes = {"modelport.model": self.model.name, "modelport.batch_rows": rows}
+            start = tracing.seconds_ago_ns(ran_s)
+            tracing.batch((job.trace for job in jobs), start, tracing.now_ns(), attributes)
         return answers
 
     def _predict_batch(self, jobs: list[_Job]) -> list[tuple[Outputs, Timing]]:

@@ -19,7 +19,7 @@ from typing import Any
 from modelport.config import ServerConfig
 from modelport.errors import MissingDependencyError, ModelportError, require
 from modelport.repository import is_model_folder
-from modelport.server import metrics
+from modelport.server import metrics, tracing
 from modelport.server.engine import Engine
 from modelport.server.lookups import Lookups
 from modelport.server.registry import Registry, load_registry
@@ -102,6 +102,17 @@ class Service:
                 await self._load(self.source)
         if self.config.lookups is not None:
             self.rest.lookups = Lookups(self.config.lookups, self.engine)
+        if self.config.otlp_endpoint is not None:
+            require("opentelemetry.sdk", "otel")
+            require("opentelemetry.exporter.otlp.proto.http", "otel")
+            tracing.start(self.config.otlp_endpoint)
+        if self.config.prediction_log is not None:
+            require("sqlalchemy", "batch")
+            from modelport.server.prediction_log import PredictionLog
+
+            predictions = PredictionLog(self.config.prediction_log)
+            await asyncio.to_thread(predictions.start)
+            self.engine.predictions = predictions
         if self.config.grpc_port is not None:
             require("grpc", "grpc")
             require("grpc_health", "grpc")
@@ -123,9 +134,12 @@ class Service:
         if self.versions is not None:
             await self.versions.close()
         await self.engine.close()
+        if self.engine.predictions is not None:  # after the last answer: every record is in
+            await asyncio.to_thread(self.engine.predictions.close)
         if self.rest.lookups is not None:
             self.rest.lookups.close()
         metrics.forget_process()
+        await asyncio.to_thread(tracing.stop)  # the last spans: this request's included
 
     async def _load(self, source: Path) -> None:
         try:

@@ -32,6 +32,7 @@ from modelport.errors import (
 )
 from modelport.repository import check_name, check_version
 from modelport.runtimes import PLATFORMS
+from modelport.server import tracing
 from modelport.server.engine import Engine
 from modelport.server.extensions import EXTENSIONS, model_config, model_statistics
 from modelport.server.grpc.proto import grpc_predict_v2_pb2 as pb
@@ -218,6 +219,10 @@ class GRPCDoor:
             if request_id is None:
                 request_id = self.engine.new_request_id()
             record = RequestRecord(request_id, started)
+            if tracing.on():
+                record.span = tracing.request_span(
+                    path, metadata.get("traceparent"), metadata.get("tracestate")
+                )
             code = Code.CANCELLED  # unless set below: the client left or its deadline passed
             try:
                 token = self.config.token

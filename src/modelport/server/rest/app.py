@@ -24,7 +24,7 @@ from modelport.errors import (
 )
 from modelport.repository import is_number
 from modelport.runtimes import PLATFORMS
-from modelport.server import metrics
+from modelport.server import metrics, tracing
 from modelport.server.engine import Engine
 from modelport.server.extensions import EXTENSIONS, model_config, model_statistics
 from modelport.server.lookups import Lookups, parse_lookup
@@ -109,6 +109,11 @@ class RestApp:
         if request_id is None:
             request_id = self.engine.new_request_id()
         record = RequestRecord(request_id, started)
+        if tracing.on():
+            record.span = tracing.request_span(
+                f"{scope['method']} {scope['path']}", header(scope, b"traceparent"),
+                header(scope, b"tracestate"),
+            )  # fmt: skip
         try:
             response = await self._dispatch(scope, receive, record)
         except ConnectionAbortedError:
@@ -228,6 +233,7 @@ class RestApp:
                 self._catalog(self._registry()),
                 lookups=self.lookups is not None,
                 graphql=installed("graphql"),
+                token=self.config.token is not None,
                 control=self.config.control,
                 shadow=bool(self.config.shadows),
             )

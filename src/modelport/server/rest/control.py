@@ -5,12 +5,12 @@
     POST /v2/repository/models/{name}/unload
     GET  /v2/shadow                           agreement counts and the last disagreements
 
-Off unless the server runs with ``--control`` (404, as for an unknown endpoint); the shadow
-report exists when a shadow does. Who may call: the control token when there is one (never the
-access token: whoever may predict must not load and unload); without one, on loopback, this
-machine's programs only (the Host and Origin checks of gate.py). Nothing in a request names a
-path or a file: a load loads what the repository holds, and ``config`` or ``file:`` parameters
-are refused.
+Off unless the server runs with ``--control`` (404, as for an unknown endpoint, once the caller
+has passed what every endpoint asks); the shadow report exists when a shadow does. Who may
+call: the control token when there is one (never the access token: whoever may predict must
+not load and unload); without one, on loopback, this machine's programs only (the Host and
+Origin checks of gate.py). Nothing in a request names a path or a file: a load loads what the
+repository holds, and ``config`` or ``file:`` parameters are refused.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ class ControlRoutes:
         self._body = body
         # The loopback checks alone (Host, Origin), whatever the access token.
         self._local = Gate(dataclasses.replace(config, token=None))
+        self._gate = Gate(config)  # what every other endpoint asks
 
     def handlers(self) -> dict[str, Callable[..., Awaitable[Response]]]:
         return {name: getattr(self, name) for name in HANDLERS}
@@ -68,9 +69,15 @@ class ControlRoutes:
         else:
             raise HTTPError(403, f"{what} beyond loopback needs --control-token")
 
+    def _absent(self, scope: Scope, message: str) -> HTTPError:
+        """Not served here: 404, once the caller has passed what any endpoint asks (a caller
+        without the access token learns nothing, not even that)."""
+        self._gate.check(scope)
+        return HTTPError(404, message)
+
     def _control(self, scope: Scope, what: str) -> Versions:
         if not self.config.control or self.versions is None:
-            raise HTTPError(404, f"no such endpoint: {what} (start the server with --control)")
+            raise self._absent(scope, f"no such endpoint: {what} (start the server with --control)")
         self._authorize(scope, what)
         return self.versions
 
@@ -131,6 +138,6 @@ class ControlRoutes:
     async def shadow_report(self, scope: Scope, *_: Any) -> Response:
         shadows = self.engine.shadows
         if shadows is None:
-            raise HTTPError(404, "no shadow on this server (start it with --shadow MODEL=VERSION)")
+            raise self._absent(scope, "no shadow here (start the server with --shadow MODEL=V)")
         self._authorize(scope, "the shadow report")
         return json_response(shadows.report())

@@ -139,7 +139,12 @@ _SCHEMAS: dict[str, Any] = {
         "data:any errors:[]any", description="GraphQL's own shape; errors carry extensions.code"
     ),
 }
+_SCHEMAS["GraphQLRequest"]["properties"]["operationName"]["type"] = ["string", "null"]
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
+# repository.check_name's rule: 1-64 of these, no "..", not ending in "."
+_NAME_PATTERN = r"^(?!.*\.\.)(?!.*\.$)[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_ERROR_SCHEMAS = {"/v2/health/ready": "ServerReady", "/graphql": "GraphQLResponse"}
+_TAGS = ("health", "server", "models", "statistics", "inference", "predictions", "graphql", "ops")
 
 
 def _zeros(datatype: str, shape: list[int]) -> tuple[list[int], list[Any]]:
@@ -183,14 +188,20 @@ def _operation(endpoint: Endpoint, path: str, metadata: dict[str, Any]) -> dict[
     params: list[dict[str, Any]] = []
     if "{model_name}" in path:
         names = {name: name for name in metadata}
-        params.append({"name": "model_name", "in": "path", "required": True, **_json("str", names)})
+        name = {"type": "string", "pattern": _NAME_PATTERN}
+        params.append(
+            {"name": "model_name", "in": "path", "required": True, "schema": name,
+             **_examples(names)}
+        )  # fmt: skip
+        if errors != "all" and "400" not in errors:  # a name that is no name: 400
+            errors = f"400,{errors}"
     if "{key}" in path:
         key = {"type": "string", "maxLength": 512}
         params.append({"name": "key", "in": "path", "required": True, "schema": key})
     if "{model_version}" in path:
-        version = {"type": "string", "pattern": "^[0-9]+$"}
+        version = {"type": "string", "pattern": "^[1-9][0-9]{0,8}$"}
         params.append({"name": "model_version", "in": "path", "required": True, "schema": version})
-        summary, errors = f"{summary} (one version)", errors.replace("401", "400,401")
+        summary = f"{summary} (one version)"
     ok = {"application/json": _json(response, metadata if response == "ModelMetadata" else {})}
     if "/" in response:
         ok = {response: {"schema": {"type": "object" if "json" in response else "string"}}}
@@ -227,10 +238,10 @@ def _operation(endpoint: Endpoint, path: str, metadata: dict[str, Any]) -> dict[
             body["application/octet-stream"] = _BINARY
         op["requestBody"] = {"required": True, "content": body}
     for code in list(_ERRORS) if errors == "all" else errors.split(",") if errors != "-" else []:
-        schema = "ServerReady" if path == "/v2/health/ready" else "Error"
+        shape = _ERROR_SCHEMAS.get(path, "Error")
         op["responses"][code] = {
             "description": _ERRORS.get(code) or _NAMED_ONLY[code],
-            "content": {"application/json": {"schema": _type(schema)}},
+            "content": {"application/json": {"schema": _type(shape)}},
         }
         if code == "503":
             op["responses"][code]["headers"] = {"Retry-After": {"schema": _type("int")}}
@@ -245,9 +256,10 @@ def _row(meta: dict[str, Any]) -> dict[str, Any]:
 
 def openapi_spec(
     server_version: str, models: dict[str, dict[str, Any]], lookups: bool = False,
-    graphql: bool = False, control: bool = False, shadow: bool = False,
+    graphql: bool = False, token: bool = True, control: bool = False, shadow: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
-    """The OpenAPI 3.1 document of the modelport server, with examples for every model.
+    """The OpenAPI 3.1 document of the modelport server, with examples for every model;
+    ``token``: the server asks for one (else no operation declares a security requirement).
 
     openapi_spec("0.1.0", {"digits": {"versions": [1], "platform": "onnx_onnxv1",
                                        "inputs": [...], "outputs": [...]}})
@@ -290,11 +302,11 @@ def openapi_spec(
         },
         "tags": [
             {"name": t}
-            for t in ("health", "server", "models", "inference", "predictions", "graphql", "ops")
+            for t in _TAGS
             if (lookups or t != "predictions") and (graphql or t != "graphql")
         ]
         + ([{"name": "control"}] if control or shadow else []),
-        "security": [{"bearer": []}],
+        "security": [{"bearer": []}] if token else [],
         "paths": paths,
         "components": {"schemas": copy.deepcopy(_SCHEMAS), "securitySchemes": {"bearer": bearer}},
     }

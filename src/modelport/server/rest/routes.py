@@ -103,7 +103,8 @@ def route(method: str, path: str, shown: str) -> tuple[Endpoint, dict[str, str]]
         groups = match.groupdict().items()
         return endpoint, {k: unquote(v) for k, v in groups if v is not None}
     if allowed:
-        raise HTTPError(405, f"{method} is not allowed here; use {', '.join(allowed)}")
+        methods = ", ".join(allowed)
+        raise HTTPError(405, f"{method} is not allowed here; use {methods}", {"allow": methods})
     raise HTTPError(404, f"no such endpoint: {method} {shown}")
 
 

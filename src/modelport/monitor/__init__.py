@@ -1,0 +1,1 @@
+"""What the server predicted, kept and checked: the prediction log's table and drift reports."""
