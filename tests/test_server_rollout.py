@@ -118,9 +118,10 @@ def test_bad_routes_and_shadows_are_refused_at_start(repo: modelport.Repository)
         assert refused.exit_code == 2, route
         assert message in refused.output
     # Checked against the repository when the server starts: it exits 1 with the reason.
-    started = _serve(root, "--trust-code", "--route", "scorer=1:50,9:50")
-    assert started.returncode == 1
-    assert "route of 'scorer': the repository has no version 9; it has 1, 2, 3" in started.stderr
+    for workers in ("1", "2"):  # several: refused before any worker starts (and restarts)
+        started = _serve(root, "--trust-code", "--route", "scorer=1:50,9:50", "--workers", workers)
+        assert started.returncode == 1
+        assert "route of 'scorer': the repository has no version 9; it has 1, 2" in started.stderr
     versions = Versions(repo.root, ServerConfig(), Engine(ServerConfig()))
     for routes, shadows, message in (
         (["nope=1:100"], [], "route of 'nope': the repository has no such model"),

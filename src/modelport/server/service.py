@@ -143,7 +143,7 @@ class Service:
 
     async def _load(self, source: Path) -> None:
         try:
-            self.registry = await asyncio.to_thread(self._registry_of, source)
+            self.registry = await asyncio.to_thread(self.load_models, source)
         except Exception as exc:
             self.load_error = exc
             log.error("could not load the models: %s; stopping", exc)
@@ -159,9 +159,9 @@ class Service:
         gc.collect()
         gc.freeze()
 
-    def _registry_of(self, source: Path) -> Registry:
-        """A repository through Versions (it follows changes, splits, shadows, control);
-        one model file or folder as it is."""
+    def load_models(self, source: Path) -> Registry:
+        """Load (blocking) a repository through Versions (it follows changes, splits, shadows,
+        control), one model file or folder as it is; raises what stops a start."""
         config = self.config
         if self.versions is None:
             if (
