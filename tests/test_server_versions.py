@@ -310,3 +310,41 @@ def test_every_worker_follows_the_repository(tmp_path: Path) -> None:
         page = http.get("/metrics").text
     loaded = {"model": "scorer", "version": "2", "result": "loaded"}
     assert metric(page, "modelport_version_loads_total", **loaded) == 2  # summed over workers
+
+
+def test_a_withdrawn_canary_stops_and_its_share_goes_to_the_default(tmp_path: Path) -> None:
+    import asyncio
+
+    from modelport.server.engine import Engine
+    from modelport.server.requests import RequestRecord
+    from modelport.server.versions import Versions
+
+    repo = modelport.Repository.init(tmp_path / "models")
+    for seed in (1, 2, 3):
+        modelport.add_model(repo, "tiny", mlp_onnx((4, 8, 3), seed=seed))
+    config = ServerConfig(version_policy="latest")
+
+    async def shares() -> tuple[set[int], set[int]]:
+        engine = Engine(config)
+        versions = Versions(repo.root, config, engine)
+        versions.set_rules(["tiny=2:50,3:50"], [])
+        engine.registry = versions.load_all()
+
+        def drawn() -> set[int]:
+            records = [RequestRecord(str(i), time.monotonic()) for i in range(200)]
+            answered = {engine.admit("tiny", None, r).version for r in records}
+            for record in records:
+                record.release()
+            return answered
+
+        before = drawn()
+        repo.withdraw("tiny", [3], "canary failed")
+        await versions.sync()
+        after = drawn()
+        await versions.close()
+        await engine.close()
+        return before, after
+
+    before, after = asyncio.run(shares())
+    assert before == {2, 3}
+    assert after == {2}

@@ -181,7 +181,10 @@ class Versions:
         target = self.shadow_targets.get(name)
         if target is not None:
             wanted.add(target.candidate)
-        return sorted(v for v in wanted if v in self.repo.versions(name))
+        # A version withdrawn since a split or shadow named it stops too: a split's share of
+        # it goes to the default version (Router.pick), its shadow stops.
+        gone = set(self.repo.withdrawn(name)) - set(self.live(name))
+        return sorted(v for v in wanted if v in self.repo.versions(name) and v not in gone)
 
     def load_all(self) -> Registry:
         """Every wanted version, loaded and warmed up (at start, in a thread); raises."""
