@@ -55,6 +55,7 @@ def other_address() -> str | None:
 def requests_of(endpoint: Endpoint) -> Iterator[tuple[str, str, Any]]:
     """Concrete (method, path, body) for an endpoint: with and without a version."""
     path = endpoint.path.replace("{model_name}", "tiny").replace("{key}", "k")
+    path = path.replace("{file}", "index.html")  # serve --web: the page, open to all
     versions = ("", "/versions/1") if "*" in path else ("",)
     for version in versions:
         yield endpoint.method.upper(), path.replace("*", version), BODIES.get(endpoint.handler)
@@ -83,7 +84,7 @@ def exposed(repo: Path, store: str) -> Iterator[tuple[RunningServer, int]]:
     grpc_port = free_port()
     with run_server(
         repo, "--trust-code", "--host", "0.0.0.0", "--token", TOKEN, "--store", store,
-        "--grpc-port", str(grpc_port),
+        "--grpc-port", str(grpc_port), "--web",
     ) as server:  # fmt: skip
         yield server, grpc_port
 
@@ -93,7 +94,7 @@ def local(repo: Path, store: str) -> Iterator[tuple[RunningServer, int]]:
     """Every door on loopback without a token, as `modelport serve` starts by default."""
     grpc_port = free_port()
     with run_server(
-        repo, "--trust-code", "--store", store, "--grpc-port", str(grpc_port)
+        repo, "--trust-code", "--store", store, "--grpc-port", str(grpc_port), "--web"
     ) as server:
         yield server, grpc_port
 

@@ -200,7 +200,19 @@ def test_docs_page_without_models() -> None:
 
 
 def test_control_and_shadow_endpoints_appear_when_the_server_has_them() -> None:
-    spec = openapi_spec("1.2.3", {"digits": DIGITS}, control=True, shadow=True)
+    from modelport.config import ServerConfig
+    from modelport.server.engine import Engine
+    from modelport.server.rest.control import ControlRoutes
+
+    assert "control" not in {t["name"] for t in openapi_spec("1.2.3", {"digits": DIGITS})["tags"]}
+    config = ServerConfig(control=True, shadows=("digits=2",))
+
+    async def no_body(*_: Any) -> bytes:
+        return b""
+
+    spec = ControlRoutes(Engine(config), config, no_body).document(
+        openapi_spec("1.2.3", {"digits": DIGITS})
+    )
     validate(spec)
     assert set(spec["paths"]) - set(ENDPOINTS) == {
         "/v2/repository/index",

@@ -40,7 +40,7 @@ def fuzz(server: RunningServer, *extra: str) -> subprocess.CompletedProcess[str]
 
 
 def test_schemathesis_finds_nothing_on_loopback_without_a_token(demo: Path) -> None:
-    with run_server(demo, "--trust-code") as server:
+    with run_server(demo, "--trust-code", "--web") as server:
         run = fuzz(server)
         assert server.process.poll() is None  # still up
     assert run.returncode == 0, run.stdout[-8000:]
@@ -48,7 +48,7 @@ def test_schemathesis_finds_nothing_on_loopback_without_a_token(demo: Path) -> N
 
 
 def test_schemathesis_finds_nothing_with_a_token(demo: Path) -> None:
-    with run_server(demo, "--trust-code", "--token", "s3cret-token") as server:
+    with run_server(demo, "--trust-code", "--web", "--token", "s3cret-token") as server:
         run = fuzz(server, "-H", "Authorization: Bearer s3cret-token")
         assert server.process.poll() is None
     assert run.returncode == 0, run.stdout[-8000:]

@@ -136,6 +136,56 @@ class BatchingConfig:
 
 
 @dataclass(frozen=True)
+class FallbackConfig:
+    """What answers for a model that raises or misses its deadline (a manifest's
+    ``serving.fallback``), and the circuit breaker in front of it.
+
+    Either ``model`` (another served model taking the same inputs, its latest version) or
+    ``outputs`` (a constant answer: output name -> the value of one row). The breaker opens
+    after ``failures`` failures within ``window_s``: for ``open_s`` every request gets the
+    fallback at once, then one probe goes to the model (half-open) and its outcome closes the
+    breaker or opens it again.
+    """
+
+    model: str | None = None
+    outputs: Mapping[str, Any] | None = None
+    deadline_s: float | None = None
+    failures: int = 5
+    window_s: float = 30.0
+    open_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if (self.model is None) == (self.outputs is None):
+            raise ValueError("a fallback names either another model or constant outputs")
+        if self.deadline_s is not None and self.deadline_s <= 0:
+            raise ValueError("fallback deadline_ms must be > 0")
+        if self.failures < 1 or self.window_s <= 0 or self.open_s <= 0:
+            raise ValueError("fallback failures must be >= 1, window_s and open_s > 0")
+
+    @classmethod
+    def from_manifest(cls, settings: Mapping[str, Any]) -> FallbackConfig:
+        """From a manifest's ``serving.fallback`` (the deadline in ms there)."""
+        known = {"model", "outputs", "deadline_ms", "failures", "window_s", "open_s"}
+        if not isinstance(settings, Mapping):
+            raise ValueError("the fallback setting must be an object")
+        unknown = set(settings) - known
+        if unknown:
+            raise ValueError(f"unknown fallback setting {sorted(unknown)[0]!r}")
+        outputs = settings.get("outputs")
+        if outputs is not None and (not isinstance(outputs, Mapping) or not outputs):
+            raise ValueError("fallback outputs must map output names to one row's value")
+        deadline = settings.get("deadline_ms")
+        return cls(
+            model=None if settings.get("model") is None else str(settings["model"]),
+            outputs=outputs,
+            deadline_s=None if deadline is None else float(deadline) / 1000,
+            failures=int(settings.get("failures", cls.failures)),
+            window_s=float(settings.get("window_s", cls.window_s)),
+            open_s=float(settings.get("open_s", cls.open_s)),
+        )
+
+
+@dataclass(frozen=True)
 class LookupConfig:
     """Serving stored batch predictions (``serve --store``).
 
@@ -206,6 +256,7 @@ class ServerConfig:
     tls_cert: str | None = None  # PEM certificate (chain) and key: REST and gRPC speak TLS
     tls_key: str | None = None
     http: str = "modelport"  # the HTTP/1.1 protocol: ours, or "uvicorn" (its httptools one)
+    web: bool = False  # serve each ONNX model's browser bundle at /web/NAME/, edge telemetry
     prediction_log: PredictionLogConfig | None = None
     otlp_endpoint: str | None = None  # OpenTelemetry traces to this OTLP/HTTP collector
     # Versions in production (server/versions.py): follow the repository, the control API,

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from modelport import archives, requirements
-from modelport.config import BatchingConfig, RuntimeConfig
+from modelport.config import BatchingConfig, FallbackConfig, RuntimeConfig
 from modelport.convert.parity import Tolerance
 from modelport.errors import ConversionError, ModelLoadError, UntrustedArtifactError, require
 from modelport.manifest import (
@@ -69,6 +69,8 @@ def add_model(
         raise ValueError(f"unknown serving setting {unknown[0]!r}; expected {SERVING_KEYS}")
     if "batching" in serving:
         BatchingConfig.from_manifest(serving["batching"])  # refuse bad settings now, not at serve
+    if "fallback" in serving:
+        FallbackConfig.from_manifest(serving["fallback"])
     metadata: dict[str, Any] = {"description": description} if description else {}
     if lineage:
         metadata["lineage"] = dict(lineage)

@@ -7,8 +7,9 @@ One module per command group, each registered on ``main`` here:
 - ``rollout.py``: rollback, shadow report
 - ``batch.py``: batch run, batch status
 - ``demo.py``: demo
+- ``export.py``: export web, export mobile; bench --device-profile (a device-like budget)
 - ``monitor.py``: monitor (drift of logged predictions)
-- ``optimize.py``: quantize, distill, bench
+- ``optimize.py``: quantize, distill, bench (with --device-profile: export.py's)
 - ``options.py``: what several of them share (--repo, --trust-pickle, --trust-code, JSON)
 """
 
@@ -20,6 +21,7 @@ import sys
 import click
 
 from modelport.cli import batch, demo, models, optimize, rollout
+from modelport.cli.export import export
 from modelport.cli.monitor import monitor
 from modelport.cli.serving import serve
 from modelport.errors import ModelportError
@@ -39,6 +41,7 @@ for command in (
     demo.demo,
     monitor,
     *optimize.COMMANDS,
+    export,
 ):
     main.add_command(command)
 

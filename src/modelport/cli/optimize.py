@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from modelport.cli.export import device_bench, device_options
 from modelport.cli.options import REPO_OPTION, TRUST_CODE_OPTION, TRUST_OPTION
 from modelport.errors import AccuracyDropError
 from modelport.repository import Repository
@@ -268,6 +269,7 @@ def _numbers(text: str) -> tuple[int, ...]:
 @click.option("--concurrency", default="1,4,16", show_default=True,
               help="With --url: requests kept in flight, comma-separated.")  # fmt: skip
 @click.option("--token", envvar="MODELPORT_TOKEN", help="With --url: the service's token.")
+@device_options
 @REPORT_OPTION
 @JSON_OPTION
 @TRUST_CODE_OPTION
@@ -289,8 +291,17 @@ def bench(
     as_json: bool,
     trust_code: bool,
     repo_path: Path,
+    device_profile: str | None,
+    cpus: float | None,
+    memory: str | None,
+    budget_ms: float,
 ) -> None:
-    """Latency (p50, p99) and throughput of model versions side by side."""
+    """Latency (p50, p99) and throughput of model versions side by side; with
+    --device-profile (or --cpus, --memory), on a device-like budget instead."""
+    if device_profile is not None or cpus is not None or memory is not None:
+        device_bench(repo_path, refs, _numbers(batch_sizes), device_profile, cpus, memory,
+                     budget_ms, as_json)  # fmt: skip
+        return
     from modelport.optimize.bench import bench as run
     from modelport.optimize.remote import Remote
 

@@ -17,6 +17,7 @@ from modelport.config import (
     ServerConfig,
     ServerLimits,
 )
+from modelport.errors import ModelNotFoundError
 from modelport.repository import VersionPolicy
 
 
@@ -222,6 +223,12 @@ def _check_rollout(
     help="With --store: store predictions computed live for stale or missing keys.",
 )
 @click.option(
+    "--web",
+    is_flag=True,
+    help="Also serve each ONNX model's browser bundle at /web/NAME/ (the page, modelport.js, "
+    "onnxruntime-web, the model) and take edge telemetry at /v2/edge/telemetry.",
+)
+@click.option(
     "--log-predictions",
     "prediction_log",
     default=None,
@@ -269,7 +276,7 @@ def serve(
     intra_op_threads: int, access_log: bool, trust_pickle: bool, max_batch_size: int | None,
     max_delay_ms: float, latency_budget_ms: float | None, cache: str, cache_ttl_s: float,
     store: str | None, max_age: tuple[str, ...], write_back: bool, http: str, trust_code: bool,
-    cache_namespace: str, tls_cert: Path | None, tls_key: Path | None,
+    cache_namespace: str, tls_cert: Path | None, tls_key: Path | None, web: bool,
     prediction_log: str | None, sample: float, log_inputs: str, otlp_endpoint: str | None,
     watch: bool, watch_interval_s: float, control: bool, control_token: str | None,
     control_token_file: Path | None, routes: tuple[str, ...], routes_file: Path | None,
@@ -308,6 +315,7 @@ def serve(
             runtime=RuntimeConfig(intra_op_threads=intra_op_threads), trust_pickle=trust_pickle,
             trust_code=trust_code,
             cache=cache, cache_ttl_s=cache_ttl_s, http=http, cache_namespace=cache_namespace,
+            web=web,
             tls_cert=None if tls_cert is None else str(tls_cert.resolve()),
             tls_key=None if tls_key is None else str(tls_key.resolve()),
             watch=watch, watch_interval_s=watch_interval_s, control=control,
@@ -323,7 +331,11 @@ def serve(
                 latency_budget_s=None if latency_budget_ms is None else latency_budget_ms / 1000,
             ),
         )  # fmt: skip
-    except ValueError as exc:
+        if web:
+            from modelport.server.web import WebBundles
+
+            WebBundles(source, config)  # a repository, or a clear error now
+    except (ValueError, ModelNotFoundError) as exc:
         raise click.UsageError(str(exc)) from exc
     # Read: nothing the server starts (workers, the models' own processes) inherits it.
     os.environ.pop("MODELPORT_TOKEN", None)

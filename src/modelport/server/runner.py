@@ -259,14 +259,18 @@ class Runner:
 
     def warm_up(self, inputs: dict[str, np.ndarray], calls: int) -> list[Outputs]:
         """Run ``inputs`` ``calls`` times on the inference threads, at once, and wait (from
-        any thread but the event loop's): each thread meets the model before requests do, and
-        the measured cost per row is known before the first request."""
+        any thread but the event loop's): each thread meets the model before requests do."""
         forever = float("inf")
         futures = [
             self._executor.submit(self._call, inputs, time.monotonic(), forever)
             for _ in range(calls)
         ]
-        return [future.result() for future in futures]
+        try:
+            return [future.result() for future in futures]
+        finally:
+            # Forgotten: whether a model may run inline is judged on real requests only (a
+            # code model fast on its sample may be slow on what clients send).
+            self._calls, self._row_s = 0, 0.0
 
     async def stop_batching(self) -> None:
         """Stop the batcher's workers and their timers (at shutdown, before ``close``)."""

@@ -25,7 +25,9 @@ from modelport.server.lookups import Lookups
 from modelport.server.registry import Registry, load_registry
 from modelport.server.rest.app import RestApp
 from modelport.server.rest.http import Receive, Scope, Send
+from modelport.server.telemetry import EdgeTelemetry
 from modelport.server.versions import Versions
+from modelport.server.web import WebBundles
 
 log = logging.getLogger("modelport.server")
 
@@ -102,6 +104,9 @@ class Service:
                 await self._load(self.source)
         if self.config.lookups is not None:
             self.rest.lookups = Lookups(self.config.lookups, self.engine)
+        if self.config.web and self.source is not None:  # serve --web
+            self.rest.web = WebBundles(self.source, self.config)
+            self.rest.telemetry = EdgeTelemetry(self.rest.web.known_versions)
         if self.config.otlp_endpoint is not None:
             require("opentelemetry.sdk", "otel")
             require("opentelemetry.exporter.otlp.proto.http", "otel")

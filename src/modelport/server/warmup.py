@@ -5,7 +5,8 @@
 Inputs are the sample rows the import kept in the manifest (``metadata.sample``), or zeros of
 the signature's shape when there are none. They run a few times on every inference thread of
 the version, at batch size 1 and at the batching's largest size: onnxruntime's first calls
-allocate and plan, and the runner learns what a row costs before the first request. The
+allocate and plan before a request waits for them (whether a model may run inline is still
+judged on real requests: a code model fast on its sample may be slow on others). The
 outputs must be the signature's, one row per input row: a model that raises or answers out of
 its signature here would fail its first requests.
 """
@@ -23,7 +24,7 @@ from modelport.server.runner import Runner
 from modelport.signature import validate_inputs
 
 CALLS = 3  # per inference thread and batch size
-MIN_CALLS = 8  # at batch size 1: as many as the runner measures before it may run inline
+MIN_CALLS = 8  # at batch size 1, the size of most requests
 
 
 def sample_inputs(model: Model) -> dict[str, np.ndarray]:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from modelport import __version__
-from modelport.config import ServerConfig, ServerLimits, url_host
+from modelport.config import ServerConfig, url_host
 from modelport.errors import (
     InvalidInputError,
     MissingDependencyError,
@@ -27,9 +27,11 @@ from modelport.runtimes import PLATFORMS
 from modelport.server import metrics, tracing
 from modelport.server.engine import Engine
 from modelport.server.extensions import EXTENSIONS, model_config, model_statistics
+from modelport.server.fallback import Guards
 from modelport.server.lookups import Lookups, parse_lookup
 from modelport.server.registry import Registry, Served
 from modelport.server.requests import RequestRecord, cache_wanted, client_request_id
+from modelport.server.rest import edge
 from modelport.server.rest.answers import KeptAnswers
 from modelport.server.rest.control import HANDLERS as CONTROL_HANDLERS
 from modelport.server.rest.control import ControlRoutes
@@ -49,10 +51,16 @@ from modelport.server.rest.http import (
     read_body,
     send_response,
 )
-from modelport.server.rest.protocol import encode_infer_response, parse_infer_request
+from modelport.server.rest.protocol import (
+    encode_infer_response,
+    parse_infer_request,
+    parse_v1_request,
+)
 from modelport.server.rest.routes import Endpoint, checked, route
 from modelport.server.routing import ROUTING_KEY
-from modelport.server.tensors import check_strings, json_inputs, parse_json
+from modelport.server.telemetry import EdgeTelemetry
+from modelport.server.tensors import parse_json
+from modelport.server.web import WebBundles
 from modelport.signature import Signature
 
 log = logging.getLogger("modelport.server")
@@ -71,6 +79,7 @@ _ROUTE_CACHE_SIZE = 4096  # request lines already routed: the regexes run once p
 _ROUTE_CACHE_PATH = 256  # longer paths are routed anew each time rather than kept
 _ARRIVED = "modelport.arrived"  # scope key: time.monotonic() when the request reached the app
 _ROUTING_KEY = ROUTING_KEY.encode()
+_GUARDED = "modelport.guarded"  # scope key: the headers of a model's fallback and breaker
 
 
 def _tensor_metadata(signature: Signature) -> dict[str, list[dict[str, Any]]]:
@@ -87,6 +96,9 @@ class RestApp:
         self.engine = engine
         self.config = config
         self.lookups: Lookups | None = None
+        self.web: WebBundles | None = None  # serve --web: bundles and edge telemetry
+        self.telemetry: EdgeTelemetry | None = None
+        self._guards = Guards(engine)
         self._graphql_executor = graphql
         self._answers = KeptAnswers(config)
         self._openapi_spec: dict[str, Any] | None = None
@@ -95,7 +107,7 @@ class RestApp:
         self._routes: dict[tuple[str, bytes], tuple[Endpoint, dict[str, Any]]] = {}
         self._gate = Gate(config)
         self.control = ControlRoutes(engine, config, self._body)  # versions: set by the Service
-        self._extensions = EXTENSIONS + (["model_repository"] if config.control else [])
+        self._extensions = EXTENSIONS + self.control.extensions
         self._handlers.update(self.control.handlers())
 
     def models_changed(self) -> None:
@@ -228,15 +240,14 @@ class RestApp:
         from modelport.server.rest.openapi import openapi_spec
 
         if self._openapi_spec is None:  # the models are fixed once loaded: build it once
-            self._openapi_spec = openapi_spec(
+            self._openapi_spec = self.control.document(openapi_spec(
                 __version__,
                 self._catalog(self._registry()),
                 lookups=self.lookups is not None,
                 graphql=installed("graphql"),
+                web=self.web is not None,
                 token=self.config.token is not None,
-                control=self.config.control,
-                shadow=bool(self.config.shadows),
-            )
+            ))  # fmt: skip
         return self._openapi_spec
 
     @staticmethod
@@ -287,8 +298,7 @@ class RestApp:
                 "application/octet-stream",
                 {"inference-header-content-length": str(json_length), **made_by},
             )
-        self._answers.keep(key, answer)
-        return answer
+        return self._keep(scope, key, answer)
 
     async def _predict_v1(
         self, scope: Scope, receive: Receive, record: RequestRecord, name: str,
@@ -302,9 +312,9 @@ class RestApp:
             return answer
         signature, limits = served.model.signature, self.config.limits
         if len(body) > _INLINE_PARSE_BYTES:  # big bodies parse off the event loop
-            count, inputs = await asyncio.to_thread(_v1_inputs, body, signature, limits)
+            count, inputs = await asyncio.to_thread(parse_v1_request, body, signature, limits)
         else:
-            count, inputs = _v1_inputs(body, signature, limits)
+            count, inputs = parse_v1_request(body, signature, limits)
         outputs = await self._run(scope, receive, served, inputs, record, use_cache)
         names = list(outputs)
         if any(len(outputs[n]) != count for n in names):
@@ -316,10 +326,8 @@ class RestApp:
         else:
             columns = {n: outputs[n].tolist() for n in names}
             predictions = [{n: columns[n][i] for n in names} for i in range(count)]
-        made_by = {"model-version": served.label}
-        answer = json_response({"predictions": predictions}, headers=made_by)
-        self._answers.keep(key, answer)
-        return answer
+        made_by = {"model-version": served.label}  # which version answered
+        return self._keep(scope, key, json_response({"predictions": predictions}, headers=made_by))
 
     async def _admit(
         self, scope: Scope, receive: Receive, name: str, version: int | None,
@@ -365,9 +373,21 @@ class RestApp:
         use_cache: bool,
     ) -> dict[str, np.ndarray]:  # fmt: skip
         # Once the body is read, the next ASGI message can only say the client went away.
-        return await self.engine.predict(
+        outputs, guarded = await self._guards.predict(
             served, inputs, record, receive, use_cache, arrived=scope.get(_ARRIVED)
         )
+        if guarded:
+            scope[_GUARDED] = guarded
+        return outputs
+
+    def _keep(self, scope: Scope, key: Any, answer: Response) -> Response:
+        """Keep an answer for identical requests, unless a fallback guards its model."""
+        guarded = scope.get(_GUARDED)
+        if guarded is None:
+            self._answers.keep(key, answer)
+        else:
+            answer.headers.update(guarded)
+        return answer
 
     # -- stored predictions -------------------------------------------------------------------
 
@@ -391,6 +411,22 @@ class RestApp:
         answers = await lookups.lookup(name, keys, features, record)
         return json_response({"model_name": name, "predictions": answers})
 
+    # -- the edge: serve --web (edge.py) -------------------------------------------------------
+
+    async def _web(
+        self, scope: Scope, _: Receive, __: Any, name: str, file: str | None = None
+    ) -> Response:
+        return await edge.web_page(self.web, lambda: self._authorize(scope), name, file)
+
+    async def _web_manifest(self, *_: Any, name: str) -> Response:
+        return await edge.web_manifest(self.web, name)
+
+    async def _web_model(self, *_: Any, name: str, version: int | None = None) -> Response:
+        return await edge.web_model(self.web, name, version)
+
+    async def _telemetry(self, scope: Scope, receive: Receive, *_: Any) -> Response:
+        return await edge.telemetry(self.telemetry, lambda: self._body(scope, receive), self.config)
+
     async def _graphql(self, scope: Scope, receive: Receive, *_: Any) -> Response:
         try:
             self._authorize(scope)
@@ -402,28 +438,6 @@ class RestApp:
         except MissingDependencyError as exc:
             return json_response({"errors": [{"message": str(exc)}]}, 501)
         return json_response(payload, status)
-
-
-def _v1_inputs(body: bytes, signature: Signature, limits: ServerLimits) -> tuple[int, Any]:
-    """How many instances a ``{"instances": [...]}`` body holds, and the inputs they make."""
-    message = parse_json(body, limits)
-    instances = message.get("instances") if isinstance(message, dict) else None
-    if not isinstance(instances, list) or not instances:
-        raise InvalidInputError('the body must be {"instances": [...]}, a non-empty list')
-    if all(isinstance(i, dict) for i in instances):
-        names = signature.input_names
-        if any(sorted(i) != sorted(names) for i in instances):
-            raise InvalidInputError(
-                f"each instance needs exactly the inputs {', '.join(map(repr, names))}"
-            )
-        values = {n: [i[n] for i in instances] for n in names}
-    elif len(signature.inputs) == 1:
-        values = {signature.inputs[0].name: instances}
-    else:  # validate_inputs says how many inputs the model takes
-        return len(instances), instances
-    inputs = json_inputs(values, limits)  # arrays before numpy may choose a dtype
-    check_strings(inputs.items(), limits)
-    return len(instances), inputs
 
 
 def _body_too_late(timeout_s: float) -> HTTPError:

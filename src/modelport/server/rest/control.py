@@ -26,12 +26,17 @@ from modelport.server.engine import Engine
 from modelport.server.requests import RequestRecord, bearer_ok
 from modelport.server.rest.gate import Gate
 from modelport.server.rest.http import HTTPError, Receive, Response, Scope, header, json_response
+from modelport.server.rest.routes import ENDPOINTS
 from modelport.server.tensors import parse_json
 from modelport.server.versions import Versions
 
 log = logging.getLogger("modelport.server")
 
 Body = Callable[[Scope, Receive], Awaitable[bytes]]
+_MORE_ERRORS = {  # documented here: openapi.py's table has the statuses every endpoint may have
+    "403": "Refused from beyond this machine without a control token, or a page of another site",
+    "409": "Another load or unload of this model is running",
+}
 HANDLERS = ("repository_index", "repository_load", "repository_unload", "shadow_report")
 _ALLOWED = {"load": set(), "unload": {"unload_dependents"}}
 
@@ -50,6 +55,36 @@ class ControlRoutes:
 
     def handlers(self) -> dict[str, Callable[..., Awaitable[Response]]]:
         return {name: getattr(self, name) for name in HANDLERS}
+
+    @property
+    def extensions(self) -> list[str]:
+        """The protocol extensions these endpoints add to the server metadata's."""
+        return ["model_repository"] if self.config.control else []
+
+    def document(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """``spec`` (openapi.py's document) with the endpoints this server has of these."""
+        from modelport.server.rest import openapi
+
+        served = {"control": self.config.control, "shadow": bool(self.config.shadows)}
+        for endpoint in ENDPOINTS:
+            if not served.get(endpoint.needs):
+                continue
+            codes = endpoint.errors.split(",")
+            known = ",".join(c for c in codes if c not in _MORE_ERRORS)
+            op = openapi._operation(dataclasses.replace(endpoint, errors=known), endpoint.path, {})
+            for code in (c for c in codes if c in _MORE_ERRORS):
+                error = {"application/json": {"schema": openapi._type("Error")}}
+                op["responses"][code] = {"description": _MORE_ERRORS[code], "content": error}
+            spec["paths"].setdefault(endpoint.path, {})[endpoint.method] = op
+        if any(served.values()):
+            spec["tags"].append({"name": "control"})
+            spec["components"]["schemas"].update(
+                RepositoryIndex={"type": "array", "items": openapi._schema(
+                    "name! version! state! reason", description="reason: why not READY"
+                )},
+                ShadowReport=openapi._schema("shadows!:[]any targets!:any disagreements!:[]any"),
+            )  # fmt: skip
+        return spec
 
     def _authorize(self, scope: Scope, what: str) -> None:
         token = self.config.control_token

@@ -26,13 +26,10 @@ _ERRORS = {
     "404": "Unknown model or version",
     "408": "The request body did not arrive within the request deadline",
     "413": "Request body larger than the server's limit",
+    "429": "Too many requests: retry after Retry-After seconds",
     "500": "The model raised while predicting",
     "503": "Not ready, draining, or the model's queue is full; retry after Retry-After seconds",
     "504": "The request's deadline passed before the model answered",
-}
-_NAMED_ONLY = {  # documented where an endpoint names them, not among "all"
-    "403": "Refused from beyond this machine (no token) or from another site's page",
-    "409": "Another load or unload of this model is running",
 }
 _BINARY_NOTE = (
     "Binary tensor extension: send the JSON header, then each binary input's raw little-endian "
@@ -77,9 +74,6 @@ _SCHEMAS: dict[str, Any] = {
     "Error": _schema("error!"),
     "ServerLive": _schema("live!:bool"),
     "ServerReady": _schema("ready!:bool"),
-    "RepositoryModel": _schema("name! version! state! reason", description="reason: why not READY"),
-    "RepositoryIndex": {"type": "array", "items": _type("RepositoryModel")},
-    "ShadowReport": _schema("shadows!:[]any targets!:any disagreements!:[]any"),
     "ServerMetadata": _schema("name! version! extensions!:[]str"),
     "Datatype": {"type": "string", "enum": list(DATATYPES.values())},
     "TensorMetadata": _schema("name! datatype!:Datatype shape!:[]int", description="-1: dynamic"),
@@ -134,6 +128,12 @@ _SCHEMAS: dict[str, Any] = {
         description="inputs: key -> {input name: one row}; used for stale or missing keys.",
     ),
     "LookupResponse": _schema("model_name! predictions!:[]StoredPrediction"),
+    "TelemetryRecord": _schema(
+        "version!:int backend! event! latency_ms:num",
+        description="backend: wasm, webgpu or service; event: local, failure or fallback.",
+    ),
+    "TelemetryRequest": _schema("model! records!:[]TelemetryRecord"),
+    "TelemetryResponse": _schema("accepted!:int"),
     "GraphQLRequest": _schema("query! variables:any operationName"),
     "GraphQLResponse": _schema(
         "data:any errors:[]any", description="GraphQL's own shape; errors carry extensions.code"
@@ -144,7 +144,9 @@ _BINARY = {"schema": {"type": "string", "format": "binary"}}
 # repository.check_name's rule: 1-64 of these, no "..", not ending in "."
 _NAME_PATTERN = r"^(?!.*\.\.)(?!.*\.$)[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _ERROR_SCHEMAS = {"/v2/health/ready": "ServerReady", "/graphql": "GraphQLResponse"}
-_TAGS = ("health", "server", "models", "statistics", "inference", "predictions", "graphql", "ops")
+_TAGS = list(dict.fromkeys(e.tag for e in ENDPOINTS))  # in the route table's order
+_TAG_NEEDS = {"predictions": "lookups", "graphql": "graphql", "edge": "web", "control": "control"}
+_FILES = {"page": "index.html", "module": "modelport.js"}  # a web bundle's, as examples
 
 
 def _zeros(datatype: str, shape: list[int]) -> tuple[list[int], list[Any]]:
@@ -195,6 +197,8 @@ def _operation(endpoint: Endpoint, path: str, metadata: dict[str, Any]) -> dict[
         )  # fmt: skip
         if errors != "all" and "400" not in errors:  # a name that is no name: 400
             errors = f"400,{errors}"
+    if "{file}" in path:  # index.html, modelport.js, manifest.json, ort/..., versions/N/model.onnx
+        params.append({"name": "file", "in": "path", "required": True, **_json("str", _FILES)})
     if "{key}" in path:
         key = {"type": "string", "maxLength": 512}
         params.append({"name": "key", "in": "path", "required": True, "schema": key})
@@ -204,7 +208,8 @@ def _operation(endpoint: Endpoint, path: str, metadata: dict[str, Any]) -> dict[
         summary = f"{summary} (one version)"
     ok = {"application/json": _json(response, metadata if response == "ModelMetadata" else {})}
     if "/" in response:
-        ok = {response: {"schema": {"type": "object" if "json" in response else "string"}}}
+        kind = {"type": "object" if "json" in response else "string"} if "*" not in response else {}
+        ok = {response: {"schema": kind}}  # */*: a web bundle's files, each its own type
     op: dict[str, Any] = {
         "operationId": method + "_" + (re.sub(r"[^A-Za-z0-9]+", "_", path).strip("_") or "root"),
         "summary": summary,
@@ -226,6 +231,10 @@ def _operation(endpoint: Endpoint, path: str, metadata: dict[str, Any]) -> dict[
             n: {"keys": ["customer-1", "customer-2"], "inputs": {"customer-2": _row(m)}}
             for n, m in metadata.items()
         })}}  # fmt: skip
+    elif request == "TelemetryRequest":
+        record = {"version": 1, "backend": "wasm", "event": "local", "latency_ms": 0.8}
+        body = _json(request, {"telemetry": {"model": "digits", "records": [record]}})
+        op["requestBody"] = {"required": True, "content": {"application/json": body}}
     elif request == "GraphQLRequest":
         query = "{ models { name versions { version inputs { name datatype shape } } } }"
         op["requestBody"] = {"required": True, "content": {"application/json": _json(
@@ -237,13 +246,14 @@ def _operation(endpoint: Endpoint, path: str, metadata: dict[str, Any]) -> dict[
         if request == "InferRequest":
             body["application/octet-stream"] = _BINARY
         op["requestBody"] = {"required": True, "content": body}
-    for code in list(_ERRORS) if errors == "all" else errors.split(",") if errors != "-" else []:
+    every = [c for c in _ERRORS if c != "429"]  # "all": what inference may answer
+    for code in every if errors == "all" else errors.split(",") if errors != "-" else []:
         shape = _ERROR_SCHEMAS.get(path, "Error")
         op["responses"][code] = {
-            "description": _ERRORS.get(code) or _NAMED_ONLY[code],
+            "description": _ERRORS[code],
             "content": {"application/json": {"schema": _type(shape)}},
         }
-        if code == "503":
+        if code in ("503", "429"):
             op["responses"][code]["headers"] = {"Retry-After": {"schema": _type("int")}}
     if endpoint.open:
         op["security"] = []
@@ -256,7 +266,7 @@ def _row(meta: dict[str, Any]) -> dict[str, Any]:
 
 def openapi_spec(
     server_version: str, models: dict[str, dict[str, Any]], lookups: bool = False,
-    graphql: bool = False, token: bool = True, control: bool = False, shadow: bool = False,
+    graphql: bool = False, token: bool = True, web: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """The OpenAPI 3.1 document of the modelport server, with examples for every model;
     ``token``: the server asks for one (else no operation declares a security requirement).
@@ -275,11 +285,9 @@ def openapi_spec(
         for name, m in copy.deepcopy(models).items()
     }
     paths: dict[str, dict[str, Any]] = {}
-    # serve --store; graphql-core; --control; --shadow
-    served = {"": True, "lookups": lookups, "graphql": graphql, "control": control}
-    served["shadow"] = shadow
+    served = {"": True, "lookups": lookups, "graphql": graphql, "web": web}  # --store, --web
     for endpoint in ENDPOINTS:
-        if not served[endpoint.needs]:
+        if not served.get(endpoint.needs):  # control's: see rest/control.py document()
             continue
         template = endpoint.path
         for version in ("", "/versions/{model_version}") if "*" in template else ("",):
@@ -300,12 +308,7 @@ def openapi_spec(
             "extension, the V1 `:predict` form, health probes and Prometheus metrics. "
             'Every error is JSON: `{"error": message}`.',
         },
-        "tags": [
-            {"name": t}
-            for t in _TAGS
-            if (lookups or t != "predictions") and (graphql or t != "graphql")
-        ]
-        + ([{"name": "control"}] if control or shadow else []),
+        "tags": [{"name": t} for t in _TAGS if served.get(_TAG_NEEDS.get(t, ""))],
         "security": [{"bearer": []}] if token else [],
         "paths": paths,
         "components": {"schemas": copy.deepcopy(_SCHEMAS), "securitySchemes": {"bearer": bearer}},

@@ -26,8 +26,10 @@ class Endpoint:
     errors: str  # error statuses it documents: "all", "-" or "401,404"
     tag: str
     summary: str
-    needs: str = ""  # "lookups", "graphql", "control", "shadow": only a server that has it
-    open: bool = False  # probes need no token: the /v2/health/ endpoints
+    needs: str = ""  # "lookups", "graphql", "web", "control", "shadow": a server that has it
+    # No token: the /v2/health/ probes, and a bundle's page and runtime (public code, the same
+    # for every model); its manifest and model files take the token.
+    open: bool = False
 
 
 # handler, method, path, request, response, errors, tag, summary [| needs]
@@ -48,6 +50,10 @@ docs get /docs - text/html 401 ops Human-readable API documentation
 prediction get /v2/models/{model_name}/predictions/{key} - StoredPrediction 400,401,404 predictions A prediction | lookups
 predictions post /v2/models/{model_name}/predictions LookupRequest LookupResponse all predictions Many keys | lookups
 graphql post /graphql GraphQLRequest GraphQLResponse 400,401,504 graphql Query the models and predict with GraphQL | graphql
+web_manifest get /web/{model_name}/manifest.json - application/json 401,404 edge The version of a model that pages should run: signature, sha256, the model's address (serve --web) | web
+web_model get /web/{model_name}*/model.onnx - application/octet-stream 401,404 edge A model file for pages, the current version or one (serve --web) | web
+web get /web/{model_name}/{file} - */* 404 edge A model's page, modelport.js and onnxruntime-web: public code, the same for every model (serve --web) | web
+telemetry post /v2/edge/telemetry TelemetryRequest TelemetryResponse 400,401,404,413,429 edge Counts and latencies of predictions on devices (serve --web) | web
 repository_index post /v2/repository/index - RepositoryIndex 400,401,403 control Every model version in the repository, with its state | control
 repository_load post /v2/repository/models/{model_name}/load - application/json 400,401,403,404,409 control Load a model from the repository (version policy, warm-up) | control
 repository_unload post /v2/repository/models/{model_name}/unload - application/json 400,401,403,404,409 control Stop serving a model once its requests finish | control
@@ -58,7 +64,7 @@ shadow_report get /v2/shadow - ShadowReport 401,403,404 control Shadow agreement
 def _endpoint(line: str) -> Endpoint:
     described, _, needs = line.partition(" | ")
     handler, method, path, request, response, errors, tag, summary = described.split(maxsplit=7)
-    open_ = path.startswith("/v2/health/")
+    open_ = path.startswith("/v2/health/") or handler == "web"
     return Endpoint(handler, method, path, request, response, errors, tag, summary, needs, open_)
 
 
@@ -68,13 +74,17 @@ MAX_KEY_CHARS = 512  # a stored prediction's key: the store's key column, OpenAP
 _VERSIONS = r"(?:/versions/(?P<version>[^/]+))?"
 _PLACEHOLDER = re.compile(r"\{(\w+)\}|\*")
 _GROUP = {"model_name": "name", "key": "key"}
+_FILE = r"(?:/(?P<file>.*))?"  # "/{file}": the rest of the path, slashes too, or nothing
 
 
 def _pattern(path: str) -> re.Pattern[str]:
     parts, at = [], 0
     for match in _PLACEHOLDER.finditer(path):
-        parts.append(re.escape(path[at : match.start()]))
-        parts.append(_VERSIONS if match[0] == "*" else rf"(?P<{_GROUP[match[1]]}>[^/]+)")
+        if match[1] == "file":
+            parts.append(re.escape(path[at : match.start() - 1]) + _FILE)
+        else:
+            parts.append(re.escape(path[at : match.start()]))
+            parts.append(_VERSIONS if match[0] == "*" else rf"(?P<{_GROUP[match[1]]}>[^/]+)")
         at = match.end()
     parts.append(re.escape(path[at:]))
     pattern = "".join(parts)
