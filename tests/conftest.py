@@ -9,6 +9,16 @@ import numpy as np
 import pytest
 
 import modelport
+
+# The container tests' session fixtures: images are built once per run, shared by their files.
+from containers import (  # noqa: F401
+    base_image,
+    container_env,
+    image_v1,
+    image_v2,
+    services_image,
+    ship_repo,
+)  # fmt: skip
 from modelport.demo import mlp_onnx
 from modelport.testing import RunningServer, free_port
 
@@ -149,3 +159,13 @@ def external_data_onnx() -> Callable[[str, str], bytes]:
         return bytes(model.SerializeToString())
 
     return build
+
+
+@pytest.fixture(scope="session")
+def churn() -> tuple[Any, Any, Any]:
+    """(pipeline, training frame, unseen frame): see tabular_models.py."""
+    from tabular_models import churn, churn_pipeline
+
+    frame, left = churn(400)
+    unseen, _ = churn(200, seed=1)
+    return churn_pipeline(frame, left), frame, unseen

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from batch_support import features, repo, store_url, write_parquet
 from modelport.batch import Store, open_source, score_table
 from modelport.batch.database import store_url as url_of
 from modelport.config import BatchConfig, LoadOptions, RuntimeConfig
+from modelport.cpus import cpu_budget
 from modelport.demo import mlp_onnx
 from modelport.errors import BatchError
 
@@ -345,7 +345,7 @@ def test_batches_scored_on_every_core_land_in_order(
     source = open_source(str(write_parquet(tmp_path / "x.parquet", x)))
     one_thread = LoadOptions(runtime=RuntimeConfig(intra_op_threads=1))
     with repo.load("tiny", options=one_thread) as model, Store(tmp_path / "p.db") as store:
-        assert model.runtime.parallel_calls == (os.cpu_count() or 1)
+        assert model.runtime.parallel_calls == cpu_budget().count
         summary = score_table(model, source, store, BatchConfig(key="id", batch_size=7))
         assert summary.scored == 3000
         keys = [f"row{i}" for i in range(3000)]

@@ -164,7 +164,7 @@ def test_usage_errors_and_help(tmp_path: Path) -> None:
     ("content", "message"),
     [
         ('{"instances": 5}', "'instances' must be a non-empty list"),
-        ('{"instances": [{"input": [1, 2, 3, 4]}, {"y": 1}]}', "the same keys"),
+        ('{"instances": [{"input": [1, 2, 3, 4]}, {"y": 1}]}', "row 1: unknown column 'y'"),
         ('{"inputs": [{"name": ["x"], "data": [1, 2, 3, 4]}]}', "needs a string 'name'"),
         ('{"inputs": [{"name": "input", "shape": [3, 3], "data": [1, 2]}]}', "does not fit"),
         ("{oops", "cannot read inputs"),

@@ -21,7 +21,12 @@ import uvicorn
 
 import modelport
 from modelport.client import AsyncClient, Client, retry_delay_s
-from modelport.errors import DeadlineExceededError, ModelportError, OverloadedError
+from modelport.errors import (
+    DeadlineExceededError,
+    ModelportError,
+    OverloadedError,
+    ServiceUnreachableError,
+)
 
 DTYPES = {
     "BOOL": "bool",
@@ -321,14 +326,15 @@ def test_a_service_that_is_down_calls_the_fallback_with_the_error(down_url: str)
     [(name, inputs, error)] = calls
     assert name == "double"
     assert inputs is x
-    assert isinstance(error, OverloadedError)
+    assert isinstance(error, ServiceUnreachableError)
+    assert isinstance(error, ConnectionError)
     assert down_url in str(error)
 
 
 def test_a_service_that_is_down_raises_naming_the_url(down_url: str) -> None:
     with (
         Client(down_url, retries=1, backoff_s=0.01) as client,
-        pytest.raises(OverloadedError, match="cannot reach the model service") as raised,
+        pytest.raises(ServiceUnreachableError, match="cannot reach the model service") as raised,
     ):
         client.predict("double", {"x": np.ones(1)})
     assert f"{down_url.rstrip('/')}/v2/models/double" in str(raised.value)
@@ -427,7 +433,7 @@ def test_async_timeout_and_outage_use_the_fallback(service: Served, down_url: st
             assert not await down.live()
 
     asyncio.run(main())
-    assert [type(e) for e in errors] == [DeadlineExceededError, OverloadedError]
+    assert [type(e) for e in errors] == [DeadlineExceededError, ServiceUnreachableError]
 
 
 def test_async_without_fallback_raises(down_url: str) -> None:
@@ -435,7 +441,7 @@ def test_async_without_fallback_raises(down_url: str) -> None:
         async with AsyncClient(down_url, retries=0) as client:
             await client.predict("double", {"x": np.ones(1)})
 
-    with pytest.raises(OverloadedError, match=down_url):
+    with pytest.raises(ServiceUnreachableError, match=down_url):
         asyncio.run(main())
 
 

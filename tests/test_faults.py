@@ -86,6 +86,7 @@ def test_a_worker_killed_under_load_fails_only_its_requests(repo: Path) -> None:
         results = finish()
         after = httpx.post(f"{server.url}/v2/models/tiny/infer", json=TINY)
     failed = sum(n for outcome, n in results.items() if outcome != "200")
+    print(f"worker killed under load: {dict(results)}")  # shown with pytest -s
     assert results["200"] > 100, results
     # The killed worker's connections: at most one request in flight on each of the 4.
     assert failed <= 4, results
@@ -172,5 +173,6 @@ def test_redis_killed_and_restarted_under_load(
         wait_for(lambda: cache_hits(server.url) > hits + 50, timeout_s=20)  # it came back
         results = finish()
         log = server.log
+    print(f"Redis killed and restarted under load: {dict(results)}")
     assert set(results) == {"200"}, results  # no errors while Redis was away
     assert "is unavailable" in log

@@ -84,7 +84,9 @@ def test_loading_something_else_says_what_to_do(tmp_path: Path) -> None:
         modelport.load(tmp_path)
 
 
-def test_a_model_that_fails_at_run_time_raises_prediction_error(tmp_path: Path) -> None:
+def test_a_model_that_fails_at_run_time_raises_prediction_error(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     from onnx import TensorProto, helper
 
     # Reshape to a fixed 3 elements: any batch other than 3 values fails inside onnxruntime.
@@ -105,3 +107,4 @@ def test_a_model_that_fails_at_run_time_raises_prediction_error(tmp_path: Path) 
     assert model.predict([1, 2, 3])["y"].tolist() == [1, 2, 3]
     with pytest.raises(modelport.PredictionError, match="onnxruntime failed"):
         model.predict([1, 2])
+    assert capfd.readouterr().err == ""  # the exception says it; onnxruntime's C++ log does not

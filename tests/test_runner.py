@@ -73,17 +73,20 @@ def test_a_deadline_passed_while_running(recorder: modelport.Model) -> None:
     runner.close()
 
 
-def test_threads_per_instance_share_the_cores() -> None:
-    import os
-
+def test_threads_per_instance_share_the_cpus_the_process_may_use() -> None:
     from modelport.config import RuntimeConfig, ServerConfig
+    from modelport.cpus import CpuBudget
     from modelport.server.registry import threads_for
 
-    cores = os.cpu_count() or 1
-    assert threads_for(ServerConfig(), 1).intra_op_threads == 0  # one of each: all cores
-    assert threads_for(ServerConfig(workers=2), 2).intra_op_threads == max(1, cores // 4)
+    whole = CpuBudget(count=8, machine=8, affinity=8, quota=None)
+    assert threads_for(ServerConfig(), 1, whole).intra_op_threads == 0  # onnxruntime's choice
+    assert threads_for(ServerConfig(workers=2), 2, whole).intra_op_threads == 2
+    pinned = CpuBudget(count=1, machine=8, affinity=1, quota=None)
+    assert threads_for(ServerConfig(), 1, pinned).intra_op_threads == 1
+    limited = CpuBudget(count=3, machine=8, affinity=8, quota=3.5)
+    assert threads_for(ServerConfig(workers=2), 1, limited).intra_op_threads == 1
     explicit = ServerConfig(runtime=RuntimeConfig(intra_op_threads=3))
-    assert threads_for(explicit, 4).intra_op_threads == 3
+    assert threads_for(explicit, 4, pinned).intra_op_threads == 3
 
 
 def test_stopping_a_batching_runner_ends_its_tasks_and_timers(recorder: modelport.Model) -> None:

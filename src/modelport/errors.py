@@ -17,11 +17,13 @@
      ├── DeadlineExceededError    a request's deadline passed before it was served
      ├── ConflictError            another load or unload of the same model is running
      ├── RolloutError             a traffic split or shadow that cannot apply to the repository
+     ├── ServiceUnreachableError  the client cannot connect to the service (also a ConnectionError)
      ├── BatchError               a batch run cannot go on: its source, mapping or reject ratio
      ├── StoreError               a prediction store or log cannot be reached or written
      ├── NotStoredError           no stored prediction for a key
      ├── OptimizationError        a model cannot be quantized, distilled or benchmarked as asked
      │    └── AccuracyDropError       the optimized model lost more accuracy than allowed
+     ├── DeployError              an image or a deployment can't be made: pins, builder, tag, output
      └── MissingDependencyError   an optional extra is not installed
 
 Messages say what happened, why, and what to do about it. Transports (REST, gRPC, CLI) map
@@ -120,6 +122,13 @@ class RolloutError(ModelportError):
     the repository lacks, a candidate whose outputs differ from the live version's."""
 
 
+class ServiceUnreachableError(ModelportError, ConnectionError):
+    """The Client cannot connect to the service: it is down, or the URL is wrong.
+
+    Retried like overload, and answered by a Client's fallback when it has one.
+    """
+
+
 class BatchError(ModelportError):
     """A batch run cannot go on: unreadable source, unmappable columns, too many rejects."""
 
@@ -144,6 +153,11 @@ class AccuracyDropError(OptimizationError):
     def __init__(self, message: str, report: object = None) -> None:
         super().__init__(message)
         self.report = report
+
+
+class DeployError(ModelportError):
+    """An image or a deployment cannot be made: pins that conflict, no builder or one that
+    failed, a tag that is not an image reference, an output folder that exists."""
 
 
 class MissingDependencyError(ModelportError, ImportError):

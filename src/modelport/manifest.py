@@ -111,6 +111,13 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def artifacts_digest(artifacts: dict[str, str]) -> str:
+    """One sha256 for a version's files (relative path -> sha256, as a manifest lists them):
+    what cache keys and image labels tell versions apart by."""
+    listed = "".join(f"{path}\0{digest}\n" for path, digest in sorted(artifacts.items()))
+    return hashlib.sha256(listed.encode()).hexdigest()
+
+
 def hash_artifacts(folder: Path) -> dict[str, str]:
     """sha256 of every file under ``folder`` except the manifest, by relative POSIX path."""
     return {

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from modelport.config import InputLimits
-from modelport.errors import ModelportError, PredictionError
+from modelport.errors import InvalidInputError, ModelportError, PredictionError
+from modelport.rows import is_frame
 from modelport.runtimes import Runtime
 from modelport.signature import Signature, validate_inputs
 
@@ -25,6 +26,7 @@ class Model:
         model = modelport.load("models/digits/1")
         model.predict(x)            # one input: an array; several: a dict of arrays
         # -> {"label": array([...]), "probabilities": array([[...]])}
+        model.predict(frame)        # one input per column: a DataFrame, or [{column: value}]
 
     Raises InvalidInputError for inputs that do not match ``signature`` and PredictionError
     when the model itself fails. Safe to call from several threads at once.
@@ -46,6 +48,9 @@ class Model:
 
     def predict(self, inputs: Any) -> dict[str, np.ndarray]:
         """Validate ``inputs`` against the signature, run the model, return its outputs."""
+        columns = self.metadata.get("columns")
+        if columns is not None and is_frame(inputs):  # one matrix, in the fitted column order
+            inputs = _ordered(inputs, columns)
         batch = validate_inputs(self.signature, inputs, self.limits)
         try:
             return self.runtime.predict(batch)
@@ -64,6 +69,16 @@ class Model:
         self.close()
 
 
+def _ordered(frame: Any, columns: list[str]) -> Any:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise InvalidInputError(
+            f"missing column {missing[0]!r}; the model was fitted on {', '.join(columns)}",
+            missing[0],
+        )
+    return frame[columns]
+
+
 def measure_costs(model: Model, max_batch_size: int, repeats: int = 3) -> dict[int, float]:
     """Seconds per call at batch sizes 1, 2, 4... up to ``max_batch_size``, on zero inputs.
 
@@ -73,11 +88,10 @@ def measure_costs(model: Model, max_batch_size: int, repeats: int = 3) -> dict[i
     costs: dict[int, float] = {}
     sizes = sorted({min(2**i, max_batch_size) for i in range(max_batch_size.bit_length() + 1)})
     for size in sizes:
-        inputs = {
-            spec.name: np.zeros(
-                [size] + [max(d, 1) for d in spec.shape[1:]],
-                dtype=object if spec.dtype == "string" else spec.dtype,
-            )
+        inputs = {  # text: empty strings (zeros of dtype object are the integer 0)
+            spec.name: np.full([size] + [max(d, 1) for d in spec.shape[1:]], "", dtype=object)
+            if spec.dtype == "string"
+            else np.zeros([size] + [max(d, 1) for d in spec.shape[1:]], dtype=spec.dtype)
             for spec in model.signature.inputs
         }
         times = []

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import chain
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from modelport import rows
 from modelport.config import InputLimits
 from modelport.errors import InvalidInputError
 
@@ -95,6 +97,11 @@ class Signature:
     @property
     def output_names(self) -> list[str]:
         return [t.name for t in self.outputs]
+
+    @cached_property
+    def column_names(self) -> frozenset[str]:
+        """The inputs of shape ``[-1, 1]``: a tabular model's columns, one value per row."""
+        return frozenset(t.name for t in self.inputs if t.shape == (-1, 1))
 
 
 def dtype_name(dtype: np.dtype[Any]) -> str:
@@ -305,10 +312,13 @@ def validate_inputs(
     """Check ``inputs`` against ``signature`` and return them as arrays of the right dtype.
 
     ``inputs`` is a mapping of input name to array-like, or a single array-like when the model
-    has exactly one input. Raises InvalidInputError naming the input, what was expected and
-    what came.
+    has exactly one input. A model with one ``[-1, 1]`` input per column also takes a
+    DataFrame, a list of ``{column: value}`` rows, or flat columns (see rows.py). Raises
+    InvalidInputError naming the input, what was expected and what came.
     """
     # dict first: the Mapping ABC check costs a microsecond on every call.
+    if not isinstance(inputs, dict) and not isinstance(inputs, Mapping):
+        inputs = _named(signature, inputs)
     if not isinstance(inputs, dict) and not isinstance(inputs, Mapping):
         if len(signature.inputs) != 1:
             raise InvalidInputError(
@@ -320,7 +330,10 @@ def validate_inputs(
         _check_names(signature.input_names, inputs.keys())
     result: dict[str, np.ndarray] = {}
     for spec in signature.inputs:
-        array = _as_array(spec, inputs[spec.name], limits)
+        value = inputs[spec.name]
+        if spec.shape == _COLUMN and rows.is_flat(value):  # one value per row
+            value = rows.column(spec.name, spec.dtype, value)
+        array = _as_array(spec, value, limits)
         if array.size > limits.max_elements:
             raise InvalidInputError(
                 f"input {spec.name!r}: {array.size} elements is over the limit of "
@@ -332,18 +345,38 @@ def validate_inputs(
     return result
 
 
-def _check_names(expected: list[str], given: Iterable[str]) -> None:
+_COLUMN = (-1, 1)
+
+
+def _named(signature: Signature, inputs: Any) -> Any:
+    """A DataFrame or a list of ``{column: value}`` rows as named columns; anything else as is.
+
+    A DataFrame for a model of one matrix input is that matrix, its columns in order.
+    """
+    if rows.is_frame(inputs):
+        names = [str(c) for c in inputs.columns]
+        if len(signature.inputs) == 1 and signature.inputs[0].name not in names:
+            return inputs.to_numpy()
+        columns = rows.frame_columns(inputs)
+        _check_names(signature.input_names, columns.keys(), "column")
+        return columns
+    if rows.is_records(inputs):
+        return rows.records_columns(inputs, signature.input_names)
+    return inputs
+
+
+def _check_names(expected: list[str], given: Iterable[str], what: str = "input") -> None:
     given = list(given)
     missing = [n for n in expected if n not in given]
     unknown = [n for n in given if n not in expected]
     if unknown:
         raise InvalidInputError(
-            f"unknown input {unknown[0]!r}; the model takes {', '.join(map(repr, expected))}",
+            f"unknown {what} {unknown[0]!r}; the model takes {', '.join(map(repr, expected))}",
             unknown[0],
         )
     if missing:
         raise InvalidInputError(
-            f"missing input {missing[0]!r}; the model takes {', '.join(map(repr, expected))}",
+            f"missing {what} {missing[0]!r}; the model takes {', '.join(map(repr, expected))}",
             missing[0],
         )
 

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 
 from modelport.batch.codec import pack_rows
 from modelport.errors import BatchError
+from modelport.rows import MISSING_TEXT
 from modelport.signature import Signature, TensorSpec
 
 
@@ -110,7 +111,10 @@ def prepare(
         elif spec.dtype == "string":
             values = np.array(batch.column(columns[0]).to_pylist(), dtype=object)
             for i in np.flatnonzero(pc.is_null(batch.column(columns[0])).to_numpy(False)):
-                rejects.setdefault(int(i), f"missing feature {columns[0]!r}")
+                if _tabular(spec):  # a tabular model's column: missing text is data
+                    values[i] = MISSING_TEXT
+                else:
+                    rejects.setdefault(int(i), f"missing feature {columns[0]!r}")
         else:
             if len(columns) == 1 and _width(spec) > 1:
                 raise BatchError(
@@ -118,13 +122,14 @@ def prepare(
                     f"takes {_width(spec)} (shape {list(spec.shape)}): store a list per row, "
                     "or map one column per feature with --map"
                 )
+            missing = _tabular(spec) and np.dtype(spec.dtype).kind == "f"  # NaN, as pandas has it
             values = np.column_stack(
-                [_number_column(batch.column(c), c, rejects) for c in columns]
+                [_number_column(batch.column(c), c, rejects, missing) for c in columns]
             ) if len(columns) > 1 or len(spec.shape) > 1 else _number_column(
-                batch.column(columns[0]), columns[0], rejects
+                batch.column(columns[0]), columns[0], rejects, missing
             )  # fmt: skip
         if spec.dtype != "string":
-            values = _cast(values, spec, columns, rejects, allow_non_finite)
+            values = _cast(values, spec, columns, rejects, allow_non_finite, _tabular(spec))
         inputs[spec.name] = values.reshape((n, *_row_shape(spec, values)))
     good = np.array([i for i in range(n) if i not in rejects], dtype=np.int64)
     if len(good) < n:
@@ -169,8 +174,17 @@ def _keys(
     return keys
 
 
-def _number_column(column: pa.Array, name: str, rejects: dict[int, str]) -> np.ndarray:
-    """A column as float64 (or int64), nulls and non-numbers recorded as rejects."""
+def _tabular(spec: TensorSpec) -> bool:
+    """One input per column, as a pipeline fitted on a DataFrame takes them: a missing value
+    goes to the model, whose imputers handle it."""
+    return spec.shape == (-1, 1)
+
+
+def _number_column(
+    column: pa.Array, name: str, rejects: dict[int, str], missing_ok: bool = False
+) -> np.ndarray:
+    """A column as float64 (or int64), nulls (NaN where ``missing_ok``) and non-numbers
+    recorded as rejects."""
     if pa.types.is_integer(column.type) and column.null_count == 0:
         return np.asarray(column.to_numpy(zero_copy_only=False))
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
@@ -181,7 +195,9 @@ def _number_column(column: pa.Array, name: str, rejects: dict[int, str]) -> np.n
     elif not (pa.types.is_floating(column.type) or pa.types.is_integer(column.type)
               or pa.types.is_boolean(column.type)):  # fmt: skip
         raise BatchError(f"column {name!r} holds {column.type}, not numbers")
-    if column.null_count:
+    if column.null_count and missing_ok:
+        column = pc.fill_null(pc.cast(column, pa.float64()), math.nan)
+    elif column.null_count:
         for i in np.flatnonzero(pc.is_null(column).to_numpy(zero_copy_only=False)):
             rejects.setdefault(int(i), f"missing feature {name!r}")
         column = pc.fill_null(column, 0)
@@ -256,12 +272,12 @@ def _list_column(
 
 def _cast(
     values: np.ndarray, spec: TensorSpec, columns: Sequence[str], rejects: dict[int, str],
-    allow_non_finite: bool,
+    allow_non_finite: bool, missing_ok: bool = False,
 ) -> np.ndarray:  # fmt: skip
     target = np.dtype(spec.dtype)
     flat = values.reshape(len(values), -1)
     if values.dtype.kind == "f":
-        finite = np.isfinite(flat)
+        finite = np.isfinite(flat) | (np.isnan(flat) if missing_ok else False)
         if target.kind == "f" and not allow_non_finite:
             for i, j in zip(*np.nonzero(~finite), strict=True):
                 rejects.setdefault(int(i), f"feature {_column(columns, j)!r} is {flat[i, j]}")

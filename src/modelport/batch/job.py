@@ -240,10 +240,10 @@ def make_scorer(
             f"--outputs names {', '.join(sorted(unknown))}; the model's outputs are "
             f"{', '.join(model.signature.output_names)}"
         )
-    zeros = {
-        s.name: np.zeros(
-            [1] + [max(d, 1) for d in s.shape[1:]], dtype=object if s.dtype == "string" else s.dtype
-        )
+    zeros = {  # text: empty strings (zeros of dtype object are the integer 0)
+        s.name: np.full([1] + [max(d, 1) for d in s.shape[1:]], "", dtype=object)
+        if s.dtype == "string"
+        else np.zeros([1] + [max(d, 1) for d in s.shape[1:]], dtype=s.dtype)
         for s in model.signature.inputs
     }
     try:

@@ -30,6 +30,7 @@ from modelport.batch.sources import (
 )
 from modelport.batch.store import Store
 from modelport.config import BatchConfig, LoadOptions, RuntimeConfig
+from modelport.cpus import cpu_budget
 from modelport.errors import BatchError, ModelportError, require
 from modelport.repository import Repository
 
@@ -145,7 +146,7 @@ def _pool_size(ray: Any, address: str | None) -> int:
     """One actor per core, keeping a CPU free for the read tasks: actors holding every CPU
     leave none to read with, and the pipeline waits forever."""
     if address is None:
-        return os.cpu_count() or 1
+        return cpu_budget().count
     cpus = int(ray.cluster_resources().get("CPU", 1))
     return max(1, cpus - 1)
 
@@ -163,7 +164,7 @@ def _connect(ray: Any, address: str | None) -> None:
         ray.init(
             address="local", include_dashboard=False, log_to_driver=False,
             _node_ip_address="127.0.0.1", logging_level=logging.WARNING,
-            num_cpus=4 * (os.cpu_count() or 1), object_store_memory=256 * 2**20,
+            num_cpus=4 * cpu_budget().count, object_store_memory=256 * 2**20,
         )  # fmt: skip
     from ray.data import DataContext
 

@@ -7,6 +7,7 @@ One module per command group, each registered on ``main`` here:
 - ``rollout.py``: rollback, shadow report
 - ``batch.py``: batch run, batch status
 - ``demo.py``: demo
+- ``deploy.py``: build, deploy compose, deploy k8s
 - ``export.py``: export web, export mobile; bench --device-profile (a device-like budget)
 - ``monitor.py``: monitor (drift of logged predictions)
 - ``optimize.py``: quantize, distill, bench (with --device-profile: export.py's)
@@ -20,7 +21,7 @@ import sys
 
 import click
 
-from modelport.cli import batch, demo, models, optimize, rollout
+from modelport.cli import batch, demo, deploy, models, optimize, rollout
 from modelport.cli.export import export
 from modelport.cli.monitor import monitor
 from modelport.cli.serving import serve
@@ -42,6 +43,7 @@ for command in (
     monitor,
     *optimize.COMMANDS,
     export,
+    *deploy.COMMANDS,
 ):
     main.add_command(command)
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -32,10 +34,23 @@ def repo_init(path: Path) -> None:
 @click.option(
     "--sample-input",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="A few real input rows (JSON, .npy, .npz, CSV): needed to convert scikit-learn and "
-    "PyTorch models (parity check) and code models without a declared signature.",
+    help="A few real input rows (CSV with a header, Parquet, JSON, .npy, .npz): needed to "
+    "convert scikit-learn, XGBoost/LightGBM/CatBoost and PyTorch models (parity check) and code "
+    "models without a declared signature. A pipeline fitted on a DataFrame gets one input per "
+    "column, typed from this sample.",
 )
 @click.option("--description", default="", help="Free text stored in the manifest.")
+@click.option(
+    "--module",
+    metavar="FILE.py:CLASS",
+    help="Where the class of a PyTorch pickle or state_dict is defined (a model saved from a "
+    "script names __main__, which modelport cannot import).",
+)
+@click.option(
+    "--init-args",
+    metavar="JSON",
+    help="Keyword arguments for the --module class's constructor, e.g. '{\"hidden\": 64}'.",
+)
 @REPO_OPTION
 @TRUST_OPTION
 @TRUST_CODE_OPTION
@@ -44,14 +59,18 @@ def import_(
     name: str,
     sample_input: Path | None,
     description: str,
+    module: str | None,
+    init_args: str | None,
     repo_path: Path,
     trust_pickle: bool,
     trust_code: bool,
 ) -> None:
-    """Import an ONNX file, a scikit-learn/PyTorch model file or a code-model folder."""
+    """Import a model: ONNX; scikit-learn, XGBoost, LightGBM, CatBoost or PyTorch files
+    (.pt2, TorchScript, state_dict, pickles); or a code-model folder."""
     from modelport.datafiles import read_sample
     from modelport.importing import add_model
 
+    arguments = _init_args(init_args, module)
     sample = read_sample(sample_input) if sample_input else None
     created = not repo_path.exists()
     try:
@@ -63,12 +82,30 @@ def import_(
             trust_pickle=trust_pickle,
             trust_code=trust_code,
             description=description,
+            module=module,
+            init_args=arguments,
         )
     except BaseException:
         if created:  # a mistyped --repo should not leave a new empty folder behind
             shutil.rmtree(repo_path, ignore_errors=True)
         raise
     click.echo(f"imported {manifest.name}:{manifest.version} ({manifest.runtime}) into {repo_path}")
+
+
+def _init_args(text: str | None, module: str | None) -> dict[str, Any]:
+    if text is None:
+        return {}
+    if module is None:
+        raise click.BadParameter(
+            "needs --module: the arguments are for its class", param_hint="--init-args"
+        )
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON ({exc})", param_hint="--init-args") from None
+    if not isinstance(value, dict):
+        raise click.BadParameter("a JSON object, e.g. '{\"hidden\": 64}'", param_hint="--init-args")
+    return value
 
 
 @click.command("list")
@@ -112,7 +149,8 @@ def show(ref: str, repo_path: Path) -> None:
     "input_path",
     required=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Inputs as JSON, .npy, .npz or CSV.",
+    help="Inputs as JSON (tensors, or rows as {column: value} objects), CSV, Parquet, .npy or "
+    ".npz.",
 )
 @REPO_OPTION
 @TRUST_OPTION

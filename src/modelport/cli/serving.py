@@ -126,8 +126,9 @@ def _check_rollout(
 )
 @click.option(
     "--token-file",
+    envvar="MODELPORT_TOKEN_FILE",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Read the access token from this file.",
+    help="Read the access token from this file (env MODELPORT_TOKEN_FILE).",
 )
 @click.option("--no-auth", is_flag=True, help="Allow listening beyond loopback without a token.")
 @click.option(

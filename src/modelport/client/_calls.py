@@ -27,24 +27,29 @@ from modelport.client._protocol import (
     error_from_response,
     error_from_transport,
     full_url,
+    is_table,
     model_path,
     read_answer,
     single_input_name,
+    table_inputs,
 )
 from modelport.errors import (
     DeadlineExceededError,
     ModelportError,
     OverloadedError,
     PredictionError,
+    ServiceUnreachableError,
 )
 
-Inputs: TypeAlias = "npt.ArrayLike | Mapping[str, npt.ArrayLike]"
+# An array, a dict of arrays, a DataFrame, or a list of {column: value} rows.
+Inputs: TypeAlias = "npt.ArrayLike | Mapping[str, npt.ArrayLike] | Any"
 FallbackFunction: TypeAlias = Callable[[str, Inputs, ModelportError], Mapping[str, npt.ArrayLike]]
 Fallback: TypeAlias = "FallbackFunction | Mapping[str, npt.ArrayLike] | None"
 
 # The service is down, slow or failing: what a fallback stands in for. 4xx errors are the
 # caller's to fix, so they are always raised.
-_OUTAGES = (OverloadedError, DeadlineExceededError, PredictionError)
+_RETRIED = (OverloadedError, ServiceUnreachableError)
+_OUTAGES = (OverloadedError, DeadlineExceededError, PredictionError, ServiceUnreachableError)
 _JSON = {"Content-Type": "application/json"}
 # A transport of the other kind than its client's: what to say, by the kind the client wants.
 _OTHER_KIND = {
@@ -119,10 +124,11 @@ class Budget:
 
     def retry_delay_s(self, error: ModelportError) -> float | None:
         """How long to wait before retrying after ``error``; None means raise it."""
-        if not isinstance(error, OverloadedError) or self.retries_left <= 0:
+        if not isinstance(error, _RETRIED) or self.retries_left <= 0:
             return None
+        retry_after_s = getattr(error, "retry_after_s", 0.0)
         delay = retry_delay_s(
-            self.attempt, self.backoff_s, error.retry_after_s, self.deadline - time.monotonic()
+            self.attempt, self.backoff_s, retry_after_s, self.deadline - time.monotonic()
         )
         if delay is not None:
             self.retries_left -= 1
@@ -169,6 +175,7 @@ class Calls:
         self.base_url = base_url
         self.options = options
         self._input_names: dict[tuple[str, Version], str] = {}
+        self._metadata_of: dict[tuple[str, Version], dict[str, Any]] = {}
 
     def predict(
         self, name: str, inputs: Inputs, version: Version, outputs: Sequence[str] | None
@@ -177,6 +184,8 @@ class Calls:
         try:
             if isinstance(inputs, Mapping):
                 named = inputs
+            elif is_table(inputs):  # typed by the model's metadata
+                named = table_inputs((yield from self._metadata(name, version, budget)), inputs)
             else:
                 named = {(yield from self._single_input_name(name, version, budget)): inputs}
             answer = yield from self._request("POST", path, budget, encode_request(named, outputs))
@@ -199,9 +208,15 @@ class Calls:
 
     def _single_input_name(self, name: str, version: Version, budget: Budget) -> Flow[str]:
         if (name, version) not in self._input_names:
-            metadata = yield from self._request("GET", model_path(name, version), budget)
+            metadata = yield from self._metadata(name, version, budget)
             self._input_names[name, version] = single_input_name(metadata, name)
         return self._input_names[name, version]
+
+    def _metadata(self, name: str, version: Version, budget: Budget) -> Flow[dict[str, Any]]:
+        if (name, version) not in self._metadata_of:
+            metadata = yield from self._request("GET", model_path(name, version), budget)
+            self._metadata_of[name, version] = metadata
+        return self._metadata_of[name, version]
 
     def _request(
         self, method: str, path: str, budget: Budget, body: bytes | None = None

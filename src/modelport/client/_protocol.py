@@ -22,7 +22,9 @@ from modelport.errors import (
     ModelportError,
     OverloadedError,
     PredictionError,
+    ServiceUnreachableError,
 )
+from modelport.rows import column, frame_columns, is_frame, is_records, records_columns
 from modelport.signature import DATATYPES, dtype_name
 
 Array: TypeAlias = npt.NDArray[Any]
@@ -118,6 +120,47 @@ def decode_outputs(answer: Any, path: str) -> Outputs:
         ) from None
 
 
+_DTYPES = {v2: name for name, v2 in DATATYPES.items()}
+
+
+def table_inputs(metadata: Mapping[str, Any], inputs: Any) -> dict[str, Any]:
+    """A DataFrame or a list of ``{column: value}`` rows as the model's named inputs, each
+    column typed as the model's metadata says (rows.py reads each value)."""
+    specs = {t["name"]: t for t in metadata.get("inputs", [])}
+    dtypes = {name: _DTYPES.get(t.get("datatype", ""), "float64") for name, t in specs.items()}
+    if is_frame(inputs) and len(specs) == 1 and next(iter(specs)) not in map(str, inputs.columns):
+        given: Mapping[str, Any] = {next(iter(specs)): inputs.to_numpy()}  # one matrix
+    elif is_frame(inputs):
+        given = frame_columns(inputs)
+        unknown = [n for n in given if n not in specs]
+        if unknown:
+            raise InvalidInputError(
+                f"unknown column {unknown[0]!r}; the model takes {', '.join(map(repr, specs))}",
+                unknown[0],
+            )
+    else:
+        given = records_columns(inputs, list(specs))
+    named: dict[str, Any] = {}
+    for name, spec in specs.items():
+        if name not in given:
+            raise InvalidInputError(
+                f"missing column {name!r}; the model takes {', '.join(map(repr, specs))}", name
+            )
+        dtype = dtypes[name]
+        if list(spec.get("shape", [])) == [-1, 1]:
+            values = column(name, dtype, given[name])
+        else:
+            values = np.asarray(given[name])
+        if dtype != "string" and np.can_cast(values.dtype, dtype, "same_kind"):
+            values = values.astype(dtype)  # the server takes the datatype it declares
+        named[name] = values
+    return named
+
+
+def is_table(inputs: Any) -> bool:
+    return is_frame(inputs) or is_records(inputs)
+
+
 def single_input_name(metadata: Mapping[str, Any], model: str) -> str:
     """The input to name a bare array after; only single-input models have one."""
     names = [tensor["name"] for tensor in metadata.get("inputs", [])]
@@ -169,10 +212,9 @@ def error_from_transport(exc: httpx.TransportError, url: str, timeout_s: float) 
             "raise timeout_s, or pass fallback=... to answer without the service"
         )
     else:
-        error = OverloadedError(
+        error = ServiceUnreachableError(
             f"cannot reach the model service at {url} ({type(exc).__name__}: {exc}); "
-            "is it running and is the URL right?",
-            retry_after_s=0.0,
+            "is it running and is the URL right?"
         )
     error.__cause__ = exc
     return error

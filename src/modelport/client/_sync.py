@@ -28,15 +28,19 @@ class Client:
 
         client = modelport.Client("http://127.0.0.1:8000", timeout_s=2.0, fallback=default)
         client.predict("digits", x)["label"]
+        client.predict("churn", frame)      # a DataFrame, or [{"plan": "pro", ...}, ...]
 
     ``timeout_s`` bounds a whole call, retries and waits included. Overload (503), a lost
     connection and a proxy's 502 are retried ``retries`` times with exponential backoff
-    from ``backoff_s``, honouring Retry-After when the deadline allows; 4xx never are.
+    from ``backoff_s``, honouring Retry-After when the deadline allows; 4xx never are. A
+    service that cannot be reached at all raises ServiceUnreachableError (a ConnectionError).
+    A model with one input per column takes a DataFrame or a list of ``{column: value}`` rows,
+    typed by its metadata (fetched once).
     ``token`` is sent as ``Authorization: Bearer``. ``fallback`` (a mapping of array-likes, or a
     function ``(name, inputs, error) -> mapping``; its values come back as arrays) answers
-    ``predict`` when the service is down, too slow or failing (OverloadedError,
-    DeadlineExceededError, PredictionError); without it those are raised. InvalidInputError
-    (400) and ModelNotFoundError (404) are always raised.
+    ``predict`` when the service is down, too slow or failing (ServiceUnreachableError,
+    OverloadedError, DeadlineExceededError, PredictionError); without it those are raised.
+    InvalidInputError (400) and ModelNotFoundError (404) are always raised.
 
     ``transport`` (an ``httpx.BaseTransport``) is handed to the ``httpx.Client`` underneath,
     to answer without a network in tests of your own code:

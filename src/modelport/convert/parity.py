@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -41,4 +42,28 @@ def assert_close(
             f"{bad.size} values (largest difference {worst:.3g}, allowed atol={tolerance.atol} "
             f"rtol={tolerance.rtol}); the converted model is not faithful: check for "
             "unsupported operators, or loosen the tolerance if the difference is acceptable"
+        )
+
+
+def quiet_session(model: bytes | str) -> Any:
+    """An onnxruntime session on the CPU that keeps onnxruntime's own C++ log off the
+    terminal: its failures reach the caller as exceptions, which say the same."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def check_labels(
+    proba: np.ndarray, labels: np.ndarray, converted: np.ndarray, tolerance: Tolerance
+) -> None:
+    """Labels may differ only where two classes are tied within the tolerance."""
+    top2 = np.sort(proba, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > 2 * tolerance.atol
+    mismatched = clear & (labels != converted.reshape(labels.shape))
+    if mismatched.any():
+        raise ConversionError(
+            f"output 'label' differs from the original model on {int(mismatched.sum())} "
+            "sample rows with a clear winning class; the converted model is not faithful"
         )

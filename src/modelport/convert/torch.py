@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from modelport.convert.parity import Tolerance, assert_close
+from modelport.convert.parity import Tolerance, assert_close, quiet_session
 from modelport.errors import ConversionError, require
 
 
@@ -58,7 +58,11 @@ def torch_to_onnx(
     # torch.export specializes a dimension of size 1, so trace with at least two rows.
     arrays = [np.concatenate([a, a]) if a.shape[0] == 1 else a for a in arrays]
     tensors = _tensors(arrays)
-    module = module.eval()
+    if isinstance(module, torch.export.ExportedProgram):
+        module = module.module()  # a GraphModule, in eval mode as it was exported
+        _check_dynamic_batch(module, arrays)
+    elif hasattr(module, "eval"):
+        module = module.eval()
     expected = _run(module, arrays)
     input_names = list(input_names or _names("input", len(tensors)))
     output_names = list(output_names or _names("output", len(expected)))
@@ -72,19 +76,10 @@ def torch_to_onnx(
     with tempfile.TemporaryDirectory() as tmp, _quiet_exporter():
         path = Path(tmp) / "model.onnx"
         try:
-            program = torch.onnx.export(
-                module,
-                tensors,
-                input_names=input_names,
-                output_names=output_names,
-                dynamic_shapes=dynamic,
-                dynamo=True,
-                external_data=False,
-                verbose=False,
-            )
-            if program is None:
-                raise RuntimeError("the exporter returned no program")
-            program.save(str(path))
+            if isinstance(module, torch.jit.ScriptModule):
+                _export_script(module, tensors, input_names, output_names, path)
+            else:
+                _export(module, tensors, input_names, output_names, dynamic, path)
         except Exception as exc:
             raise ConversionError(
                 f"torch.onnx.export failed for {type(module).__name__}: {_summary(exc)}"
@@ -92,6 +87,60 @@ def torch_to_onnx(
         data = path.read_bytes()
     _check_parity(module, data, arrays, input_names, output_names, tolerance)
     return data
+
+
+def _export(
+    module: Any, tensors: tuple[Any, ...], input_names: list[str], output_names: list[str],
+    dynamic: tuple[dict[int, Any], ...], path: Path,
+) -> None:  # fmt: skip
+    import torch
+
+    program = torch.onnx.export(
+        module,
+        tensors,
+        input_names=input_names,
+        output_names=output_names,
+        dynamic_shapes=dynamic,
+        dynamo=True,
+        external_data=False,
+        verbose=False,
+    )
+    if program is None:
+        raise RuntimeError("the exporter returned no program")
+    program.save(str(path))
+
+
+def _export_script(
+    module: Any, tensors: tuple[Any, ...], input_names: list[str], output_names: list[str],
+    path: Path,
+) -> None:  # fmt: skip
+    """TorchScript: torch.export cannot trace it, the TorchScript exporter can."""
+    import torch
+
+    axes = {name: {0: "batch"} for name in [*input_names, *output_names]}
+    torch.onnx.export(
+        module,
+        tensors,
+        str(path),
+        input_names=input_names,
+        output_names=output_names,
+        dynamic_axes=axes,
+        dynamo=False,
+    )
+
+
+def _check_dynamic_batch(module: Any, arrays: list[np.ndarray]) -> None:
+    try:
+        _run(module, [a[:1] for a in arrays])
+    except ConversionError as exc:
+        if "Guard failed" not in str(exc):
+            raise
+        raise ConversionError(
+            "the exported program takes a fixed batch size, so it cannot be served one request "
+            "at a time; export it with a dynamic batch: torch.export.export(model, (x,), "
+            "dynamic_shapes="
+            '({0: torch.export.Dim("batch")},))'
+        ) from exc
 
 
 def _summary(exc: BaseException) -> str:
@@ -128,9 +177,7 @@ def _check_parity(
     output_names: list[str],
     tolerance: Tolerance,
 ) -> None:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    session = quiet_session(data)
     for rows in (arrays, [a[:1] for a in arrays]):
         expected = _run(module, rows)
         try:

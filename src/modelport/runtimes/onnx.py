@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from modelport.config import RuntimeConfig
+from modelport.cpus import cpu_budget
 from modelport.errors import ModelLoadError, PredictionError, RequirementsError
 from modelport.signature import Signature, TensorSpec
 
@@ -72,6 +72,7 @@ class OnnxRuntime:
         options = ort.SessionOptions()
         options.intra_op_num_threads = config.intra_op_threads
         options.inter_op_num_threads = config.inter_op_threads
+        options.log_severity_level = 4  # failures reach callers as exceptions, not C++ log lines
         providers = pick_providers(config)
         check_external_data(path)
         try:
@@ -91,7 +92,7 @@ class OnnxRuntime:
         # which stall whenever another thread (a writer, a database) takes a core: about 1.5x
         # the rows/s of one call on two threads beside such work, measured.
         single = self.providers[0] == "CPUExecutionProvider" and config.intra_op_threads == 1
-        self.parallel_calls = (os.cpu_count() or 1) if single else 1
+        self.parallel_calls = cpu_budget().count if single else 1
         self._output_names = self.signature.output_names
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -146,7 +146,7 @@ class Engine:
         """
         batch = validate_inputs(served.model.signature, inputs, served.model.limits)
         if not self.config.limits.allow_non_finite:
-            check_finite(batch)
+            check_finite(batch, served.model.signature.column_names)
         outputs = await self._answer(served, batch, record, gone, use_cache, timeout_s, arrived)
         if self.shadows is not None:
             self.shadows.offer(served, batch, outputs, record.request_id)

@@ -180,7 +180,7 @@ class Lookups:
         return {
             "key": key, "found": True, "source": "live", "stale": False,
             "model_version": str(served.version), "scored_at": _iso(time.time()), "age_s": 0.0,
-            "outputs": {n: v[0].tolist() for n, v in outputs.items()},
+            "outputs": {n: _row(v) for n, v in outputs.items()},
         }  # fmt: skip
 
     def _store(
@@ -250,6 +250,12 @@ def _stale(stored: Any, now: float, max_age_s: float | None, served: Served | No
     if served is not None and stored.version < served.version:
         return "version"
     return None
+
+
+def _row(array: np.ndarray) -> Any:
+    """The first row as JSON will show it: float32 stays numpy, which orjson writes as float32
+    (0.1, not 0.10000000149011612)."""
+    return array[0] if array.dtype == np.float32 else array[0].tolist()
 
 
 def _iso(seconds: float) -> str:

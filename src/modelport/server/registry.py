@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,8 +14,9 @@ from modelport.config import (
     RuntimeConfig,
     ServerConfig,
 )
+from modelport.cpus import CpuBudget, cpu_budget
 from modelport.errors import ModelNotFoundError
-from modelport.manifest import MANIFEST, hash_artifacts, read_manifest, sha256
+from modelport.manifest import MANIFEST, artifacts_digest, hash_artifacts, read_manifest, sha256
 from modelport.model import Model
 from modelport.repository import Repository, VersionPolicy, check_name, is_model_folder, load
 from modelport.server import metrics
@@ -148,30 +147,46 @@ def load_registry(source: Path, config: ServerConfig) -> Registry:
     if not source.exists():
         raise ModelNotFoundError(f"{source} does not exist: pass a model repository or model")
     served: list[Served] = []
+    budget = cpu_budget()
+    chosen: set[int] = set()
     try:
         if _single_model(source):
-            model = load(source, options=load_options(config))
+            runtime = threads_for(config, 1, budget)
+            chosen.add(runtime.intra_op_threads)
+            options = dataclasses.replace(load_options(config), runtime=runtime)
+            model = load(source, options=options)
             name = check_name(model.name)
             served.append(_serve(name, model.version or 1, model, config, _digest(source, model)))
             warm_up(name, model, served[-1].runner)
         else:
             repo = Repository.open(source)
             for name, versions in repo.select(VersionPolicy.parse(config.version_policy)).items():
-                served.extend(serve_version(repo, name, version, config) for version in versions)
+                served.extend(
+                    serve_version(repo, name, version, config, budget, chosen)
+                    for version in versions
+                )
     except BaseException:
         for item in served:
             item.runner.close()
         raise
+    _log_threads(budget, config, chosen)
     return Registry(served)
 
 
-def serve_version(repo: Repository, name: str, version: int, config: ServerConfig) -> Served:
-    """Load one version of a repository (sha256, requirements), then warm it up."""
+def serve_version(
+    repo: Repository, name: str, version: int, config: ServerConfig,
+    budget: CpuBudget | None = None, chosen: set[int] | None = None,
+) -> Served:  # fmt: skip
+    """Load one version of a repository (sha256, requirements), then warm it up; ``chosen``
+    collects the thread counts picked, for the log."""
     manifest = repo.manifest(name, version)
     instances = int(manifest.serving.get("instances", 1) or 1)
-    options = dataclasses.replace(load_options(config), runtime=threads_for(config, instances))
+    runtime = threads_for(config, instances, budget or cpu_budget())
+    if chosen is not None:
+        chosen.add(runtime.intra_op_threads)
+    options = dataclasses.replace(load_options(config), runtime=runtime)
     model = repo.load(name, version=version, options=options)
-    served = _serve(name, version, model, config, _artifacts_digest(manifest.artifacts))
+    served = _serve(name, version, model, config, artifacts_digest(manifest.artifacts))
     try:
         warm_up(f"{name}:{version}", model, served.runner)
     except BaseException:
@@ -180,21 +195,28 @@ def serve_version(repo: Repository, name: str, version: int, config: ServerConfi
     return served
 
 
-def threads_for(config: ServerConfig, instances: int) -> RuntimeConfig:
-    """Intra-op threads per instance so that workers x instances x threads fits the cores.
+def _log_threads(budget: CpuBudget, config: ServerConfig, chosen: set[int]) -> None:
+    if config.runtime.intra_op_threads:
+        why = "as --threads says"
+    else:
+        why = f"for {config.workers} worker(s) sharing {budget.reason()}"
+    threads = ", ".join(str(n or "onnxruntime's choice") for n in sorted(chosen)) or "-"
+    log.info("onnxruntime threads per model instance: %s (%s)", threads, why)
 
-    An explicit --threads is kept as given.
+
+def threads_for(config: ServerConfig, instances: int, budget: CpuBudget) -> RuntimeConfig:
+    """Intra-op threads per instance so that workers x instances x threads fits the CPUs this
+    process may use (its affinity mask and cgroup quota, not the machine's cores).
+
+    An explicit --threads is kept as given; one instance in one worker with every core of the
+    machine leaves the choice to onnxruntime (a thread per physical core).
     """
-    if config.runtime.intra_op_threads or instances * config.workers <= 1:
+    if config.runtime.intra_op_threads:
         return config.runtime
-    share = max(1, (os.cpu_count() or 1) // (instances * config.workers))
+    if instances * config.workers <= 1 and budget.count == budget.machine:
+        return config.runtime
+    share = max(1, budget.count // (instances * config.workers))
     return dataclasses.replace(config.runtime, intra_op_threads=share)
-
-
-def _artifacts_digest(artifacts: dict[str, str]) -> str:
-    """One sha256 for a version's files (relative path -> sha256, as a manifest lists them)."""
-    listed = "".join(f"{path}\0{digest}\n" for path, digest in sorted(artifacts.items()))
-    return hashlib.sha256(listed.encode()).hexdigest()
 
 
 def _digest(source: Path, model: Model) -> str:
@@ -203,9 +225,9 @@ def _digest(source: Path, model: Model) -> str:
         return sha256(source)
     for folder in (source, source / str(model.version)):
         if (folder / MANIFEST).is_file():  # verified against the files when loaded
-            return _artifacts_digest(read_manifest(folder).artifacts)
+            return artifacts_digest(read_manifest(folder).artifacts)
     files = hash_artifacts(source)  # a code folder; Python's own bytecode cache aside
-    return _artifacts_digest({p: d for p, d in files.items() if "__pycache__" not in p})
+    return artifacts_digest({p: d for p, d in files.items() if "__pycache__" not in p})
 
 
 def _serve(name: str, version: int, model: Model, config: ServerConfig, digest: str = "") -> Served:

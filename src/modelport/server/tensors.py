@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 import struct
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,10 +132,13 @@ def count_error(name: str, got: int | None, shape: tuple[int, ...]) -> InvalidIn
     )
 
 
-def check_finite(inputs: dict[str, np.ndarray]) -> None:
-    """Refuse NaN and Infinity (including float overflow) in any float input."""
+def check_finite(inputs: dict[str, np.ndarray], columns: Collection[str] = ()) -> None:
+    """Refuse NaN and Infinity (including float overflow) in any float input; NaN is allowed
+    in ``columns``, a tabular model's column inputs, where it is the missing value."""
     for name, array in inputs.items():
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
+        if array.dtype.kind != "f" or np.isfinite(array).all():
+            continue
+        if name not in columns or np.isinf(array).any():
             raise _fail(
                 f"input {name!r} contains NaN or Infinity (or a value too large for "
                 f"{array.dtype.name}), which this server does not accept; start it with "

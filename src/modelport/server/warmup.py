@@ -14,7 +14,6 @@ its signature here would fail its first requests.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import numpy as np
 
@@ -31,21 +30,22 @@ def sample_inputs(model: Model) -> dict[str, np.ndarray]:
     """The manifest's sample rows, or one row of zeros (empty text), checked like a request."""
     stored = model.metadata.get("sample") or {}
     if stored:
-        arrays: dict[str, Any] = {
-            name: np.asarray(item["data"], dtype=object if _text(model, name) else None).reshape(
-                item["shape"]
-            )
-            for name, item in stored.items()
-        }
-    else:
-        arrays = {
-            spec.name: np.full(
-                [1] + [max(d, 1) for d in spec.shape[1:]],
-                "" if spec.dtype == "string" else 0,
-                dtype=object if spec.dtype == "string" else spec.dtype,
-            )
-            for spec in model.signature.inputs
-        }
+        try:
+            return validate_inputs(model.signature, {
+                name: np.asarray(item["data"], dtype=object if _text(model, name) else None)
+                .reshape(item["shape"])
+                for name, item in stored.items()
+            }, model.limits)  # fmt: skip
+        except (ModelportError, ValueError, TypeError, KeyError):
+            pass  # a sample that no longer fits (edited by hand, say): zeros, then
+    arrays = {
+        spec.name: np.full(
+            [1] + [max(d, 1) for d in spec.shape[1:]],
+            "" if spec.dtype == "string" else 0,
+            dtype=object if spec.dtype == "string" else spec.dtype,
+        )
+        for spec in model.signature.inputs
+    }
     return validate_inputs(model.signature, arrays, model.limits)
 
 
@@ -68,7 +68,7 @@ def warm_up(where: str, model: Model, runner: Runner) -> float:
     try:
         inputs = sample_inputs(model)
     except ModelportError as exc:
-        raise WarmupError(f"{where}: its sample inputs do not fit its signature: {exc}") from None
+        raise WarmupError(f"{where}: zeros of its signature do not fit it: {exc}") from None
     signature = model.signature
     fixed_rows = not all(s.shape and s.shape[0] == -1 for s in signature.inputs)
     sizes = (

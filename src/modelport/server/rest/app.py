@@ -322,9 +322,9 @@ class RestApp:
                 "the model's outputs do not have one row per instance; use the V2 endpoint"
             )
         if len(names) == 1:
-            predictions: list[Any] = outputs[names[0]].tolist()
+            predictions: Any = _json_rows(outputs[names[0]])
         else:
-            columns = {n: outputs[n].tolist() for n in names}
+            columns = {n: _json_rows(outputs[n]) for n in names}
             predictions = [{n: columns[n][i] for n in names} for i in range(count)]
         made_by = {"model-version": served.label}  # which version answered
         return self._keep(scope, key, json_response({"predictions": predictions}, headers=made_by))
@@ -438,6 +438,12 @@ class RestApp:
         except MissingDependencyError as exc:
             return json_response({"errors": [{"message": str(exc)}]}, 501)
         return json_response(payload, status)
+
+
+def _json_rows(array: np.ndarray) -> Any:
+    # float32 stays numpy, which orjson writes as float32; the rest as Python values (orjson
+    # has no numpy.longlong, which onnxruntime's int64 outputs are).
+    return list(array) if array.dtype == np.float32 else array.tolist()
 
 
 def _body_too_late(timeout_s: float) -> HTTPError:

@@ -167,7 +167,7 @@ def _instance(t: dict[str, Any]) -> Any:  # one row: the shape without its batch
     dims, data = _zeros(t["datatype"], t["shape"][1:])
     for size in reversed(dims[1:]):  # nest the flat zeros row-major
         data = [data[i : i + size] for i in range(0, len(data), size or 1)]
-    return data if dims else data[0]
+    return data if dims not in ([], [1]) else data[0]  # [-1, 1]: a column, one value a row
 
 
 def _predict_example(meta: dict[str, Any]) -> dict[str, Any]:

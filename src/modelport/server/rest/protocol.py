@@ -6,6 +6,7 @@ malformed message raises InvalidInputError naming the field and what was expecte
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,7 @@ import orjson
 
 from modelport.config import ServerLimits
 from modelport.errors import InvalidInputError
+from modelport.rows import records_columns
 from modelport.server.tensors import (
     DTYPES,
     InferRequest,
@@ -30,6 +32,7 @@ from modelport.signature import NUMBERS, Signature, json_array
 
 _KINDS = {"BOOL": "b", "FP16": "biuf", "FP32": "biuf", "FP64": "biuf"}  # others: integers
 _FLOATS = frozenset({"FP16", "FP32", "FP64"})
+_NULLABLE = NUMBERS | {type(None)}
 
 
 def parse_infer_request(
@@ -162,6 +165,10 @@ def _from_json(
         if not found.kinds <= {str}:
             raise _fail(f"input {name!r}: BYTES data must be strings", name)
         return np.array(found.values, dtype=object).reshape(shape)
+    if datatype in _FLOATS and None.__class__ in found.kinds and found.kinds <= _NULLABLE:
+        # null: JSON's missing number, NaN (refused later except in a tabular model's column).
+        values = [math.nan if v is None else v for v in found.values]
+        return np.array(values, dtype=DTYPES[datatype]).reshape(shape)
     if not found.kinds <= NUMBERS:
         raise _fail(
             f"input {name!r}: data must be {_describe(datatype)} for datatype {datatype}", name
@@ -254,13 +261,8 @@ def parse_v1_request(body: bytes, signature: Signature, limits: ServerLimits) ->
     instances = message.get("instances") if isinstance(message, dict) else None
     if not isinstance(instances, list) or not instances:
         raise InvalidInputError('the body must be {"instances": [...]}, a non-empty list')
-    if all(isinstance(i, dict) for i in instances):
-        names = signature.input_names
-        if any(sorted(i) != sorted(names) for i in instances):
-            raise InvalidInputError(
-                f"each instance needs exactly the inputs {', '.join(map(repr, names))}"
-            )
-        values = {n: [i[n] for i in instances] for n in names}
+    if all(isinstance(i, dict) for i in instances):  # {column: value}: names the row's fault
+        values = records_columns(instances, signature.input_names)
     elif len(signature.inputs) == 1:
         values = {signature.inputs[0].name: instances}
     else:  # validate_inputs says how many inputs the model takes
