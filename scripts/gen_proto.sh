@@ -10,15 +10,20 @@ python=".venv/bin/python"
 "$python" -m grpc_tools.protoc -I src \
   --python_out=src --pyi_out=src --grpc_python_out=src \
   src/modelport/server/grpc/proto/grpc_predict_v2.proto
+# The repository extension's messages (no service of their own: see the file).
+"$python" -m grpc_tools.protoc -I src --python_out=src --pyi_out=src \
+  src/modelport/server/grpc/proto/grpc_repository.proto
 # A private descriptor pool: tritonclient and the KServe SDK register the same inference.*
 # names in protobuf's default pool, and one process could then not import both them and us.
-module=src/modelport/server/grpc/proto/grpc_predict_v2_pb2.py
-sed -i 's/^DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(/'\
+for module in src/modelport/server/grpc/proto/grpc_predict_v2_pb2.py \
+  src/modelport/server/grpc/proto/grpc_repository_pb2.py; do
+  sed -i 's/^DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(/'\
 '# A private pool: tritonclient and the KServe SDK register the same inference.* names in the\n'\
 '# default pool; sharing it, one process could not import both them and modelport.\n'\
 'POOL = _descriptor_pool.DescriptorPool()\nDESCRIPTOR = POOL.AddSerializedFile(/' "$module"
-grep -q '^DESCRIPTOR = POOL.AddSerializedFile(' "$module" || {
-  echo "gen_proto.sh: the private-pool edit did not apply to $module; protoc's output changed" >&2
-  exit 1
-}
+  grep -q '^DESCRIPTOR = POOL.AddSerializedFile(' "$module" || {
+    echo "gen_proto.sh: the private-pool edit did not apply to $module; protoc's output changed" >&2
+    exit 1
+  }
+done
 echo "generated: $(ls src/modelport/server/grpc/proto/*_pb2*.py* | tr '\n' ' ')"

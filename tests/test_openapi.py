@@ -197,3 +197,29 @@ def test_docs_page_without_models() -> None:
     page = docs_html(openapi_spec("0.0.1", {}))
     assert "No models loaded" in page
     assert "/v2/health/ready" in page
+
+
+def test_control_and_shadow_endpoints_appear_when_the_server_has_them() -> None:
+    from modelport.config import ServerConfig
+    from modelport.server.engine import Engine
+    from modelport.server.rest.control import ControlRoutes
+
+    assert "control" not in {t["name"] for t in openapi_spec("1.2.3", {"digits": DIGITS})["tags"]}
+    config = ServerConfig(control=True, shadows=("digits=2",))
+
+    async def no_body(*_: Any) -> bytes:
+        return b""
+
+    spec = ControlRoutes(Engine(config), config, no_body).document(
+        openapi_spec("1.2.3", {"digits": DIGITS})
+    )
+    validate(spec)
+    assert set(spec["paths"]) - set(ENDPOINTS) == {
+        "/v2/repository/index",
+        "/v2/repository/models/{model_name}/load",
+        "/v2/repository/models/{model_name}/unload",
+        "/v2/shadow",
+    }
+    load = spec["paths"]["/v2/repository/models/{model_name}/load"]["post"]
+    assert {"401", "403", "404", "409"} <= set(load["responses"])
+    assert "control" in {tag["name"] for tag in spec["tags"]}

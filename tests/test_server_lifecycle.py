@@ -494,6 +494,13 @@ def test_the_config_handed_to_workers_round_trips_with_every_field_set() -> None
         "prediction_log": PredictionLogConfig(
             "postgresql://db/log", sample=0.5, inputs="hash", max_queue_bytes=10, flush_s=2.0
         ),
+        "watch": True,
+        "watch_interval_s": 0.5,
+        "control": True,
+        "control_token": "control-secret",
+        "routes": ("churn=2:90,3:10",),
+        "routes_file": "/etc/modelport/routes.txt",
+        "shadows": ("churn=3",),
     }
     fields = {f.name for f in dataclasses.fields(ServerConfig)}
     assert fields - set(values) == set(), "give each new ServerConfig field a value above"

@@ -23,6 +23,7 @@ from modelport.convert.parity import Tolerance
 from modelport.errors import (
     AccuracyDropError,
     BatchError,
+    ConflictError,
     ConversionError,
     DeadlineExceededError,
     DeployError,
@@ -39,9 +40,11 @@ from modelport.errors import (
     OverloadedError,
     PredictionError,
     RequirementsError,
+    RolloutError,
     ServiceUnreachableError,
     StoreError,
     UntrustedArtifactError,
+    WarmupError,
 )
 from modelport.importing import add_model
 from modelport.manifest import Manifest
@@ -57,6 +60,7 @@ __all__ = [
     "BatchConfig",
     "BatchError",
     "Client",
+    "ConflictError",
     "ConversionError",
     "DeadlineExceededError",
     "DeployError",
@@ -80,6 +84,7 @@ __all__ = [
     "Repository",
     "RequirementsError",
     "RetryPolicy",
+    "RolloutError",
     "RuntimeConfig",
     "ServerConfig",
     "ServerLimits",
@@ -90,6 +95,7 @@ __all__ = [
     "Tolerance",
     "UntrustedArtifactError",
     "VersionPolicy",
+    "WarmupError",
     "__version__",
     "add_model",
     "load",

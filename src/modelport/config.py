@@ -259,8 +259,18 @@ class ServerConfig:
     web: bool = False  # serve each ONNX model's browser bundle at /web/NAME/, edge telemetry
     prediction_log: PredictionLogConfig | None = None
     otlp_endpoint: str | None = None  # OpenTelemetry traces to this OTLP/HTTP collector
+    # Versions in production (server/versions.py): follow the repository, the control API,
+    # traffic splits ("churn=2:90,3:10") and shadows ("churn=3").
+    watch: bool = False
+    watch_interval_s: float = 1.0  # how often the repository is scanned without inotify
+    control: bool = False  # the repository extension: index, load, unload
+    control_token: str | None = None  # its own (and the shadow report's); needed off loopback
+    routes: tuple[str, ...] = ()
+    routes_file: str | None = None  # one route a line; reloaded when it changes (with watch)
+    shadows: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        self._check_rollout()
         if self.http not in ("modelport", "uvicorn"):
             raise ValueError(f"unknown http protocol {self.http!r}: use modelport or uvicorn")
         if self.workers < 1:
@@ -281,6 +291,20 @@ class ServerConfig:
             )
         if not self.cache_namespace or any(c.isspace() for c in self.cache_namespace):
             raise ValueError("cache_namespace must be non-empty, without spaces")
+
+    def _check_rollout(self) -> None:
+        if self.watch_interval_s <= 0:
+            raise ValueError("watch_interval_s (--watch-interval-s) must be > 0")
+        if self.control_token is not None and self.control_token == self.token:
+            raise ValueError(
+                "the control token must differ from the access token: whoever may predict "
+                "must not be able to load and unload models"
+            )
+        if self.control and self.control_token is None and not is_loopback(self.host):
+            raise ValueError(
+                f"--control on {self.host} lets the network load and unload models: pass "
+                "--control-token (or --control-token-file), a token of its own"
+            )
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,15 @@
      │    ├── ManifestError           manifest.json missing or malformed
      │    ├── IntegrityError          an artifact's sha256 differs from the manifest
      │    ├── RequirementsError       this environment lacks what the version was built with
-     │    └── UntrustedArtifactError  pickle/joblib or code model without an explicit opt-in
+     │    ├── UntrustedArtifactError  pickle/joblib or code model without an explicit opt-in
+     │    └── WarmupError             a version loaded but failed or misbehaved on its sample
      ├── ConversionError          a framework model could not become ONNX, or lost parity
      ├── PredictionError          the model itself raised while predicting
      ├── OverloadedError          a model's queue is full, or the server is draining
      │    └── NotReadyError           the server is still loading its models, or draining
      ├── DeadlineExceededError    a request's deadline passed before it was served
+     ├── ConflictError            another load or unload of the same model is running
+     ├── RolloutError             a traffic split or shadow that cannot apply to the repository
      ├── ServiceUnreachableError  the client cannot connect to the service (also a ConnectionError)
      ├── BatchError               a batch run cannot go on: its source, mapping or reject ratio
      ├── StoreError               a prediction store or log cannot be reached or written
@@ -74,6 +77,11 @@ class UntrustedArtifactError(ModelLoadError):
     code; ``trust_pickle`` / ``trust_code`` opt in."""
 
 
+class WarmupError(ModelLoadError):
+    """A version loaded but raised, or answered out of its signature, on its sample inputs:
+    it never takes traffic."""
+
+
 class ConversionError(ModelportError):
     """A framework model could not be converted to ONNX, or its outputs changed."""
 
@@ -103,6 +111,15 @@ class NotReadyError(OverloadedError):
 
 class DeadlineExceededError(ModelportError):
     """A request's deadline passed before its answer was ready."""
+
+
+class ConflictError(ModelportError):
+    """Another load or unload of the same model is running; try again when it is done."""
+
+
+class RolloutError(ModelportError):
+    """A traffic split or shadow that cannot apply: weights that do not sum to 100, a version
+    the repository lacks, a candidate whose outputs differ from the live version's."""
 
 
 class ServiceUnreachableError(ModelportError, ConnectionError):

@@ -7,6 +7,7 @@ exactly as it was.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -18,7 +19,13 @@ import numpy as np
 from modelport import archives, requirements
 from modelport.config import BatchingConfig, FallbackConfig, RuntimeConfig
 from modelport.convert.parity import Tolerance
-from modelport.errors import ConversionError, ModelLoadError, UntrustedArtifactError, require
+from modelport.errors import (
+    ConversionError,
+    ModelLoadError,
+    ModelportError,
+    UntrustedArtifactError,
+    require,
+)
 from modelport.manifest import (
     SERVING_KEYS,
     Manifest,
@@ -31,7 +38,7 @@ from modelport.model import Model
 from modelport.repository import ONNX_FILE, Repository, check_name, open_runtime
 from modelport.rows import is_frame
 from modelport.runtimes.python import ENTRY_FILE, refuse_code
-from modelport.signature import Signature, spec_from_array
+from modelport.signature import Signature, spec_from_array, validate_inputs
 
 # An array, named arrays, or a pandas DataFrame (for models fitted on one).
 Sample = np.ndarray | Mapping[str, np.ndarray] | Any
@@ -94,6 +101,10 @@ def add_model(
                 model, staged, sample_input, trust_pickle, trust_code, tolerance, metadata
             )
             signature = _try_out(runtime, staged, sample_input)
+            if sample_input is not None:
+                kept = sample_rows(signature, sample_input)
+                if kept:
+                    metadata["sample"] = kept
         except ModelLoadError as exc:
             message = str(exc)
             for temporary, shown in _shown_paths(source, model, staged):
@@ -141,6 +152,46 @@ def _try_out(runtime_name: str, staged: Path, sample: Sample | None) -> Signatur
         return signature
     finally:
         runtime.close()
+
+
+SAMPLE_ROWS = 4  # rows of the sample input kept in the manifest: the server warms up on them
+SAMPLE_BYTES = 64 * 1024  # at most this much of it as JSON; a larger sample is not kept
+
+
+def sample_rows(signature: Signature, sample: Sample) -> dict[str, Any]:
+    """The first rows of ``sample`` as manifest JSON ({input: {"shape", "data"}}), or {} when
+    they are too large, not plain numbers and text, or not the model's inputs as they are (a
+    DataFrame's columns, say: the server then warms up on zeros)."""
+    if isinstance(sample, np.ndarray) and len(signature.inputs) == 1:
+        arrays: dict[str, Any] = {signature.inputs[0].name: sample}
+    elif isinstance(sample, Mapping) and set(sample) == set(signature.input_names):
+        arrays = dict(sample)
+    else:
+        return {}
+    kept: dict[str, Any] = {}
+    for name, value in arrays.items():
+        array = np.asarray(value)[:SAMPLE_ROWS]
+        if array.dtype.kind in "biuf":
+            data = array.ravel().tolist()
+        elif array.dtype.kind in "OUS":
+            data = [x.decode() if isinstance(x, bytes) else str(x) for x in array.ravel()]
+        else:
+            return {}
+        kept[name] = {"shape": list(array.shape), "data": data}
+    if len(json.dumps(kept)) > SAMPLE_BYTES:
+        return {}
+    try:  # what the server will check it with
+        validate_inputs(signature, {n: _stored(signature, n, item) for n, item in kept.items()})
+    except (ModelportError, ValueError, TypeError):
+        return {}
+    return kept
+
+
+def _stored(signature: Signature, name: str, item: dict[str, Any]) -> np.ndarray:
+    text = any(s.name == name and s.dtype == "string" for s in signature.inputs)
+    array: np.ndarray = np.asarray(item["data"], dtype=object if text else None)
+    shaped: np.ndarray = array.reshape(item["shape"])
+    return shaped
 
 
 def _open_file(

@@ -15,6 +15,8 @@ knows which files a version folder holds (``MANIFEST``, ``ONNX_FILE``, a code mo
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import json
 import os
 import re
 import shutil
@@ -22,6 +24,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from modelport import requirements
 from modelport.config import LoadOptions, RuntimeConfig
@@ -40,6 +43,9 @@ from modelport.signature import Signature
 ONNX_FILE = "model.onnx"  # an onnx version's one artifact
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _STAGING = ".staging"
+# <repo>/<name>/withdrawn.json: versions kept on disk but never served as "latest" (rollback).
+# Beside the version folders, not in them: their files are exactly what their manifest lists.
+WITHDRAWN = "withdrawn.json"
 
 
 def is_valid_name(name: str) -> bool:
@@ -162,14 +168,23 @@ class Repository:
         return _numbered(self._inside(check_name(name)))
 
     def version_dir(self, name: str, version: int | None = None) -> Path:
-        """The folder of ``name`` at ``version`` (latest when None); ModelNotFoundError if none."""
+        """The folder of ``name`` at ``version`` (latest when None); ModelNotFoundError if none.
+
+        The latest is the newest version not withdrawn (see ``withdraw``).
+        """
         available = self.versions(name)
         if not available:
             raise ModelNotFoundError(
                 f"no model named {name!r} in {self.root}; known: {', '.join(self.names()) or '-'}"
             )
         if version is None:
-            version = available[-1]
+            serveable = self.serveable(name)
+            if not serveable:
+                raise ModelNotFoundError(
+                    f"every version of {name!r} is withdrawn; name one (NAME:VERSION) or "
+                    "restore one with 'modelport rollback --restore'"
+                )
+            version = serveable[-1]
         elif version not in available:
             raise ModelNotFoundError(
                 f"model {name!r} has no version {version}; it has {', '.join(map(str, available))}"
@@ -188,8 +203,60 @@ class Repository:
         return load_version(self.version_dir(name, version or ref_version), options)
 
     def select(self, policy: VersionPolicy) -> dict[str, list[int]]:
-        """The versions of every model that ``policy`` keeps."""
-        return {name: policy.select(self.versions(name)) for name in self.names()}
+        """The versions of every model that ``policy`` keeps: withdrawn versions only when the
+        policy names them (``specific:``)."""
+        return {name: self.select_one(name, policy) for name in self.names()}
+
+    def select_one(self, name: str, policy: VersionPolicy) -> list[int]:
+        if policy.specific:
+            return policy.select(self.versions(name))
+        return policy.select(self.serveable(name))
+
+    # -- withdrawn versions (rollback) ---------------------------------------------------------
+
+    def withdrawn(self, name: str) -> dict[int, dict[str, Any]]:
+        """Withdrawn versions of ``name``: version -> {"reason", "at"}."""
+        path = self._inside(check_name(name), WITHDRAWN)
+        if not path.is_file():
+            return {}
+        try:
+            data = json.loads(path.read_text())
+            return {check_version(v): dict(about) for v, about in data.items()}
+        except (ValueError, TypeError, AttributeError, InvalidNameError) as exc:
+            raise ManifestError(
+                f"{path} is malformed ({exc}): it maps versions to {{'reason', 'at'}}; "
+                "fix or remove it"
+            ) from None
+
+    def serveable(self, name: str) -> list[int]:
+        """The versions of ``name`` that are not withdrawn, oldest first."""
+        withdrawn = self.withdrawn(name)
+        return [v for v in self.versions(name) if v not in withdrawn]
+
+    def withdraw(self, name: str, versions: list[int], reason: str = "") -> None:
+        """Mark ``versions`` withdrawn: kept on disk, never served as the latest."""
+        known = self.versions(name)
+        for version in versions:
+            if version not in known:
+                raise ModelNotFoundError(f"model {name!r} has no version {version}")
+        at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        marks = self.withdrawn(name)
+        marks.update({v: {"reason": reason, "at": at} for v in versions})
+        self._write_withdrawn(name, marks)
+
+    def restore(self, name: str, version: int) -> None:
+        """Serve a withdrawn version again."""
+        marks = self.withdrawn(name)
+        if marks.pop(version, None) is None:
+            raise ModelNotFoundError(f"version {version} of {name!r} is not withdrawn")
+        self._write_withdrawn(name, marks)
+
+    def _write_withdrawn(self, name: str, marks: dict[int, dict[str, Any]]) -> None:
+        path = self._inside(check_name(name), WITHDRAWN)
+        text = json.dumps({str(v): marks[v] for v in sorted(marks)}, indent=2) + "\n"
+        staged = path.with_name(f".{WITHDRAWN}.{uuid.uuid4().hex}")
+        staged.write_text(text)
+        os.replace(staged, path)  # atomic: a watching server never reads half a file
 
     @contextlib.contextmanager
     def staging(self) -> Iterator[Path]:

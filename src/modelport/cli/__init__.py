@@ -4,6 +4,7 @@ One module per command group, each registered on ``main`` here:
 
 - ``models.py``: repo init, import, list, show, predict
 - ``serving.py``: serve
+- ``rollout.py``: rollback, shadow report
 - ``batch.py``: batch run, batch status
 - ``demo.py``: demo
 - ``deploy.py``: build, deploy compose, deploy k8s
@@ -20,7 +21,7 @@ import sys
 
 import click
 
-from modelport.cli import batch, demo, deploy, models, optimize
+from modelport.cli import batch, demo, deploy, models, optimize, rollout
 from modelport.cli.export import export
 from modelport.cli.monitor import monitor
 from modelport.cli.serving import serve
@@ -36,6 +37,7 @@ def main() -> None:
 for command in (
     *models.COMMANDS,
     serve,
+    *rollout.COMMANDS,
     batch.batch,
     demo.demo,
     monitor,

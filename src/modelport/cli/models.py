@@ -121,17 +121,25 @@ def list_(repo_path: Path) -> None:
         try:
             manifest = repository.manifest(name)
             about = f"{manifest.runtime:7} {manifest.created_at}"
+            withdrawn = repository.withdrawn(name)
         except ModelportError as exc:  # one broken version must not hide the others
-            about = f"BROKEN: {exc}"
+            about, withdrawn = f"BROKEN: {exc}", {}
         click.echo(f"{name:24} versions {versions:12} {about}")
+        for version, why in sorted(withdrawn.items()):
+            reason = why.get("reason") or "no reason given"
+            click.echo(f"{'':24} withdrawn {version} at {why.get('at', '?')}: {reason}")
 
 
 @click.command()
 @click.argument("ref", metavar="NAME[:VERSION]")
 @REPO_OPTION
 def show(ref: str, repo_path: Path) -> None:
-    """Print a model version's manifest (latest version when none is given)."""
-    echo_json(Repository.open(repo_path).manifest(ref).to_dict())
+    """Print a model version's manifest (latest version when none is given), and whether it
+    is withdrawn."""
+    repository = Repository.open(repo_path)
+    manifest = repository.manifest(ref)
+    withdrawn = repository.withdrawn(manifest.name).get(manifest.version)
+    echo_json({**manifest.to_dict(), **({"withdrawn": withdrawn} if withdrawn else {})})
 
 
 @click.command()

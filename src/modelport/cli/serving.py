@@ -47,6 +47,55 @@ def _limit_options(function: Any) -> Any:
     )(function)  # fmt: skip
 
 
+def _rollout_options(function: Any) -> Any:
+    """Versions in production: --watch, the control API, traffic splits and shadows."""
+    options = [
+        click.option("--watch", is_flag=True, help="Follow the repository while serving: new "
+                     "versions are loaded, warmed up and swapped in; removed or withdrawn ones "
+                     "drain and unload (inotify when watchfiles is installed, else a scan)."),
+        click.option("--watch-interval-s", default=ServerConfig.watch_interval_s,
+                     show_default=True, type=float, help="How often --watch scans the "
+                     "repository (inotify also wakes it at once)."),
+        click.option("--control", is_flag=True, help="Serve the repository extension (index, "
+                     "load, unload over REST and gRPC); beyond loopback it needs "
+                     "--control-token."),
+        click.option("--control-token", envvar="MODELPORT_CONTROL_TOKEN", help="Token of the "
+                     "control API and the shadow report, never the access token "
+                     "(env MODELPORT_CONTROL_TOKEN)."),
+        click.option("--control-token-file", type=click.Path(exists=True, dir_okay=False,
+                     path_type=Path), help="Read the control token from this file."),
+        click.option("--route", "routes", multiple=True, metavar="MODEL=V:PCT,...",
+                     help="Split requests that name no version: churn=2:90,3:10 (sticky per "
+                     "X-Routing-Key)."),
+        click.option("--routes-file", type=click.Path(exists=True, dir_okay=False,
+                     path_type=Path), help="Routes, one a line; with --watch reloaded when it "
+                     "changes (a bad file is refused, the last good routes stay)."),
+        click.option("--shadow", "shadows", multiple=True, metavar="MODEL=VERSION",
+                     help="Send a copy of live requests to this version after answering and "
+                     "count agreement in /metrics (churn=3)."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _check_rollout(
+    source: Path, routes: tuple[str, ...], routes_file: Path | None, shadows: tuple[str, ...]
+) -> None:
+    """Refuse malformed splits and shadows now (the server checks them against the models)."""
+    from modelport.errors import ModelportError
+    from modelport.server.routing import parse_shadows, parse_splits
+
+    try:
+        lines = list(routes)
+        if routes_file is not None:
+            lines += routes_file.read_text().splitlines()
+        parse_splits(lines)
+        parse_shadows(shadows)
+    except (ModelportError, OSError, UnicodeDecodeError) as exc:
+        raise ValueError(str(exc)) from None
+
+
 @click.command()
 @click.argument("source", type=click.Path(exists=True, path_type=Path), default="models")
 @click.option(
@@ -218,6 +267,7 @@ def _limit_options(function: Any) -> Any:
     help="HTTP/1.1 implementation: modelport's own (faster per request) or uvicorn's "
     "(env MODELPORT_HTTP).",
 )
+@_rollout_options
 @_limit_options
 @TRUST_OPTION
 @TRUST_CODE_OPTION
@@ -229,7 +279,9 @@ def serve(
     store: str | None, max_age: tuple[str, ...], write_back: bool, http: str, trust_code: bool,
     cache_namespace: str, tls_cert: Path | None, tls_key: Path | None, web: bool,
     prediction_log: str | None, sample: float, log_inputs: str, otlp_endpoint: str | None,
-    **limits: Any,
+    watch: bool, watch_interval_s: float, control: bool, control_token: str | None,
+    control_token_file: Path | None, routes: tuple[str, ...], routes_file: Path | None,
+    shadows: tuple[str, ...], **limits: Any,
 ) -> None:  # fmt: skip
     """Serve a model repository (or one model) over the Open Inference Protocol."""
     from modelport.caching import open_cache
@@ -237,7 +289,15 @@ def serve(
 
     if token_file is not None:
         token = token_file.read_text().strip()
+    if control_token_file is not None:
+        control_token = control_token_file.read_text().strip()
     try:
+        _check_rollout(source, routes, routes_file, shadows)
+        if control and workers > 1:
+            raise ValueError(
+                "--control needs --workers 1: a control call would reach one worker only "
+                "(use --watch to have every worker follow the repository)"
+            )
         VersionPolicy.parse(version_policy)  # fail now, not in every worker
         if (max_age or write_back) and store is None:
             raise ValueError("--max-age and --write-back need --store")
@@ -259,6 +319,9 @@ def serve(
             web=web,
             tls_cert=None if tls_cert is None else str(tls_cert.resolve()),
             tls_key=None if tls_key is None else str(tls_key.resolve()),
+            watch=watch, watch_interval_s=watch_interval_s, control=control,
+            control_token=control_token or None, routes=routes, shadows=shadows,
+            routes_file=None if routes_file is None else str(routes_file.resolve()),
             lookups=None if store is None else LookupConfig(store, max_age, write_back),
             otlp_endpoint=otlp_endpoint,
             prediction_log=None if prediction_log is None else PredictionLogConfig(
@@ -277,4 +340,5 @@ def serve(
         raise click.UsageError(str(exc)) from exc
     # Read: nothing the server starts (workers, the models' own processes) inherits it.
     os.environ.pop("MODELPORT_TOKEN", None)
+    os.environ.pop("MODELPORT_CONTROL_TOKEN", None)
     run_server(source, config, access_log=access_log)

@@ -29,7 +29,9 @@ from modelport.errors import (
 from modelport.server import metrics, tracing
 from modelport.server.registry import Registry, Served
 from modelport.server.requests import RequestRecord
+from modelport.server.routing import Router
 from modelport.server.runner import Gone
+from modelport.server.shadow import Shadows
 from modelport.server.tensors import check_finite
 from modelport.signature import validate_inputs
 
@@ -47,6 +49,8 @@ class Engine:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.registry: Registry | None = None
+        self.router: Router | None = None  # traffic splits (--route); set by the Versions
+        self.shadows: Shadows | None = None  # shadow versions (--shadow)
         self.draining = False
         self.drain_started: float | None = None
         self.in_flight = 0
@@ -83,13 +87,30 @@ class Engine:
             raise NotReadyError("the models are still loading", retry_after_s=1.0)
         return self.registry
 
-    def admit(self, name: str, version: int | None, record: RequestRecord) -> Served:
-        """The model version a request is for, refusing it at once when there is no room."""
+    def admit(
+        self, name: str, version: int | None, record: RequestRecord, key: str | None = None
+    ) -> Served:
+        """The model version a request is for, refusing it at once when there is no room.
+
+        With no version, a traffic split (if the model has one) draws it, by ``key`` when the
+        caller sent a routing key. The request holds the version until ``record`` finishes: a
+        version taken out of service drains its holders before it unloads.
+        """
         if self.draining:
             raise NotReadyError("the server is shutting down", retry_after_s=1.0)
-        served = self.models().get(name, version)
+        registry = self.models()
+        served = None
+        if version is None and self.router is not None:
+            served = self.router.pick(registry, name, key)
+        if served is None:
+            served = registry.get(name, version)
         record.model, record.version = name, served.label
         served.runner.check_capacity()
+        served.users += 1
+        if record.leases is None:
+            record.leases = [served]
+        else:
+            record.leases.append(served)
         return served
 
     @staticmethod
@@ -121,10 +142,20 @@ class Engine:
 
         ``timeout_s`` shortens the server's request timeout (a gRPC client's deadline, say).
         ``arrived`` (``time.monotonic()``) is when the request reached the server.
+        With a shadow of the model, a copy runs on it once the answer is out.
         """
         batch = validate_inputs(served.model.signature, inputs, served.model.limits)
         if not self.config.limits.allow_non_finite:
             check_finite(batch, served.model.signature.column_names)
+        outputs = await self._answer(served, batch, record, gone, use_cache, timeout_s, arrived)
+        if self.shadows is not None:
+            self.shadows.offer(served, batch, outputs, record.request_id)
+        return outputs
+
+    async def _answer(
+        self, served: Served, batch: dict[str, np.ndarray], record: RequestRecord,
+        gone: Gone | None, use_cache: bool, timeout_s: float | None, arrived: float | None,
+    ) -> Outputs:  # fmt: skip
         timeout = self.config.limits.request_timeout_s
         if timeout_s is not None:
             timeout = min(timeout, max(timeout_s, 0.0))

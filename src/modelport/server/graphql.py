@@ -398,8 +398,8 @@ async def _predict(
         if status == 500:
             log.error("request %s failed: %s", record.request_id, exc, exc_info=exc)
         raise _graphql_error(exc, record.request_id) from None
-    finally:
-        record.finish(status)  # counted per predict; the HTTP request is logged whole
+    finally:  # counted per predict, the version it held released; logged as a whole
+        record.finish(status)
 
 
 def _arrays(inputs: list[dict[str, Any]], limits: ServerLimits) -> dict[str, Any]:

@@ -169,6 +169,8 @@ def config_from_json(text: str) -> tuple[Path, ServerConfig]:
             "limits": ServerLimits(**raw["limits"]),
             "runtime": RuntimeConfig(**runtime),
             "batching": batching,
+            "routes": tuple(raw["routes"]),
+            "shadows": tuple(raw["shadows"]),
             "lookups": None
             if raw["lookups"] is None
             else LookupConfig(**{**raw["lookups"], "max_age": tuple(raw["lookups"]["max_age"])}),
@@ -261,11 +263,11 @@ def _run(source: Path, config: ServerConfig, access_log: bool) -> None:
         return
     from uvicorn.supervisors import Multiprocess
 
-    # Load once here first: a worker that cannot load its models would otherwise be replaced,
-    # fail and be replaced again, forever.
-    from modelport.server.registry import load_registry
+    # Load once here first: a worker that cannot load its models (or apply its routes and
+    # shadows) would otherwise be replaced, fail and be replaced again, forever.
+    from modelport.server.service import create_app
 
-    load_registry(source, config).close()
+    create_app(source, config).load_models(source).close()
     uv_config = uvicorn.Config(app, workers=config.workers, **options)
     sock = uv_config.bind_socket()
     try:

@@ -21,6 +21,7 @@ from modelport.model import Model
 from modelport.repository import Repository, VersionPolicy, check_name, is_model_folder, load
 from modelport.server import metrics
 from modelport.server.runner import Runner, batchable
+from modelport.server.warmup import warm_up
 
 log = logging.getLogger("modelport.server")
 
@@ -35,6 +36,7 @@ class Served:
     runner: Runner
     cacheable: bool = True  # a manifest's "serving": {"cache": false} opts a model out
     digest: str = ""  # sha256 of its artifacts: cache keys tell other weights of it apart
+    users: int = 0  # requests admitted to it and not yet answered: a retired one drains them
     label: str = field(init=False)  # the version as text, as logs and metrics show it
     measured: metrics.ModelMetrics = field(init=False, repr=False)  # looked up once
     traced: dict[str, str] = field(init=False, repr=False)  # its spans' attributes
@@ -48,14 +50,46 @@ class Served:
 class Registry:
     """Loaded model versions by name; lookups raise ModelNotFoundError with what exists."""
 
-    def __init__(self, served: list[Served]) -> None:
+    def __init__(self, served: list[Served], defaults: dict[str, int] | None = None) -> None:
+        """``defaults``: the version a request naming none gets, by model (the newest served
+        when not given: a shadow candidate is served but is not the default)."""
         self._models: dict[str, dict[int, Served]] = {}
         for item in served:
             self._models.setdefault(item.name, {})[item.version] = item
-        self._latest = {name: versions[max(versions)] for name, versions in self._models.items()}
+        defaults = defaults or {}
+        self._latest = {
+            name: versions[defaults.get(name, max(versions))]
+            for name, versions in self._models.items()
+        }
 
     def names(self) -> list[str]:
         return sorted(self._models)
+
+    def all(self) -> list[Served]:
+        return [served for versions in self._models.values() for served in versions.values()]
+
+    def find(self, name: str, version: int) -> Served | None:
+        """The served version, or None (no error: routing falls back to the latest)."""
+        return self._models.get(name, {}).get(version)
+
+    def replace(
+        self, name: str, versions: dict[int, Served], default: int | None = None
+    ) -> list[Served]:
+        """Serve exactly ``versions`` of ``name`` from now on (none: stop serving it), the
+        ``default`` one (the newest when None) to requests that name none; returns the
+        versions it no longer serves, for the caller to drain and close.
+
+        On the event loop, between two requests: a request admitted before sees the old set,
+        every later one the new, and none sees a mix.
+        """
+        before = self._models.get(name, {})
+        if versions:
+            self._models[name] = dict(versions)
+            self._latest[name] = versions[default if default in versions else max(versions)]
+        else:
+            self._models.pop(name, None)
+            self._latest.pop(name, None)
+        return [served for v, served in before.items() if versions.get(v) is not served]
 
     def versions(self, name: str) -> list[int]:
         return sorted(self._lookup(name))
@@ -98,40 +132,67 @@ def _single_model(path: Path) -> bool:
     return path.is_file() or is_model_folder(path)
 
 
-def load_registry(source: Path, config: ServerConfig) -> Registry:
-    """Load a repository (every version the policy keeps) or a single model file or folder."""
-    options = LoadOptions(
+def load_options(config: ServerConfig) -> LoadOptions:
+    return LoadOptions(
         runtime=config.runtime,
         limits=InputLimits(max_elements=config.limits.max_elements),
         trust_pickle=config.trust_pickle,
         trust_code=config.trust_code,
     )
+
+
+def load_registry(source: Path, config: ServerConfig) -> Registry:
+    """Load a repository (every version the policy keeps) or a single model file or folder,
+    each warmed up (see warmup.py)."""
     if not source.exists():
         raise ModelNotFoundError(f"{source} does not exist: pass a model repository or model")
-    served = []
+    served: list[Served] = []
     budget = cpu_budget()
-    chosen = set()
-    if _single_model(source):
-        runtime = threads_for(config, 1, budget)
-        chosen.add(runtime.intra_op_threads)
-        model = load(source, options=dataclasses.replace(options, runtime=runtime))
-        name = check_name(model.name)
-        served.append(_serve(name, model.version or 1, model, config, _digest(source, model)))
-    else:
-        repo = Repository.open(source)
-        for name, versions in repo.select(VersionPolicy.parse(config.version_policy)).items():
-            for version in versions:
-                manifest = repo.manifest(name, version)
-                instances = int(manifest.serving.get("instances", 1) or 1)
-                runtime = threads_for(config, instances, budget)
-                chosen.add(runtime.intra_op_threads)
-                model = repo.load(
-                    name, version=version, options=dataclasses.replace(options, runtime=runtime)
+    chosen: set[int] = set()
+    try:
+        if _single_model(source):
+            runtime = threads_for(config, 1, budget)
+            chosen.add(runtime.intra_op_threads)
+            options = dataclasses.replace(load_options(config), runtime=runtime)
+            model = load(source, options=options)
+            name = check_name(model.name)
+            served.append(_serve(name, model.version or 1, model, config, _digest(source, model)))
+            warm_up(name, model, served[-1].runner)
+        else:
+            repo = Repository.open(source)
+            for name, versions in repo.select(VersionPolicy.parse(config.version_policy)).items():
+                served.extend(
+                    serve_version(repo, name, version, config, budget, chosen)
+                    for version in versions
                 )
-                digest = artifacts_digest(manifest.artifacts)
-                served.append(_serve(name, version, model, config, digest))
+    except BaseException:
+        for item in served:
+            item.runner.close()
+        raise
     _log_threads(budget, config, chosen)
     return Registry(served)
+
+
+def serve_version(
+    repo: Repository, name: str, version: int, config: ServerConfig,
+    budget: CpuBudget | None = None, chosen: set[int] | None = None,
+) -> Served:  # fmt: skip
+    """Load one version of a repository (sha256, requirements), then warm it up; ``chosen``
+    collects the thread counts picked, for the log."""
+    manifest = repo.manifest(name, version)
+    instances = int(manifest.serving.get("instances", 1) or 1)
+    runtime = threads_for(config, instances, budget or cpu_budget())
+    if chosen is not None:
+        chosen.add(runtime.intra_op_threads)
+    options = dataclasses.replace(load_options(config), runtime=runtime)
+    model = repo.load(name, version=version, options=options)
+    served = _serve(name, version, model, config, artifacts_digest(manifest.artifacts))
+    try:
+        warm_up(f"{name}:{version}", model, served.runner)
+    except BaseException:
+        served.runner.close()
+        raise
+    return served
 
 
 def _log_threads(budget: CpuBudget, config: ServerConfig, chosen: set[int]) -> None:

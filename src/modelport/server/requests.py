@@ -14,7 +14,7 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -28,6 +28,9 @@ from modelport.errors import (
     PredictionError,
 )
 from modelport.server import metrics, tracing
+
+if TYPE_CHECKING:
+    from modelport.server.registry import Served
 
 access_log = logging.getLogger("modelport.access")
 
@@ -86,10 +89,21 @@ class RequestRecord:
     computed: float = 0.0  # time.monotonic() when its outputs were ready
     elapsed_s: float = 0.0  # set by finish()
     span: Any = None  # its OpenTelemetry span, when the server traces
+    leases: list[Served] | None = None  # versions admitted to (Engine.admit), held till the end
+
+    def release(self) -> None:
+        """The request no longer needs the versions it was admitted to (a retired version
+        drains until none holds it); ``finish`` calls it."""
+        if self.leases is not None:
+            for served in self.leases:
+                served.users -= 1
+            self.leases = None
 
     def finish(self, status: int) -> bool:
         """Count the request in its model's metrics; True when the access log wants its
         line (``log``), which a door then builds."""
+        if self.leases is not None:
+            self.release()
         now = time.monotonic()
         self.elapsed_s = now - self.started
         if self.model is not None:

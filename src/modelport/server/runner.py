@@ -127,6 +127,7 @@ class Runner:
         gone: Gone | None = None,
         arrived: float | None = None,
         trace: Any = None,
+        inline: bool = True,
     ) -> tuple[Outputs, Timing]:
         """Outputs for ``inputs`` (already validated), or Overloaded/DeadlineExceeded.
 
@@ -134,7 +135,8 @@ class Runner:
         ConnectionAbortedError raised. It is awaited only for work still waiting after
         ``WATCH_AFTER_S``; both are looked at every ``SWEEP_S``. ``arrived``
         (``time.monotonic()``) is when the request reached the server: a batching window
-        counts from then.
+        counts from then. ``inline=False`` never runs on the event loop (a shadow's copy:
+        nothing it costs may delay live work).
         """
         self.check_capacity()
         job = _Job(inputs, _rows(inputs), time.monotonic(), deadline, trace)
@@ -142,7 +144,7 @@ class Runner:
         # One inference thread: a fast model runs inline whatever the load. Several: only while
         # they are idle, since busy they run requests in parallel on other cores.
         inline_ok = self.threads == 1 or self.pending == 0
-        if warm and inline_ok and self._row_s * job.rows < self.inline_below_s:
+        if inline and warm and inline_ok and self._row_s * job.rows < self.inline_below_s:
             answer = self._predict(job)
             self._on_batch(job.rows, answer[1].inference_s)
             return answer
@@ -254,6 +256,21 @@ class Runner:
         self._row_s = per_row if self._calls == 0 else min(per_row, self._row_s * _DRIFT)
         self._calls += 1
         return outputs
+
+    def warm_up(self, inputs: dict[str, np.ndarray], calls: int) -> list[Outputs]:
+        """Run ``inputs`` ``calls`` times on the inference threads, at once, and wait (from
+        any thread but the event loop's): each thread meets the model before requests do."""
+        forever = float("inf")
+        futures = [
+            self._executor.submit(self._call, inputs, time.monotonic(), forever)
+            for _ in range(calls)
+        ]
+        try:
+            return [future.result() for future in futures]
+        finally:
+            # Forgotten: whether a model may run inline is judged on real requests only (a
+            # code model fast on its sample may be slow on what clients send).
+            self._calls, self._row_s = 0, 0.0
 
     async def stop_batching(self) -> None:
         """Stop the batcher's workers and their timers (at shutdown, before ``close``)."""

@@ -9,6 +9,7 @@ prediction store, gRPC) and stops them in order; HTTP requests go to the REST do
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
@@ -16,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from modelport.config import ServerConfig
-from modelport.errors import MissingDependencyError, require
+from modelport.errors import MissingDependencyError, ModelportError, require
+from modelport.repository import is_model_folder
 from modelport.server import metrics, tracing
 from modelport.server.engine import Engine
 from modelport.server.lookups import Lookups
@@ -24,6 +26,7 @@ from modelport.server.registry import Registry, load_registry
 from modelport.server.rest.app import RestApp
 from modelport.server.rest.http import Receive, Scope, Send
 from modelport.server.telemetry import EdgeTelemetry
+from modelport.server.versions import Versions
 from modelport.server.web import WebBundles
 
 log = logging.getLogger("modelport.server")
@@ -41,6 +44,12 @@ class Service:
         self.load_error: Exception | None = None
         self._loading: asyncio.Task[None] | None = None  # held: the loop keeps only weak refs
         self._grpc: Any = None  # a GRPCDoor when config.grpc_port is set
+        self.versions: Versions | None = None  # a repository's: reloads, control, splits
+        if source is not None and registry is None and _repository(source):
+            self.versions = Versions(source, config, self.engine)
+            self.versions.on_change = self.rest.models_changed
+            self.rest.control.versions = self.versions
+        self._watching: asyncio.Task[None] | None = None
 
     @property
     def registry(self) -> Registry | None:
@@ -115,13 +124,20 @@ class Service:
             from modelport.server.grpc.service import GRPCDoor
 
             self._grpc = GRPCDoor(self.engine, self.config)
+            self._grpc.versions = self.versions
             await self._grpc.start(share_port=self.config.workers > 1)
 
     async def stop(self) -> None:
         """Drain every door within the grace period, then unload the models."""
         self.begin_drain()
+        if self._watching is not None:
+            self._watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watching
         if self._grpc is not None:  # stopping since the signal, alongside REST
             await self._grpc.stop(self.engine.grace_left_s())
+        if self.versions is not None:
+            await self.versions.close()
         await self.engine.close()
         if self.engine.predictions is not None:  # after the last answer: every record is in
             await asyncio.to_thread(self.engine.predictions.close)
@@ -132,17 +148,50 @@ class Service:
 
     async def _load(self, source: Path) -> None:
         try:
-            self.registry = await asyncio.to_thread(load_registry, source, self.config)
+            self.registry = await asyncio.to_thread(self.load_models, source)
         except Exception as exc:
             self.load_error = exc
             log.error("could not load the models: %s; stopping", exc)
             signal.raise_signal(signal.SIGTERM)  # the ordered shutdown; serve() exits 1
             return
         log.info("serving %s", ", ".join(self.registry.names()) or "no models")
+        if self.config.watch and self.versions is not None:
+            from modelport.server.watch import Watcher
+
+            self._watching = asyncio.create_task(Watcher(self.versions, self.config).run())
         # Everything loaded so far lives as long as the server: out of the collector's sight,
         # a full collection scans only what requests create (25 ms pauses -> under 2 ms).
         gc.collect()
         gc.freeze()
+
+    def load_models(self, source: Path) -> Registry:
+        """Load (blocking) a repository through Versions (it follows changes, splits, shadows,
+        control), one model file or folder as it is; raises what stops a start."""
+        config = self.config
+        if self.versions is None:
+            if (
+                config.watch
+                or config.control
+                or config.routes
+                or config.routes_file
+                or (config.shadows)
+            ):
+                raise ModelportError(
+                    "--watch, --control, --route, --routes-file and --shadow need a model "
+                    f"repository; {source} is one model"
+                )
+            return load_registry(source, config)
+        routes = list(config.routes)
+        if config.routes_file is not None:
+            from modelport.server.watch import read_routes
+
+            routes += read_routes(Path(config.routes_file))
+        self.versions.set_rules(routes, config.shadows)
+        return self.versions.load_all()
+
+
+def _repository(source: Path) -> bool:
+    return source.is_dir() and not is_model_folder(source)
 
 
 async def _graphql(engine: Engine, body: bytes, use_cache: bool) -> tuple[int, dict[str, Any]]:

@@ -38,6 +38,7 @@ from modelport.server.extensions import EXTENSIONS, model_config, model_statisti
 from modelport.server.grpc.proto import grpc_predict_v2_pb2 as pb
 from modelport.server.grpc.protocol import encode_infer_response, parse_infer_request
 from modelport.server.requests import RequestRecord, bearer_ok, cache_wanted, client_request_id
+from modelport.server.routing import ROUTING_KEY
 
 log = logging.getLogger("modelport.server")
 
@@ -96,6 +97,7 @@ class GRPCDoor:
         self._server: grpc.aio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Future[None] | None = None
+        self.versions: Any = None  # a repository's Versions: the control RPCs (--control)
 
     @property
     def address(self) -> str:
@@ -115,7 +117,12 @@ class GRPCDoor:
                 ("grpc.so_reuseport", 1 if share_port else 0),
             ]
         )
-        server.add_generic_rpc_handlers((self._inference_handler(), self._health_handler()))
+        handlers = [self._inference_handler(), self._health_handler()]
+        if self.config.control and self.versions is not None:
+            from modelport.server.grpc.control import control_handler
+
+            handlers.append(control_handler(self.engine, self.config, self.versions))
+        server.add_generic_rpc_handlers(tuple(handlers))
         cert, key = self.config.tls_cert, self.config.tls_key
         try:
             if cert is None or key is None:
@@ -231,7 +238,10 @@ class GRPCDoor:
                     )
                 response = await function(request, context, record, metadata)
                 code = Code.OK
-                context.set_trailing_metadata((("x-request-id", request_id),))
+                trailers = [("x-request-id", request_id)]
+                if record.version is not None:  # which version answered (splits, reloads)
+                    trailers.append(("model-version", record.version))
+                context.set_trailing_metadata(tuple(trailers))
                 return response
             except Exception as exc:
                 code, message = self._status(exc, request_id)
@@ -290,8 +300,9 @@ class GRPCDoor:
 
     async def _server_metadata(self, *_: Any) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(
-            name="modelport", version=__version__, extensions=EXTENSIONS
-        )
+            name="modelport", version=__version__,
+            extensions=EXTENSIONS + (["model_repository"] if self.config.control else []),
+        )  # fmt: skip
 
     async def _model_config(
         self, request: pb.ModelConfigRequest, *_: Any
@@ -340,7 +351,7 @@ class GRPCDoor:
         record: RequestRecord, metadata: dict[str, str],
     ) -> pb.ModelInferResponse:  # fmt: skip
         name, version = _model_ref(request.model_name, request.model_version)
-        served = self.engine.admit(name, version, record)
+        served = self.engine.admit(name, version, record, metadata.get(ROUTING_KEY))
         size = request.ByteSize()
         served.measured.body.observe(size)
         limits = self.config.limits

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from modelport import __version__
-from modelport.config import ServerConfig, ServerLimits, url_host
+from modelport.config import ServerConfig, url_host
 from modelport.errors import (
     InvalidInputError,
     MissingDependencyError,
@@ -23,7 +23,6 @@ from modelport.errors import (
     installed,
 )
 from modelport.repository import is_number
-from modelport.rows import records_columns
 from modelport.runtimes import PLATFORMS
 from modelport.server import metrics, tracing
 from modelport.server.engine import Engine
@@ -34,6 +33,8 @@ from modelport.server.registry import Registry, Served
 from modelport.server.requests import RequestRecord, cache_wanted, client_request_id
 from modelport.server.rest import edge
 from modelport.server.rest.answers import KeptAnswers
+from modelport.server.rest.control import HANDLERS as CONTROL_HANDLERS
+from modelport.server.rest.control import ControlRoutes
 from modelport.server.rest.gate import Gate
 from modelport.server.rest.http import (
     BODY_DEADLINE,
@@ -50,10 +51,15 @@ from modelport.server.rest.http import (
     read_body,
     send_response,
 )
-from modelport.server.rest.protocol import encode_infer_response, parse_infer_request
+from modelport.server.rest.protocol import (
+    encode_infer_response,
+    parse_infer_request,
+    parse_v1_request,
+)
 from modelport.server.rest.routes import Endpoint, checked, route
+from modelport.server.routing import ROUTING_KEY
 from modelport.server.telemetry import EdgeTelemetry
-from modelport.server.tensors import check_strings, json_inputs, parse_json
+from modelport.server.tensors import parse_json
 from modelport.server.web import WebBundles
 from modelport.signature import Signature
 
@@ -66,11 +72,13 @@ _JSON_HINT = (
     " for a body of JSON (--max-json-bytes): send large tensors as binary data (the binary "
     "tensor extension, tritonclient's default) or raise the limit"
 )
-_SELF_AUTHORIZED = {"graphql"}  # answers a refusal in its own error shape
+# GraphQL answers a refusal in its own error shape; control calls need the control token
+_SELF_AUTHORIZED = {"graphql", *CONTROL_HANDLERS}
 _INLINE_PARSE_BYTES = 256 * 1024
 _ROUTE_CACHE_SIZE = 4096  # request lines already routed: the regexes run once per path
 _ROUTE_CACHE_PATH = 256  # longer paths are routed anew each time rather than kept
 _ARRIVED = "modelport.arrived"  # scope key: time.monotonic() when the request reached the app
+_ROUTING_KEY = ROUTING_KEY.encode()
 _GUARDED = "modelport.guarded"  # scope key: the headers of a model's fallback and breaker
 
 
@@ -98,6 +106,14 @@ class RestApp:
         self._handlers: dict[str, Callable[..., Awaitable[Response]]] = {}
         self._routes: dict[tuple[str, bytes], tuple[Endpoint, dict[str, Any]]] = {}
         self._gate = Gate(config)
+        self.control = ControlRoutes(engine, config, self._body)  # versions: set by the Service
+        self._extensions = EXTENSIONS + self.control.extensions
+        self._handlers.update(self.control.handlers())
+
+    def models_changed(self) -> None:
+        """The served versions changed (a reload): what was built from them is built anew."""
+        self._openapi_spec = None
+        self._docs_page = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = scope[_ARRIVED] = time.monotonic()
@@ -113,6 +129,7 @@ class RestApp:
         try:
             response = await self._dispatch(scope, receive, record)
         except ConnectionAbortedError:
+            record.release()
             return
         except Exception as exc:
             response = error_response(exc, request_id)
@@ -167,7 +184,7 @@ class RestApp:
 
     async def _server_metadata(self, *_: Any) -> Response:
         return json_response(
-            {"name": "modelport", "version": __version__, "extensions": EXTENSIONS}
+            {"name": "modelport", "version": __version__, "extensions": self._extensions}
         )
 
     async def _model_metadata(self, *_: Any, name: str, version: int | None = None) -> Response:
@@ -223,14 +240,14 @@ class RestApp:
         from modelport.server.rest.openapi import openapi_spec
 
         if self._openapi_spec is None:  # the models are fixed once loaded: build it once
-            self._openapi_spec = openapi_spec(
+            self._openapi_spec = self.control.document(openapi_spec(
                 __version__,
                 self._catalog(self._registry()),
                 lookups=self.lookups is not None,
                 graphql=installed("graphql"),
                 web=self.web is not None,
                 token=self.config.token is not None,
-            )
+            ))  # fmt: skip
         return self._openapi_spec
 
     @staticmethod
@@ -271,14 +288,15 @@ class RestApp:
         self.engine.check_request(served, request.datatypes, requested)
         outputs = await self._run(scope, receive, served, request.inputs, record, use_cache)
         payload, json_length = encode_infer_response(name, served.version, request, outputs)
+        made_by = {"model-version": served.label}  # which version answered (splits, reloads)
         if json_length is None:
-            answer = Response(200, payload)
+            answer = Response(200, payload, headers=made_by)
         else:
             answer = Response(
                 200,
                 payload,
                 "application/octet-stream",
-                {"inference-header-content-length": str(json_length)},
+                {"inference-header-content-length": str(json_length), **made_by},
             )
         return self._keep(scope, key, answer)
 
@@ -294,9 +312,9 @@ class RestApp:
             return answer
         signature, limits = served.model.signature, self.config.limits
         if len(body) > _INLINE_PARSE_BYTES:  # big bodies parse off the event loop
-            count, inputs = await asyncio.to_thread(_v1_inputs, body, signature, limits)
+            count, inputs = await asyncio.to_thread(parse_v1_request, body, signature, limits)
         else:
-            count, inputs = _v1_inputs(body, signature, limits)
+            count, inputs = parse_v1_request(body, signature, limits)
         outputs = await self._run(scope, receive, served, inputs, record, use_cache)
         names = list(outputs)
         if any(len(outputs[n]) != count for n in names):
@@ -308,14 +326,15 @@ class RestApp:
         else:
             columns = {n: _json_rows(outputs[n]) for n in names}
             predictions = [{n: columns[n][i] for n in names} for i in range(count)]
-        return self._keep(scope, key, json_response({"predictions": predictions}))
+        made_by = {"model-version": served.label}  # which version answered
+        return self._keep(scope, key, json_response({"predictions": predictions}, headers=made_by))
 
     async def _admit(
         self, scope: Scope, receive: Receive, name: str, version: int | None,
         record: RequestRecord,
     ) -> tuple[Served, bytes]:  # fmt: skip
         # Before reading a body there is no room for.
-        served = self.engine.admit(name, version, record)
+        served = self.engine.admit(name, version, record, header(scope, _ROUTING_KEY))
         body = await self._body(scope, receive)
         served.measured.body.observe(len(body))
         return served, body
@@ -419,23 +438,6 @@ class RestApp:
         except MissingDependencyError as exc:
             return json_response({"errors": [{"message": str(exc)}]}, 501)
         return json_response(payload, status)
-
-
-def _v1_inputs(body: bytes, signature: Signature, limits: ServerLimits) -> tuple[int, Any]:
-    """How many instances a ``{"instances": [...]}`` body holds, and the inputs they make."""
-    message = parse_json(body, limits)
-    instances = message.get("instances") if isinstance(message, dict) else None
-    if not isinstance(instances, list) or not instances:
-        raise InvalidInputError('the body must be {"instances": [...]}, a non-empty list')
-    if all(isinstance(i, dict) for i in instances):  # {column: value}: names the row's fault
-        values = records_columns(instances, signature.input_names)
-    elif len(signature.inputs) == 1:
-        values = {signature.inputs[0].name: instances}
-    else:  # validate_inputs says how many inputs the model takes
-        return len(instances), instances
-    inputs = json_inputs(values, limits)  # arrays before numpy may choose a dtype
-    check_strings(inputs.items(), limits)
-    return len(instances), inputs
 
 
 def _json_rows(array: np.ndarray) -> Any:

@@ -145,7 +145,7 @@ _BINARY = {"schema": {"type": "string", "format": "binary"}}
 _NAME_PATTERN = r"^(?!.*\.\.)(?!.*\.$)[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _ERROR_SCHEMAS = {"/v2/health/ready": "ServerReady", "/graphql": "GraphQLResponse"}
 _TAGS = list(dict.fromkeys(e.tag for e in ENDPOINTS))  # in the route table's order
-_TAG_NEEDS = {"predictions": "lookups", "graphql": "graphql", "edge": "web"}
+_TAG_NEEDS = {"predictions": "lookups", "graphql": "graphql", "edge": "web", "control": "control"}
 _FILES = {"page": "index.html", "module": "modelport.js"}  # a web bundle's, as examples
 
 
@@ -287,7 +287,7 @@ def openapi_spec(
     paths: dict[str, dict[str, Any]] = {}
     served = {"": True, "lookups": lookups, "graphql": graphql, "web": web}  # --store, --web
     for endpoint in ENDPOINTS:
-        if not served[endpoint.needs]:
+        if not served.get(endpoint.needs):  # control's: see rest/control.py document()
             continue
         template = endpoint.path
         for version in ("", "/versions/{model_version}") if "*" in template else ("",):
@@ -308,7 +308,7 @@ def openapi_spec(
             "extension, the V1 `:predict` form, health probes and Prometheus metrics. "
             'Every error is JSON: `{"error": message}`.',
         },
-        "tags": [{"name": t} for t in _TAGS if served[_TAG_NEEDS.get(t, "")]],
+        "tags": [{"name": t} for t in _TAGS if served.get(_TAG_NEEDS.get(t, ""))],
         "security": [{"bearer": []}] if token else [],
         "paths": paths,
         "components": {"schemas": copy.deepcopy(_SCHEMAS), "securitySchemes": {"bearer": bearer}},

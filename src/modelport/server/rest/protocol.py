@@ -14,6 +14,7 @@ import orjson
 
 from modelport.config import ServerLimits
 from modelport.errors import InvalidInputError
+from modelport.rows import records_columns
 from modelport.server.tensors import (
     DTYPES,
     InferRequest,
@@ -22,11 +23,12 @@ from modelport.server.tensors import (
     check_strings,
     datatype_of,
     from_bytes,
+    json_inputs,
     pack_bytes,
     parse_json,
     shaped_values,
 )
-from modelport.signature import NUMBERS, json_array
+from modelport.signature import NUMBERS, Signature, json_array
 
 _KINDS = {"BOOL": "b", "FP16": "biuf", "FP32": "biuf", "FP64": "biuf"}  # others: integers
 _FLOATS = frozenset({"FP16", "FP32", "FP64"})
@@ -250,3 +252,21 @@ def encode_infer_response(
 
 def _fail(message: str, name: str | None = None) -> InvalidInputError:
     return InvalidInputError(message, name)
+
+
+def parse_v1_request(body: bytes, signature: Signature, limits: ServerLimits) -> tuple[int, Any]:
+    """How many instances a V1 ``{"instances": [...]}`` body holds, and the inputs they make
+    (the ``:predict`` form)."""
+    message = parse_json(body, limits)
+    instances = message.get("instances") if isinstance(message, dict) else None
+    if not isinstance(instances, list) or not instances:
+        raise InvalidInputError('the body must be {"instances": [...]}, a non-empty list')
+    if all(isinstance(i, dict) for i in instances):  # {column: value}: names the row's fault
+        values = records_columns(instances, signature.input_names)
+    elif len(signature.inputs) == 1:
+        values = {signature.inputs[0].name: instances}
+    else:  # validate_inputs says how many inputs the model takes
+        return len(instances), instances
+    inputs = json_inputs(values, limits)  # arrays before numpy may choose a dtype
+    check_strings(inputs.items(), limits)
+    return len(instances), inputs

@@ -26,7 +26,7 @@ class Endpoint:
     errors: str  # error statuses it documents: "all", "-" or "401,404"
     tag: str
     summary: str
-    needs: str = ""  # "lookups", "graphql" or "web": served only by a server that has it
+    needs: str = ""  # "lookups", "graphql", "web", "control", "shadow": a server that has it
     # No token: the /v2/health/ probes, and a bundle's page and runtime (public code, the same
     # for every model); its manifest and model files take the token.
     open: bool = False
@@ -54,6 +54,10 @@ web_manifest get /web/{model_name}/manifest.json - application/json 401,404 edge
 web_model get /web/{model_name}*/model.onnx - application/octet-stream 401,404 edge A model file for pages, the current version or one (serve --web) | web
 web get /web/{model_name}/{file} - */* 404 edge A model's page, modelport.js and onnxruntime-web: public code, the same for every model (serve --web) | web
 telemetry post /v2/edge/telemetry TelemetryRequest TelemetryResponse 400,401,404,413,429 edge Counts and latencies of predictions on devices (serve --web) | web
+repository_index post /v2/repository/index - RepositoryIndex 400,401,403 control Every model version in the repository, with its state | control
+repository_load post /v2/repository/models/{model_name}/load - application/json 400,401,403,404,409 control Load a model from the repository (version policy, warm-up) | control
+repository_unload post /v2/repository/models/{model_name}/unload - application/json 400,401,403,404,409 control Stop serving a model once its requests finish | control
+shadow_report get /v2/shadow - ShadowReport 401,403,404 control Shadow agreement counts and the last disagreements | shadow
 """  # noqa: E501
 
 
