@@ -4,11 +4,14 @@
     .venv/bin/python benchmarks/soak.py --minutes 30 --report-s 60
     .venv/bin/python benchmarks/soak.py --minutes 2 --report-s 15 --warmup-s 30   # the suite's
 
-One ``modelport serve`` of the demo repository (two versions of ``digits``, served together),
-REST and gRPC, a memory cache with a short TTL. ``--concurrency`` callers send, at random: REST
+One ``modelport serve --watch`` of the demo repository (the three latest versions of ``digits``
+served together), REST and gRPC, a memory cache with a short TTL. Every ``--switch-s`` a new
+version of ``digits`` is imported into the repository: the server loads it, warms it up and
+swaps it in, and the oldest drains and unloads. ``--concurrency`` callers send, at random: REST
 JSON and binary inferences, V1 predictions, gRPC inferences, GraphQL predictions, statistics
-and metrics reads; half the inferences name a version (1 or 2), half take the latest; inputs
-come from a pool larger than the cache holds, so entries are evicted and expire all the time.
+and metrics reads; two thirds of the inferences name one of the two newest versions, the rest
+take the latest; inputs come from a pool larger than the cache holds, so entries are evicted
+and expire all the time.
 Every ``--report-s`` it prints the requests so far, the errors (any answer but 200, and any
 transport failure) and the server's resident memory (its processes summed). After
 ``--warmup-s`` the memory is the baseline: the run fails (exit 1) on any error or on growth
@@ -35,6 +38,7 @@ POOL = 4000  # distinct inputs: more than the cache keeps at its TTL and this ra
 @dataclass
 class Tally:
     requests: int = 0
+    switches: int = 0
     errors: dict[str, int] = field(default_factory=dict)
 
     def failed(self, what: str) -> None:
@@ -62,7 +66,9 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in found]
 
 
-async def caller(url: str, grpc_port: int, rows: np.ndarray, tally: Tally, stop_at: float) -> None:
+async def caller(
+    url: str, grpc_port: int, rows: np.ndarray, tally: Tally, stop_at: float, versions: list[int]
+) -> None:
     import grpc
     import httpx
 
@@ -77,7 +83,8 @@ async def caller(url: str, grpc_port: int, rows: np.ndarray, tally: Tally, stop_
         )
         while time.monotonic() < stop_at:
             row = rows[random.randrange(len(rows))]
-            version = random.choice(["", "/versions/1", "/versions/2"])
+            pinned = random.choice(versions[-2:])  # the oldest served is about to unload
+            version = random.choice(["", f"/versions/{pinned}", f"/versions/{pinned}"])
             kind = random.choice(["json", "binary", "v1", "grpc", "graphql", "read"])
             try:
                 if kind == "grpc":
@@ -124,18 +131,49 @@ async def _http(http: object, kind: str, version: str, row: np.ndarray) -> objec
     return await http.get(path)
 
 
-async def soak(args: argparse.Namespace, url: str, grpc_port: int, pid: int) -> int:
+async def switcher(
+    url: str, repo: object, versions: list[int], every_s: float, stop_at: float, tally: Tally
+) -> None:
+    """Import a new version of digits every ``every_s``; callers pin it once it answers."""
+    import httpx
+
+    from modelport.demo import build_sklearn_digits
+
+    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        while time.monotonic() + every_s < stop_at:
+            await asyncio.sleep(every_s)
+            await asyncio.to_thread(build_sklearn_digits, repo)  # type: ignore[arg-type]
+            new = versions[-1] + 1
+            landed = time.monotonic()
+            while time.monotonic() - landed < 60:
+                if (await http.get(f"/v2/models/digits/versions/{new}/ready")).status_code == 200:
+                    versions.append(new)
+                    tally.switches += 1
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                tally.failed(f"version {new} never became ready")
+
+
+async def soak(args: argparse.Namespace, url: str, grpc_port: int, pid: int, repo: object) -> int:
     rows = np.random.default_rng(0).uniform(0, 16, (POOL, 64)).round(2).astype(np.float32)
     tally = Tally()
     started = time.monotonic()
     stop_at = started + args.minutes * 60
+    versions = [1, 2, 3]
     callers = [
-        asyncio.create_task(caller(url, grpc_port, rows, tally, stop_at))
+        asyncio.create_task(caller(url, grpc_port, rows, tally, stop_at, versions))
         for _ in range(args.concurrency)
     ]
+    callers.append(
+        asyncio.create_task(switcher(url, repo, versions, args.switch_s, stop_at, tally))
+    )
     baseline: float | None = None
-    print(f"| {'minute':>6} | {'requests':>9} | {'errors':>6} | {'RSS MB':>7} | {'growth MB':>9} |")
-    print(f"|{'-' * 8}|{'-' * 11}|{'-' * 8}|{'-' * 9}|{'-' * 11}|")
+    print(
+        f"| {'minute':>6} | {'requests':>9} | {'errors':>6} | {'versions':>8} | {'RSS MB':>7} "
+        f"| {'growth MB':>9} |"
+    )
+    print(f"|{'-' * 8}|{'-' * 11}|{'-' * 8}|{'-' * 10}|{'-' * 9}|{'-' * 11}|")
     while time.monotonic() < stop_at:
         await asyncio.sleep(min(args.report_s, max(stop_at - time.monotonic(), 0.1)))
         elapsed = time.monotonic() - started
@@ -144,14 +182,15 @@ async def soak(args: argparse.Namespace, url: str, grpc_port: int, pid: int) -> 
             baseline = memory
         growth = "" if baseline is None else f"{memory - baseline:+.1f}"
         errors = sum(tally.errors.values())
-        print(f"| {elapsed / 60:6.1f} | {tally.requests:9d} | {errors:6d} | {memory:7.1f} | "
-              f"{growth:>9} |", flush=True)  # fmt: skip
+        print(f"| {elapsed / 60:6.1f} | {tally.requests:9d} | {errors:6d} | "
+              f"{tally.switches:8d} | {memory:7.1f} | {growth:>9} |", flush=True)  # fmt: skip
     await asyncio.gather(*callers)
     final = rss_mb(pid)
     growth_mb = final - (baseline if baseline is not None else final)
     errors = sum(tally.errors.values())
     print(
-        f"\n{tally.requests} requests in {args.minutes:g} min, {errors} errors "
+        f"\n{tally.requests} requests in {args.minutes:g} min, {tally.switches} version "
+        f"switches, {errors} errors "
         f"{tally.errors or ''}; RSS {final:.1f} MB, growth after warm-up {growth_mb:+.1f} MB "
         f"(limit {args.max_growth_mb:g})"
     )
@@ -165,6 +204,7 @@ def main() -> None:
     parser.add_argument("--warmup-s", type=float, default=120.0)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--max-growth-mb", type=float, default=50.0)
+    parser.add_argument("--switch-s", type=float, default=30.0, help="between new versions")
     args = parser.parse_args()
 
     import modelport
@@ -174,19 +214,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         repo = modelport.Repository.init(Path(tmp) / "models")
         print("building the demo repository ...", file=sys.stderr)
-        for build in (
-            build_sklearn_digits,
-            build_sklearn_digits,
-            build_mlp_large,
-            build_code_model,
-        ):
-            build(repo)  # digits twice: versions 1 and 2
+        builds = (*[build_sklearn_digits] * 3, build_mlp_large, build_code_model)
+        for build in builds:  # digits: versions 1, 2 and 3
+            build(repo)
         grpc_port = free_port()
         with run_server(
-            repo.root, "--trust-code", "--version-policy", "all", "--grpc-port", str(grpc_port),
+            repo.root, "--trust-code", "--version-policy", "latest:3", "--watch",
+            "--grpc-port", str(grpc_port),
             "--cache", "memory", "--cache-ttl-s", "5", "--no-access-log",
         ) as server:  # fmt: skip
-            code = asyncio.run(soak(args, server.url, grpc_port, server.process.pid))
+            code = asyncio.run(soak(args, server.url, grpc_port, server.process.pid, repo))
     sys.exit(code)
 
 
