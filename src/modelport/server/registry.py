@@ -169,7 +169,7 @@ def load_registry(source: Path, config: ServerConfig) -> Registry:
         for item in served:
             item.runner.close()
         raise
-    _log_threads(budget, config, chosen)
+    log_threads(budget, config, chosen)
     return Registry(served)
 
 
@@ -195,7 +195,8 @@ def serve_version(
     return served
 
 
-def _log_threads(budget: CpuBudget, config: ServerConfig, chosen: set[int]) -> None:
+def log_threads(budget: CpuBudget, config: ServerConfig, chosen: set[int]) -> None:
+    """Say which thread counts the start chose, and why (the CPUs it may use)."""
     if config.runtime.intra_op_threads:
         why = "as --threads says"
     else:

@@ -27,6 +27,7 @@ from typing import Any
 from prometheus_client import Counter
 
 from modelport.config import ServerConfig
+from modelport.cpus import CpuBudget, cpu_budget
 from modelport.errors import (
     ConflictError,
     IntegrityError,
@@ -41,7 +42,7 @@ from modelport.errors import (
 )
 from modelport.repository import Repository, VersionPolicy, check_name
 from modelport.server.engine import Engine
-from modelport.server.registry import Registry, Served, serve_version
+from modelport.server.registry import Registry, Served, log_threads, serve_version
 from modelport.server.routing import Router, ShadowTarget, Split, parse_shadows, parse_splits
 from modelport.server.shadow import Shadows
 
@@ -190,10 +191,11 @@ class Versions:
         """Every wanted version, loaded and warmed up (at start, in a thread); raises."""
         served: list[Served] = []
         defaults: dict[str, int] = {}
+        budget, chosen = cpu_budget(), set[int]()
         try:
             for name in self.repo.names():
                 wanted = self.wanted(name)
-                served.extend(self._load(name, v) for v in wanted)
+                served.extend(self._load(name, v, budget, chosen) for v in wanted)
                 default = self.default(name, wanted)
                 if default is not None:
                     defaults[name] = default
@@ -201,9 +203,13 @@ class Versions:
             for item in served:
                 item.runner.close()
             raise
+        log_threads(budget, self.config, chosen)
         return Registry(served, defaults)
 
-    def _load(self, name: str, version: int) -> Served:
+    def _load(
+        self, name: str, version: int, budget: CpuBudget | None = None,
+        chosen: set[int] | None = None,
+    ) -> Served:  # fmt: skip
         config = self.config
         target = self.shadow_targets.get(name)
         if (
@@ -215,7 +221,7 @@ class Versions:
             # would take CPU from the live versions.
             runtime = dataclasses.replace(config.runtime, intra_op_threads=1)
             config = dataclasses.replace(config, runtime=runtime)
-        return serve_version(self.repo, name, version, config)
+        return serve_version(self.repo, name, version, config, budget, chosen)
 
     # -- keeping in step ----------------------------------------------------------------------
 
