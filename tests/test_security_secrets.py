@@ -227,10 +227,15 @@ def test_workers_and_their_subprocesses_never_see_the_token(
         args = ()
     with run_server(repo, "--workers", "2", "--cache", "off", *args, *TRUST) as server:
         workers = children(server.process.pid, at_least=2)
-        assert len(workers) >= 2
+        checked = 0
         for pid in workers:
-            assert TOKEN.encode() not in environ(pid)
-            assert TOKEN.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
+            try:  # a short-lived child may end between the listing and the reading
+                seen_by = environ(pid) + Path(f"/proc/{pid}/cmdline").read_bytes()
+            except (ProcessLookupError, FileNotFoundError):
+                continue
+            assert TOKEN.encode() not in seen_by
+            checked += 1
+        assert checked >= 2  # at least both workers
         for _ in range(4):  # whichever worker answers
             seen = model_env(server, TOKEN)
             assert TOKEN not in seen
