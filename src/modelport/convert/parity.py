@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +57,21 @@ def quiet_session(model: bytes | str) -> Any:
     options = ort.SessionOptions()
     options.log_severity_level = 4
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+@contextmanager
+def quiet_logs(logger: str = "") -> Iterator[None]:
+    """Silence a tool's warnings and its logger (the root logger by default) below errors:
+    exporters and quantizers log advice about their own internals."""
+    log = logging.getLogger(logger or None)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        log.setLevel(level)
 
 
 def check_labels(

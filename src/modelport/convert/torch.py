@@ -9,18 +9,15 @@ also proves the batch axis really is dynamic.
 
 from __future__ import annotations
 
-import logging
 import re
 import tempfile
-import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from modelport.convert.parity import Tolerance, assert_close, quiet_session
+from modelport.convert.parity import Tolerance, assert_close, quiet_logs, quiet_session
 from modelport.errors import ConversionError, require
 
 
@@ -73,7 +70,7 @@ def torch_to_onnx(
         )
     batch = torch.export.Dim("batch")
     dynamic = tuple({0: batch} for _ in tensors)  # positional: forward's arg names vary
-    with tempfile.TemporaryDirectory() as tmp, _quiet_exporter():
+    with tempfile.TemporaryDirectory() as tmp, quiet_logs("torch.onnx"):
         path = Path(tmp) / "model.onnx"
         try:
             if isinstance(module, torch.jit.ScriptModule):
@@ -153,20 +150,6 @@ def _summary(exc: BaseException) -> str:
 
 def _as_list(result: Any) -> list[Any]:
     return list(result) if isinstance(result, (tuple, list)) else [result]
-
-
-@contextmanager
-def _quiet_exporter() -> Iterator[None]:
-    """Silence the exporter's own warnings and log lines (e.g. about torchvision ops)."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
 
 
 def _check_parity(

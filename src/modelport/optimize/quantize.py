@@ -24,15 +24,14 @@ operators) and InvalidInputError for rows that do not fit the model.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import tempfile
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelport.convert.parity import quiet_logs
 from modelport.errors import AccuracyDropError, OptimizationError, require
 from modelport.manifest import Manifest
 from modelport.optimize import lineage
@@ -199,20 +198,6 @@ def _choose(fits: list[Candidate], batch: int) -> Candidate:
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """onnxruntime's quantization tools log advice and warn about their own internals."""
-    logger = logging.getLogger()
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-
-
-@contextlib.contextmanager
 def _working_directory(folder: Path) -> Iterator[None]:
     """Run in ``folder``: onnxruntime's symbolic shape inference, when it cannot finish, saves
     its partial model as ``sym_shape_infer_temp.onnx`` (and external data) in the current
@@ -233,7 +218,7 @@ def _preprocess(source: Path, folder: Path, notes: list[str], log: Callable[[str
     log("pre-processing the graph")
     target = folder / f"{source.stem}-preprocessed.onnx"
     try:
-        with _quiet(), _working_directory(folder):
+        with quiet_logs(), _working_directory(folder):
             quant_pre_process(str(source.resolve()), str(target.resolve()))
     except Exception as exc:
         notes.append(f"pre-processing skipped ({type(exc).__name__}: {str(exc)[:120]})")
@@ -253,7 +238,7 @@ def _quantize(
     )
 
     try:
-        with _quiet():
+        with quiet_logs():
             if method == "dynamic":
                 quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
                 return

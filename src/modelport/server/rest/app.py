@@ -373,11 +373,10 @@ class RestApp:
         use_cache: bool,
     ) -> dict[str, np.ndarray]:  # fmt: skip
         # Once the body is read, the next ASGI message can only say the client went away.
-        outputs, guarded = await self._guards.predict(
-            served, inputs, record, receive, use_cache, arrived=scope.get(_ARRIVED)
-        )
-        if guarded:
-            scope[_GUARDED] = guarded
+        arrived, call = scope.get(_ARRIVED), (served, inputs, record, receive, use_cache)
+        if self._guards.guard(served) is None:  # no fallback: no await more than the engine's
+            return await self.engine.predict(*call, arrived=arrived)
+        outputs, scope[_GUARDED] = await self._guards.predict(*call, arrived=arrived)
         return outputs
 
     def _keep(self, scope: Scope, key: Any, answer: Response) -> Response:
