@@ -9,6 +9,8 @@ load, each server's answer is checked against in-process onnxruntime. Rounds alt
 the servers (ABBA order) and the table shows medians over rounds; the ratio is the median of
 the per-round modelport/FastAPI ratios, which cancels most of the machine's drift. The in-process
 line is bare onnxruntime, one sample per call on one core: the ceiling for an unbatched server.
+``cpu us`` is the server's own CPU time (user + system, its whole process group) per answered
+request: it moves less than req/s when other work shares the machine.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: str  # empty when every response was 2xx and there were no socket errors
+    cpu_us: float = 0.0  # the server's CPU time per request
 
 
 def start(
@@ -144,11 +147,27 @@ def to_ms(text: str) -> float:
     return float(match.group(1)) * UNITS[match.group(2)]
 
 
-def run_wrk(url: str, lua: Path, connections: int, seconds: int) -> Result:
+def group_cpu_s(pgid: int) -> float:
+    """CPU seconds (user + system) of the live processes of a process group."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after the command's name
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid:  # state ppid pgrp ... utime (11) stime (12)
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def run_wrk(url: str, lua: Path, connections: int, seconds: int, server: Server) -> Result:
     argv = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s"]
     argv += ["--latency", "--timeout", "10s", "-s", str(lua), url]
+    cpu_before = group_cpu_s(server.proc.pid)
     done = subprocess.run(argv, capture_output=True, text=True)
+    cpu_s = group_cpu_s(server.proc.pid) - cpu_before
     out = done.stdout
+    requests = re.search(r"(\d+) requests in", out)
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     p50 = re.search(r"^\s+50%\s+(\S+)", out, re.MULTILINE)
     p99 = re.search(r"^\s+99%\s+(\S+)", out, re.MULTILINE)
@@ -159,7 +178,10 @@ def run_wrk(url: str, lua: Path, connections: int, seconds: int) -> Result:
         errors.append(f"{m.group(1)} non-2xx responses")
     if m := re.search(r"Socket errors:\s*(.*)", out):
         errors.append(f"socket errors: {m.group(1)}")
-    return Result(float(rps.group(1)), to_ms(p50.group(1)), to_ms(p99.group(1)), "; ".join(errors))
+    cpu_us = cpu_s / int(requests.group(1)) * 1e6 if requests and int(requests.group(1)) else 0.0
+    return Result(
+        float(rps.group(1)), to_ms(p50.group(1)), to_ms(p99.group(1)), "; ".join(errors), cpu_us
+    )
 
 
 def median(results: list[Result]) -> Result:
@@ -168,6 +190,7 @@ def median(results: list[Result]) -> Result:
         statistics.median(r.p50_ms for r in results),
         statistics.median(r.p99_ms for r in results),
         "; ".join(r.errors for r in results if r.errors),
+        statistics.median(r.cpu_us for r in results),
     )
 
 
@@ -178,6 +201,7 @@ class Row:
     modelport: Result
     fastapi: Result
     ratio: float  # median over rounds of modelport/fastapi req/s
+    cpu_ratio: float  # the same of the servers' CPU time per request
 
 
 def write_request(work: Path, repo: Path, model: str) -> tuple[np.ndarray, bytes, Path]:
@@ -243,24 +267,27 @@ def compare(
     """modelport and ``other`` (FastAPI, or another commit's modelport), rounds interleaved."""
     path = "/predict" if other.label.startswith("fastapi") else f"/v2/models/{model}/infer"
     pair = [
-        (modelport.label, f"{modelport.base}/v2/models/{model}/infer"),
-        (other.label, other.base + path),
+        (modelport.label, f"{modelport.base}/v2/models/{model}/infer", modelport),
+        (other.label, other.base + path, other),
     ]
-    for label, url in pair:
+    for label, url, server in pair:
         check(label, url, body, expected)
-        run_wrk(url, lua, 16, 1)  # warm-up
+        run_wrk(url, lua, 16, 1, server)  # warm-up
     rows = []
     for c in args.concurrency:
-        results: dict[str, list[Result]] = {label: [] for label, _ in pair}
+        results: dict[str, list[Result]] = {label: [] for label, _, _ in pair}
         for i in range(args.rounds):
-            for label, url in pair if i % 2 == 0 else pair[::-1]:
-                results[label].append(run_wrk(url, lua, c, args.seconds))
+            for label, url, server in pair if i % 2 == 0 else pair[::-1]:
+                results[label].append(run_wrk(url, lua, c, args.seconds, server))
         mp, fa = results[modelport.label], results[other.label]
         ratio = statistics.median(a.rps / b.rps for a, b in zip(mp, fa, strict=True))
-        rows.append(Row(model, c, median(mp), median(fa), ratio))
+        cpu_ratio = statistics.median(
+            a.cpu_us / b.cpu_us if b.cpu_us else float("nan") for a, b in zip(mp, fa, strict=True)
+        )
+        rows.append(Row(model, c, median(mp), median(fa), ratio, cpu_ratio))
         print(
             f"  {model} c={c}: {rows[-1].modelport.rps:.0f} vs {rows[-1].fastapi.rps:.0f} "
-            f"req/s, ratio {ratio:.2f}",
+            f"req/s, ratio {ratio:.2f}; CPU per request ratio {cpu_ratio:.2f}",
             flush=True,
         )
     return rows
@@ -282,8 +309,11 @@ def print_table(args: argparse.Namespace, rows: list[Row], ceilings: dict[str, f
         "p50 ms",
         "p99 ms",
         f"mp/{other}",
+        "mp cpu us",
+        f"{other} cpu us",
+        "cpu mp/" + other,
     )
-    widths = (10, 5, 9, 7, 7, 9, 7, 7, 6)
+    widths = (10, 5, 9, 7, 7, 9, 7, 7, 6, 9, 9, 10)
     print("  ".join(h.rjust(w) for h, w in zip(head, widths, strict=True)))
     errors = []
     for r in rows:
@@ -298,6 +328,9 @@ def print_table(args: argparse.Namespace, rows: list[Row], ceilings: dict[str, f
             f"{fa.p50_ms:.2f}",
             f"{fa.p99_ms:.2f}",
             f"{r.ratio:.2f}",
+            f"{mp.cpu_us:.0f}",
+            f"{fa.cpu_us:.0f}",
+            f"{r.cpu_ratio:.2f}",
         )
         print("  ".join(str(v).rjust(w) for v, w in zip(cells, widths, strict=True)))
         for label, result in (("modelport", mp), ("fastapi", fa)):

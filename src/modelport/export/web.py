@@ -82,7 +82,7 @@ def webgpu_files(package: str | os.PathLike[str]) -> dict[str, Path]:
     folder = Path(package)
     dist = folder / "dist" if (folder / "dist").is_dir() else folder
     sums = (RUNTIME / "WEBGPU_SHA256SUMS").read_text().split()
-    pinned = dict(zip(sums[1::2], sums[0::2]))  # "<sha256>  <file>" lines
+    pinned = dict(zip(sums[1::2], sums[0::2], strict=True))  # "<sha256>  <file>" lines
     wanted = f"npm install onnxruntime-web@{runtime_version()}"
     files = {}
     for name in WEBGPU_FILES:
