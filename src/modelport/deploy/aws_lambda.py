@@ -243,6 +243,7 @@ def build_lambda_zip(
     pins = check_pins(models)
     sizes = _model_sizes(models)
     limits.check_memory(sizes.items(), config.memory_mb)
+    limits.check_zip(sizes)  # the models alone: before any package is fetched
     with tempfile.TemporaryDirectory(prefix="modelport-lambda-") as scratch:
         site = Path(scratch) / "package"
         _install(site, pins, config, Path(scratch), wheels_for)
