@@ -237,7 +237,7 @@ def running_image(lambda_image: tuple[str, Path]) -> Iterator[tuple[LambdaRuntim
         try:
             yield runtime, started
         finally:
-            podman("rm", "--force", "--time", "2", name, check=False)
+            podman("rm", "--force", "--time", "0", name, check=False)  # it ignores SIGTERM
 
 
 def test_the_image_answers_events_through_its_entrypoint(

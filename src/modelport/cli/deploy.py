@@ -8,10 +8,11 @@ from typing import Any
 import click
 
 from modelport.cli.options import REPO_OPTION, TRUST_OPTION
-from modelport.deploy.aws_lambda import DEFAULT_LAMBDA_BASE, LambdaConfig
+from modelport.deploy.aws_lambda import DEFAULT_LAMBDA_BASE
 from modelport.deploy.compose import ComposeConfig
 from modelport.deploy.image import DEFAULT_BASE
 from modelport.deploy.kubernetes import KubernetesConfig
+from modelport.deploy.lambda_limits import LambdaConfig
 
 FORCE_OPTION = click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
 

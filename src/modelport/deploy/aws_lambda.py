@@ -45,6 +45,7 @@ from modelport.deploy.image import (
     package_layers,
     pip_command,
 )
+from modelport.deploy.lambda_limits import ARCHITECTURES, GLIBC_MINOR, LambdaConfig
 from modelport.deploy.lock import Lock, check_pins, own_wheel, resolve_extra, resolve_lock
 from modelport.deploy.models import ShippedModel, select_models
 from modelport.deploy.sam import HANDLER, sam_template, write_template
@@ -52,12 +53,6 @@ from modelport.errors import DeployError
 
 DEFAULT_LAMBDA_BASE = f"public.ecr.aws/lambda/python:{sys.version_info[0]}.{sys.version_info[1]}"
 RUNTIME_CLIENT = "awslambdaric"
-# Lambda's managed Python runtimes on Amazon Linux 2023 (glibc 2.34, the newest manylinux wheels
-# they run). python3.11 and older run on Amazon Linux 2 (glibc 2.26), where onnxruntime's
-# wheels (manylinux_2_27 and newer) do not.
-PYTHONS = ("3.12", "3.13", "3.14")
-GLIBC_MINOR = 34
-ARCHITECTURES = {"x86_64": "x86_64", "arm64": "aarch64"}  # Lambda's name -> the wheels'
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # every entry: the same files give the same zip
 # What a function never runs, left out of the zip to stay within 50 MB: the browser runtime of
 # serve --web, uvicorn's event loop and HTTP parser (the handler has no socket), onnxruntime's
@@ -70,38 +65,6 @@ PRUNED = (
     "onnxruntime/quantization",
     "onnxruntime/tools",
 )
-
-
-@dataclass(frozen=True)
-class LambdaConfig:
-    """The function: memory, timeout, architecture, ``/tmp`` size, the zip's Python runtime.
-
-    ``via_s3`` lifts the 50 MB check on a zip (a direct upload's limit) for a package that is
-    deployed through S3, as ``sam deploy`` does; the 250 MB unzipped limit stays.
-    """
-
-    memory_mb: int = 2048
-    timeout_s: int = 30  # API Gateway's HTTP API waits at most 30 s for an integration
-    architecture: str = "x86_64"
-    tmp_mb: int = limits.TMP_MB[0]
-    python: str = "3.12"
-    via_s3: bool = False
-    trust_code: bool = False
-    trust_pickle: bool = False
-
-    def __post_init__(self) -> None:
-        low, high = limits.MEMORY_MB
-        if not low <= self.memory_mb <= high:
-            raise DeployError(f"--lambda-memory-mb must be within {low}-{high} (Lambda's range)")
-        if not 1 <= self.timeout_s <= limits.TIMEOUT_S:
-            raise DeployError(f"--lambda-timeout-s must be within 1-{limits.TIMEOUT_S}")
-        low, high = limits.TMP_MB
-        if not low <= self.tmp_mb <= high:
-            raise DeployError(f"--lambda-tmp-mb (/tmp) must be within {low}-{high} MB")
-        if self.architecture not in ARCHITECTURES:
-            raise DeployError("--lambda-arch must be x86_64 or arm64")
-        if self.python not in PYTHONS:
-            raise DeployError(f"--lambda-python must be one of Lambda's: {', '.join(PYTHONS)}")
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Lambda's quotas, checked when a package is built, with what to drop when one is exceeded.
 
     check_zip(parts, zipped_bytes=None, via_s3=False)   # DeployError naming the biggest parts
+    LambdaConfig(memory_mb=4096)                        # a function's settings, within them
 
 The numbers are AWS's (Lambda quotas): a zip package of at most 50 MB zipped when uploaded
 directly (larger ones go through S3) and 250 MB unzipped; a container image of at most 10 GB;
@@ -12,6 +13,7 @@ enforce (serverless/events.py).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from modelport.errors import DeployError
@@ -97,3 +99,43 @@ def check_memory(models: Iterable[tuple[str, int]], memory_mb: int) -> None:
             f"{memory_mb} MB: raise --lambda-memory-mb (at most {MEMORY_MB[1]}) or drop the "
             f"biggest: {biggest(sizes)}"
         )
+
+
+# Lambda's managed Python runtimes on Amazon Linux 2023 (glibc 2.34, the newest manylinux wheels
+# they run). python3.11 and older run on Amazon Linux 2 (glibc 2.26), where onnxruntime's
+# wheels (manylinux_2_27 and newer) do not.
+PYTHONS = ("3.12", "3.13", "3.14")
+GLIBC_MINOR = 34
+ARCHITECTURES = {"x86_64": "x86_64", "arm64": "aarch64"}  # Lambda's name -> the wheels'
+
+
+@dataclass(frozen=True)
+class LambdaConfig:
+    """The function: memory, timeout, architecture, ``/tmp`` size, the zip's Python runtime.
+
+    ``via_s3`` lifts the 50 MB check on a zip (a direct upload's limit) for a package that is
+    deployed through S3, as ``sam deploy`` does; the 250 MB unzipped limit stays.
+    """
+
+    memory_mb: int = 2048
+    timeout_s: int = 30  # API Gateway's HTTP API waits at most 30 s for an integration
+    architecture: str = "x86_64"
+    tmp_mb: int = TMP_MB[0]
+    python: str = "3.12"
+    via_s3: bool = False
+    trust_code: bool = False
+    trust_pickle: bool = False
+
+    def __post_init__(self) -> None:
+        low, high = MEMORY_MB
+        if not low <= self.memory_mb <= high:
+            raise DeployError(f"--lambda-memory-mb must be within {low}-{high} (Lambda's range)")
+        if not 1 <= self.timeout_s <= TIMEOUT_S:
+            raise DeployError(f"--lambda-timeout-s must be within 1-{TIMEOUT_S}")
+        low, high = TMP_MB
+        if not low <= self.tmp_mb <= high:
+            raise DeployError(f"--lambda-tmp-mb (/tmp) must be within {low}-{high} MB")
+        if self.architecture not in ARCHITECTURES:
+            raise DeployError("--lambda-arch must be x86_64 or arm64")
+        if self.python not in PYTHONS:
+            raise DeployError(f"--lambda-python must be one of Lambda's: {', '.join(PYTHONS)}")

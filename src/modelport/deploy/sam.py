@@ -16,7 +16,7 @@ import modelport
 from modelport.errors import require
 
 if TYPE_CHECKING:
-    from modelport.deploy.aws_lambda import LambdaConfig
+    from modelport.deploy.lambda_limits import LambdaConfig
 
 HANDLER = "modelport.serverless.handler.handler"
 FUNCTION = "ModelsFunction"
