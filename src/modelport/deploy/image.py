@@ -88,26 +88,68 @@ def labels(models: list[ShippedModel], config: ImageConfig, lock_text: str) -> d
 def containerfile(
     models: list[ShippedModel], config: ImageConfig, lock: Lock, tags: dict[str, str]
 ) -> str:
-    refs = ", ".join(m.ref for m in models)
-    pip = f"{VENV}/bin/python /tmp/wheels/{lock.installer}/pip"  # pip runs from its wheel
     health = (
         "import urllib.request; urllib.request.urlopen("
         f"'http://127.0.0.1:{REST_PORT}/v2/health/ready', timeout=2)"
     )
     lines = [
+        *header_lines(models, config),
+        *package_layers(lock),
+        "",
+        *model_layers(models),
+        "",
+        "# 3. How it runs. The token: MODELPORT_TOKEN, or a file named by MODELPORT_TOKEN_FILE.",
+        f"USER {UID}:{UID}",
+        "WORKDIR /tmp",
+        f"EXPOSE {REST_PORT} {GRPC_PORT}",
+        "HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \\",
+        f"    CMD {json.dumps(['python', '-c', health])}",
+        'ENTRYPOINT ["modelport"]',
+        f"CMD {json.dumps(serve_command(models, config))}",
+        label_line(tags),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def header_lines(models: list[ShippedModel], config: ImageConfig) -> list[str]:
+    refs = ", ".join(m.ref for m in models)
+    return [
         f"# Written by modelport {modelport.__version__} for {refs}.",
         "# Build: podman build --format docker --network=none -t NAME:TAG .  (or docker build)",
         f"ARG BASE_IMAGE={config.base_image}",
         "FROM ${BASE_IMAGE}",
         "",
-        "# 1. The user, the packages (less their own test suites), then modelport: they change",
-        "#    only with the lock files.",
+    ]
+
+
+def pip_command(lock: Lock) -> str:
+    return f"{VENV}/bin/python /tmp/wheels/{lock.installer}/pip"  # pip runs from its wheel
+
+
+def package_layers(lock: Lock, user: bool = True) -> list[str]:
+    """The user, the packages and modelport: the layers every image of these pins shares
+    (the Lambda image's too, on a base image with groupadd: ``user``)."""
+    pip = pip_command(lock)
+    check = (
         f"RUN python3 -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if v == "
         f'({lock.python.replace(".", ", ")}) else "the lock is for Python {lock.python} but '
-        "the base image has %d.%d: pass a base image with that Python\" % v)' \\",
-        f"    && groupadd --system --gid {UID} modelport \\",
-        f"    && useradd --system --uid {UID} --gid {UID} --no-create-home "
-        "--home-dir /nonexistent --shell /usr/sbin/nologin modelport",
+        "the base image has %d.%d: pass a base image with that Python\" % v)'"
+    )
+    lines = [
+        "# 1. The user, the packages (less their own test suites), then modelport: they change",
+        "#    only with the lock files.",
+    ]
+    if user:
+        lines += [
+            check + " \\",
+            f"    && groupadd --system --gid {UID} modelport \\",
+            f"    && useradd --system --uid {UID} --gid {UID} --no-create-home "
+            "--home-dir /nonexistent --shell /usr/sbin/nologin modelport",
+        ]
+    else:
+        lines.append(check)
+    return [
+        *lines,
         "COPY lock.txt /opt/modelport/lock.txt",
         "RUN --mount=type=bind,source=wheels,target=/tmp/wheels \\",
         f"    python3 -m venv --without-pip {VENV} \\",
@@ -119,24 +161,18 @@ def containerfile(
         f"    {pip} install {PIP_FLAGS} -r /opt/modelport/lock-modelport.txt \\",
         f"    && {pip} check",
         f"ENV PATH={VENV}/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1",
-        "",
-        "# 2. The models, one layer per version, the largest first.",
     ]
+
+
+def model_layers(models: list[ShippedModel]) -> list[str]:
+    lines = ["# 2. The models, one layer per version, the largest first."]
     for m in layer_order(models):
         lines.append(f"COPY models/{m.name}/{m.version} /models/{m.name}/{m.version}")
-    lines += [
-        "",
-        "# 3. How it runs. The token: MODELPORT_TOKEN, or a file named by MODELPORT_TOKEN_FILE.",
-        f"USER {UID}:{UID}",
-        "WORKDIR /tmp",
-        f"EXPOSE {REST_PORT} {GRPC_PORT}",
-        "HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \\",
-        f"    CMD {json.dumps(['python', '-c', health])}",
-        'ENTRYPOINT ["modelport"]',
-        f"CMD {json.dumps(serve_command(models, config))}",
-        "LABEL " + " \\\n      ".join(f"{k}={json.dumps(v)}" for k, v in tags.items()),
-    ]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def label_line(tags: dict[str, str]) -> str:
+    return "LABEL " + " \\\n      ".join(f"{k}={json.dumps(v)}" for k, v in tags.items())
 
 
 def layer_order(models: list[ShippedModel]) -> list[ShippedModel]:
@@ -156,7 +192,7 @@ def write_context(models: list[ShippedModel], config: ImageConfig, folder: Path)
     (folder / "lock.txt").write_text(lock_text)
     (folder / "lock-modelport.txt").write_text(lock.text(own=True))
     for model in models:
-        _copy_model(model.folder, folder / "models" / model.name / str(model.version))
+        copy_model(model.folder, folder / "models" / model.name / str(model.version))
     tags = labels(models, config, lock_text + lock.text(own=True))
     (folder / "Containerfile").write_text(containerfile(models, config, lock, tags))
     (folder / ".dockerignore").write_text("Containerfile\n.dockerignore\nimage.json\n")
@@ -165,7 +201,7 @@ def write_context(models: list[ShippedModel], config: ImageConfig, folder: Path)
     return folder
 
 
-def _copy_model(source: Path, target: Path) -> None:
+def copy_model(source: Path, target: Path) -> None:
     """Copy a version folder with its times, modes fixed, and no bytecode caches."""
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
     for path in [*sorted(target.rglob("*"), reverse=True), target]:

@@ -132,6 +132,49 @@ def resolve_lock(models: list[ShippedModel], wheels: Path, cache: Path | None = 
     return Lock(python, tuple(sorted(packages)), own_pin, installer.name)
 
 
+def resolve_extra(
+    requirements: list[str], wheels: Path, cache: Path | None = None
+) -> tuple[tuple[str, str, str, str], ...]:
+    """Packages installed on top of an image's lock (the Lambda runtime client), resolved on
+    their own, at the versions installed here when they are; their wheels land in ``wheels``.
+    Each as (name, version, wheel file, sha256)."""
+    cache = cache or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / _OWN
+    held = _installed()
+    key = hashlib.sha256(json.dumps([_FORMAT, requirements, sorted(held.items())]).encode())
+    saved = cache / "locks" / f"extra-{key.hexdigest()}.json"
+    if saved.is_file():
+        chosen = [tuple(item) for item in json.loads(saved.read_text())]
+    else:
+        with tempfile.TemporaryDirectory(prefix="modelport-lock-") as scratch:
+            folder = Path(scratch)
+            (folder / "held.txt").write_text("".join(f"{n}=={v}\n" for n, v in held.items()))
+            _pip(
+                ["install", "--dry-run", "--ignore-installed", "--quiet", "--report",
+                 str(folder / "report.json"), "-c", str(folder / "held.txt"), *requirements],
+                f"resolving {' '.join(requirements)}",
+            )  # fmt: skip
+            installs = json.loads((folder / "report.json").read_text())["install"]
+        chosen = sorted(
+            (canonicalize_name(i["metadata"]["name"]), i["metadata"]["version"]) for i in installs
+        )
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        partial = saved.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(json.dumps(chosen))
+        partial.replace(saved)
+    found = []
+    for name, version in chosen:
+        wheel = _wheel(name, version, wheels, cache / "wheels")
+        found.append((name, version, wheel.name, sha256(wheel)))
+    return tuple(found)
+
+
+def own_wheel(wheels: Path, cache: Path | None = None) -> Path:
+    """A wheel of this modelport, copied into ``wheels`` (see ``_own_wheel``)."""
+    cache = cache or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / _OWN
+    wheels.mkdir(parents=True, exist_ok=True)
+    return _own_wheel(wheels, cache)
+
+
 def _installed() -> dict[str, str]:
     found: dict[str, str] = {}
     for dist in metadata.distributions():
