@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Re-vendor onnxruntime-web's WASM runtime into the package (modelport export web ships it).
-# Only the three files of the plain WASM build: its WebGPU build needs another 29 MB wasm.
+# Only the three files of the plain WASM build: its WebGPU build needs another 29 MB wasm, which
+# users bring (export web --webgpu node_modules/onnxruntime-web); its sha256s are pinned here.
 # Usage: scripts/vendor_onnxruntime_web.sh [VERSION]   (npm verifies the tarball's integrity)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,8 @@ for f in ort.wasm.min.mjs ort-wasm-simd-threaded.mjs ort-wasm-simd-threaded.wasm
 done
 echo "$version" >"$target/VERSION"
 (cd "$target" && sha256sum ort.wasm.min.mjs ort-wasm-simd-threaded.mjs ort-wasm-simd-threaded.wasm >SHA256SUMS)
+(cd "$work/package/dist" && sha256sum ort.webgpu.min.mjs ort-wasm-simd-threaded.asyncify.mjs \
+  ort-wasm-simd-threaded.asyncify.wasm) >"$target/WEBGPU_SHA256SUMS"
 cat >"$target/LICENSE" <<'LICENSE'
 onnxruntime-web (https://www.npmjs.com/package/onnxruntime-web), vendored unmodified.
 

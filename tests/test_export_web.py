@@ -4,6 +4,7 @@ build; its fallback, updates and telemetry really exercised."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import json
@@ -22,6 +23,8 @@ import pytest
 
 import modelport
 from modelport.demo import mlp_onnx
+from modelport.errors import IntegrityError
+from modelport.export import web
 from modelport.signature import Signature, validate_inputs
 from modelport.testing import RunningServer, run_server
 
@@ -29,6 +32,8 @@ CHROMIUM = "/usr/bin/chromium"
 ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    # WebGPU on SwiftShader, Chromium's CPU implementation of it: no GPU needed
+    "--enable-unsafe-webgpu", "--use-webgpu-adapter=swiftshader",
 ]  # fmt: skip
 OUTPUT = Path(os.environ.get("MODELPORT_TEST_OUTPUT", Path(__file__).parent.parent / "test-output"))
 READY = "window.modelportPage && window.modelportPage.ready"
@@ -244,16 +249,9 @@ def test_telemetry_from_the_page_shows_in_metrics(context: Any, server: RunningS
     assert metric(server, latency) >= 3
 
 
-@pytest.fixture
-def static_host(tmp_path: Path, repo: modelport.Repository) -> Iterator[tuple[str, Path]]:
-    """The exported bundle on a plain web server (Python's), knowing nothing of modelport."""
-    out = tmp_path / "site"
-    done = subprocess.run(
-        [sys.executable, "-m", "modelport", "export", "web", "tiny:1", "--repo", str(repo.root),
-         "--out", str(out)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
+@contextlib.contextmanager
+def hosted(folder: Path) -> Iterator[str]:
+    """``folder`` on a plain web server (Python's), knowing nothing of modelport."""
 
     class Files(http.server.SimpleHTTPRequestHandler):
         extensions_map: ClassVar[dict[str, str]] = {
@@ -264,12 +262,31 @@ def static_host(tmp_path: Path, repo: modelport.Repository) -> Iterator[tuple[st
         def log_message(self, *_: Any) -> None:
             pass
 
-    files = functools.partial(Files, directory=out)
+    files = functools.partial(Files, directory=folder)
     host = http.server.ThreadingHTTPServer(("127.0.0.1", 0), files)
     threading.Thread(target=host.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{host.server_port}/", out
-    host.shutdown()
-    host.server_close()
+    try:
+        yield f"http://127.0.0.1:{host.server_port}/"
+    finally:
+        host.shutdown()
+        host.server_close()
+
+
+def export(repo: modelport.Repository, ref: str, out: Path, *options: str | Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "modelport", "export", "web", ref, "--repo", str(repo.root),
+         "--out", str(out), *map(str, options)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.fixture
+def static_host(tmp_path: Path, repo: modelport.Repository) -> Iterator[tuple[str, Path]]:
+    """The exported bundle of tiny:1 on a plain web server."""
+    export(repo, "tiny:1", tmp_path / "site")
+    with hosted(tmp_path / "site") as url:
+        yield url, tmp_path / "site"
 
 
 def test_the_static_bundle_runs_from_any_web_host(
@@ -362,3 +379,80 @@ def test_behind_a_token_the_page_asks_for_it(context: Any, repo: modelport.Repos
             [1, 2, 3, 4],
         )  # the service is called with the same token
         assert forced["where"] == "service"
+
+
+@pytest.fixture(scope="module")
+def onnxruntime_web() -> Path:
+    """The onnxruntime-web package a user installs with npm, at the vendored version (kept
+    between runs: 35 MB from the npm registry)."""
+    version = web.runtime_version()
+    folder = Path.home() / ".cache" / "modelport-tests" / f"onnxruntime-web-{version}"
+    if not (folder / "package" / "dist" / web.WEBGPU_FILES[-1]).is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["npm", "pack", "--silent", f"onnxruntime-web@{version}"], cwd=folder, check=True,
+            capture_output=True, timeout=300,
+        )  # fmt: skip
+        subprocess.run(["tar", "xzf", f"onnxruntime-web-{version}.tgz"], cwd=folder, check=True)
+    return folder / "package"
+
+
+def test_a_webgpu_bundle_runs_on_webgpu_where_the_browser_has_it(
+    context: Any, tmp_path: Path, repo: modelport.Repository, onnxruntime_web: Path,
+    digits: tuple[np.ndarray, np.ndarray],
+) -> None:  # fmt: skip
+    x = np.random.default_rng(5).normal(size=(16, 4)).astype(np.float32)
+    with repo.load("tiny") as model:
+        want = model.predict(x)["logits"]
+    with run_server(repo.root, "--web", "--web-webgpu", str(onnxruntime_web)) as server:
+        url = f"{server.url}/web/tiny/"
+        answer = open_page(context, url).evaluate(PREDICT, {"input": x.tolist()})
+        assert (answer["where"], answer["backend"]) == ("local", "webgpu")
+        np.testing.assert_allclose(answer["outputs"]["logits"]["data"], want.ravel(), atol=1e-4)
+
+        without = context.browser.new_context()  # a browser without WebGPU: the WASM build
+        try:
+            without.add_init_script("Object.defineProperty(navigator, 'gpu', {value: undefined})")
+            answer = open_page(without, url).evaluate(PREDICT, {"input": x.tolist()})
+            assert (answer["where"], answer["backend"]) == ("local", "wasm")
+        finally:
+            without.close()
+
+    # Exported: the WebGPU build has no ai.onnx.ml operators (a scikit-learn pipeline's), so
+    # WASM runs this one.
+    export(repo, "digits:1", tmp_path / "digits", "--webgpu", onnxruntime_web)
+    x = digits[0][:20]
+    with repo.load("digits:1") as model:
+        expected = model.predict(x)
+    with hosted(tmp_path / "digits") as url:
+        page = open_page(context, url)
+        answer = page.evaluate(PREDICT, {"input": x.tolist()})
+        assert (answer["where"], answer["backend"]) == ("local", "wasm")
+        assert answer["outputs"]["label"]["data"] == expected["label"].tolist()
+        events = page.evaluate("window.modelportPage.model.events.map((e) => e.type)")
+        assert "webgpu-failed" in events
+
+
+def test_webgpu_takes_only_the_pinned_runtime(
+    tmp_path: Path, repo: modelport.Repository, onnxruntime_web: Path
+) -> None:
+    other = tmp_path / "onnxruntime-web"
+    shutil.copytree(onnxruntime_web / "dist", other, ignore=shutil.ignore_patterns("*.map"))
+    with (other / "ort.webgpu.min.mjs").open("a") as script:
+        script.write("// changed\n")
+    with pytest.raises(IntegrityError, match=r"ort.webgpu.min.mjs is not onnxruntime-web 1\."):
+        web.export_web(repo, "tiny", tmp_path / "site", webgpu=other)
+    (other / "ort.webgpu.min.mjs").unlink()
+    with pytest.raises(ValueError, match=r"ort.webgpu.min.mjs is missing.*npm install onnxrunt"):
+        web.export_web(repo, "tiny", tmp_path / "site", webgpu=other)
+    assert not (tmp_path / "site").exists()
+
+
+def test_serve_takes_webgpu_only_with_web(repo: modelport.Repository, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from modelport.cli.serving import serve
+
+    result = CliRunner().invoke(serve, [str(repo.root), "--web-webgpu", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "--web-webgpu goes with --web" in result.output

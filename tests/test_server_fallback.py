@@ -6,11 +6,17 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import grpc
+import httpx
+import numpy as np
 import pytest
+import tritonclient.grpc as triton
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 import modelport
 from modelport.config import FallbackConfig, ServerConfig
 from modelport.server.fallback import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from modelport.testing import free_port, run_server
 from server_models import SLOW_MODEL, in_process
 
 # The slow model sleeps for its largest input (seconds) and raises on a negative one.
@@ -183,3 +189,32 @@ def test_fallback_answers_are_never_kept_for_identical_requests(repo: Path) -> N
         reasons = [_infer(http, "guarded", [-2.0])[1]["x-modelport-fallback"] for _ in range(4)]
         assert reasons[:3] == ["error", "error", "error"]  # the model asked each time
         assert reasons[3] == "open"  # three failures opened the breaker
+
+
+def test_grpc_and_graphql_get_the_same_fallback(repo: Path) -> None:
+    port = free_port()
+    with run_server(repo, "--trust-code", "--cache", "off", "--grpc-port", str(port)) as server:
+        with triton.InferenceServerClient(f"127.0.0.1:{port}") as client:
+            seconds = triton.InferInput("seconds", [2], "FP32")
+            seconds.set_data_from_numpy(np.array([-1.0, 0.0], np.float32))  # the model raises
+            answer = client.infer("guarded", [seconds])
+            assert answer.as_numpy("y").tolist() == [-1.0, -1.0]  # the constant, one per row
+
+        request = service_pb2.ModelInferRequest(model_name="guarded")
+        request.inputs.add(name="seconds", datatype="FP32", shape=[1]).contents.fp32_contents[:] = [
+            0.5
+        ]
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            _, call = stub.ModelInfer.with_call(request)  # 0.5 s: past its 300 ms deadline
+            trailers = dict(call.trailing_metadata())
+        assert trailers["x-modelport-fallback"] == "deadline"
+        assert trailers["x-modelport-circuit"] == "closed"  # two failures of the three
+
+        time.sleep(0.3)  # the model's one thread finishes its sleep
+        query = """mutation { predict(model: "guarded", inputs: [{name: "seconds", data: [0.0]}])
+                   { outputs { data } circuit fallback } }"""
+        answer = httpx.post(f"{server.url}/graphql", json={"query": query}).json()
+        assert answer["data"]["predict"] == {
+            "outputs": [{"data": [0.0]}], "circuit": "closed", "fallback": None
+        }  # fmt: skip

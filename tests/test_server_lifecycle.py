@@ -490,6 +490,7 @@ def test_the_config_handed_to_workers_round_trips_with_every_field_set() -> None
         "tls_key": "/etc/modelport/key.pem",
         "http": "uvicorn",
         "web": True,
+        "web_webgpu": "/opt/node_modules/onnxruntime-web",
         "otlp_endpoint": "http://collector:4318",
         "prediction_log": PredictionLogConfig(
             "postgresql://db/log", sample=0.5, inputs="hash", max_queue_bytes=10, flush_s=2.0

@@ -257,6 +257,7 @@ class ServerConfig:
     tls_key: str | None = None
     http: str = "modelport"  # the HTTP/1.1 protocol: ours, or "uvicorn" (its httptools one)
     web: bool = False  # serve each ONNX model's browser bundle at /web/NAME/, edge telemetry
+    web_webgpu: str | None = None  # an installed onnxruntime-web: its WebGPU build in the bundles
     prediction_log: PredictionLogConfig | None = None
     otlp_endpoint: str | None = None  # OpenTelemetry traces to this OTLP/HTTP collector
     # Versions in production (server/versions.py): follow the repository, the control API,

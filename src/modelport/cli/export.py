@@ -44,16 +44,25 @@ def export() -> None:
     type=float,
     help="How often the page asks the service for a new version (0: only at start).",
 )
+@click.option(
+    "--webgpu",
+    default=None,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    metavar="ONNXRUNTIME_WEB",
+    help="Also run on WebGPU where the browser has it, with the WebGPU build (29 MB) of this "
+    "installed onnxruntime-web (npm install onnxruntime-web@VERSION; its version must be the "
+    "vendored one).",
+)
 @REPO_OPTION
 def export_web(
     ref: str, out: Path, force: bool, service: str | None, budget_ms: float,
-    update_interval_s: float, repo_path: Path,
+    update_interval_s: float, webgpu: Path | None, repo_path: Path,
 ) -> None:  # fmt: skip
     """A static bundle (page, modelport.js, onnxruntime-web, model) for any web host."""
     try:
         target = web.export_web(
             Repository.open(repo_path), ref, out, force=force, service=service,
-            budget_ms=budget_ms, update_interval_s=update_interval_s,
+            budget_ms=budget_ms, update_interval_s=update_interval_s, webgpu=webgpu,
         )  # fmt: skip
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc

@@ -231,6 +231,14 @@ def _check_rollout(
     "onnxruntime-web, the model) and take edge telemetry at /v2/edge/telemetry.",
 )
 @click.option(
+    "--web-webgpu",
+    default=None,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    metavar="ONNXRUNTIME_WEB",
+    help="With --web: the bundles run on WebGPU where the browser has it, with the WebGPU "
+    "build of this installed onnxruntime-web (npm install onnxruntime-web@VERSION).",
+)
+@click.option(
     "--log-predictions",
     "prediction_log",
     default=None,
@@ -280,6 +288,7 @@ def serve(
     max_delay_ms: float, latency_budget_ms: float | None, cache: str, cache_ttl_s: float,
     store: str | None, max_age: tuple[str, ...], write_back: bool, http: str, trust_code: bool,
     cache_namespace: str, tls_cert: Path | None, tls_key: Path | None, web: bool,
+    web_webgpu: Path | None,
     prediction_log: str | None, sample: float, log_inputs: str, otlp_endpoint: str | None,
     watch: bool, watch_interval_s: float, control: bool, control_token: str | None,
     control_token_file: Path | None, routes: tuple[str, ...], routes_file: Path | None,
@@ -322,7 +331,7 @@ def serve(
             runtime=RuntimeConfig(intra_op_threads=intra_op_threads), trust_pickle=trust_pickle,
             trust_code=trust_code,
             cache=cache, cache_ttl_s=cache_ttl_s, http=http, cache_namespace=cache_namespace,
-            web=web,
+            web=web, web_webgpu=None if web_webgpu is None else str(web_webgpu.resolve()),
             tls_cert=None if tls_cert is None else str(tls_cert.resolve()),
             tls_key=None if tls_key is None else str(tls_key.resolve()),
             watch=watch, watch_interval_s=watch_interval_s, control=control,
@@ -338,6 +347,8 @@ def serve(
                 latency_budget_s=None if latency_budget_ms is None else latency_budget_ms / 1000,
             ),
         )  # fmt: skip
+        if web_webgpu is not None and not web:
+            raise ValueError("--web-webgpu goes with --web")
         if web:
             from modelport.server.web import WebBundles
 

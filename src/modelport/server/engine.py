@@ -27,6 +27,7 @@ from modelport.errors import (
     OverloadedError,
 )
 from modelport.server import metrics, tracing
+from modelport.server.fallback import Guards
 from modelport.server.registry import Registry, Served
 from modelport.server.requests import RequestRecord
 from modelport.server.routing import Router
@@ -56,6 +57,7 @@ class Engine:
         self.in_flight = 0
         self.cache: Cache | None = open_cache(config.cache, config.cache_ttl_s)
         self.predictions: PredictionLog | None = None  # set by the service when it logs them
+        self.guards = Guards()  # the fallbacks and circuit breakers of manifests that ask
         self._computing: dict[bytes, asyncio.Future[Outputs]] = {}
         # Request ids: random per process, then counted (a uuid4 costs a system call).
         self._id_prefix = secrets.token_hex(8)
@@ -142,6 +144,22 @@ class Engine:
 
         ``timeout_s`` shortens the server's request timeout (a gRPC client's deadline, say).
         ``arrived`` (``time.monotonic()``) is when the request reached the server.
+        When the model's manifest names a fallback, it answers for a model that fails or is
+        too slow, and ``record.guard`` says so (server/fallback.py).
+        """
+        guard = self.guards.guard(served)
+        if guard is None:
+            return await self.answer(served, inputs, record, gone, use_cache, timeout_s, arrived)
+        return await guard.predict(
+            self.answer, self.models(), inputs, record, gone, use_cache, timeout_s, arrived
+        )
+
+    async def answer(
+        self, served: Served, inputs: Any, record: RequestRecord, gone: Gone | None,
+        use_cache: bool, timeout_s: float | None, arrived: float | None,
+    ) -> Outputs:  # fmt: skip
+        """``predict`` without the fallback: the model's own answer, or its error.
+
         With a shadow of the model, a copy runs on it once the answer is out.
         """
         batch = validate_inputs(served.model.signature, inputs, served.model.limits)

@@ -1,14 +1,17 @@
 """A model's fallback and its circuit breaker (a manifest's ``serving.fallback``).
 
-    guards = Guards(engine)                                   # one per process
-    outputs, headers = await guards.predict(served, inputs, record)
+    guard = Guards().guard(served)  # None when the model's manifest names no fallback
+    outputs = await guard.predict(engine.answer, registry, inputs, record, ...)
+    record.guard  # {"x-modelport-circuit": "closed"}, and "x-modelport-fallback" if it answered
 
-When the model raises or misses the fallback's deadline, the fallback answers instead: another
-served model (its latest version) or a constant answer. A circuit breaker counts the failures:
-after ``failures`` of them within ``window_s`` it opens, and for ``open_s`` every request gets
-the fallback at once, without waiting on the model; then one request probes the model
-(half-open) and its outcome closes the breaker or opens it again. Bad input is the caller's
-fault, not the model's: it is refused as ever, and never counted.
+The engine runs every prediction through its model's guard, so that each door gets the same
+fallback; the doors show ``record.guard`` as they can (REST headers, gRPC trailing metadata,
+GraphQL fields). When the model raises or misses the fallback's deadline, the fallback answers
+instead: another served model (its latest version) or a constant answer. A circuit breaker
+counts the failures: after ``failures`` of them within ``window_s`` it opens, and for
+``open_s`` every request gets the fallback at once, without waiting on the model; then one
+request probes the model (half-open) and its outcome closes the breaker or opens it again. Bad
+input is the caller's fault, not the model's: it is refused as ever, and never counted.
 
 Both show in ``/metrics`` (``modelport_fallback_total``, ``modelport_circuit_state``) and in
 the answer's headers: ``x-modelport-circuit`` (closed, open, half-open) for every model with a
@@ -20,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -28,15 +31,20 @@ from prometheus_client import Counter, Gauge
 
 from modelport.config import FallbackConfig
 from modelport.errors import DeadlineExceededError, ManifestError, PredictionError
-from modelport.server.engine import Engine, Outputs
-from modelport.server.registry import Served
+from modelport.server.registry import Registry, Served
 from modelport.server.requests import RequestRecord
-from modelport.server.runner import Gone
+from modelport.server.runner import Gone, Outputs
 from modelport.signature import validate_inputs
 
 log = logging.getLogger("modelport.server")
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
+# Engine.answer: validate, then the cache or the model (served, inputs, record, gone, use_cache,
+# timeout_s, arrived); passed in, as the engine imports this module.
+Answer = Callable[
+    [Served, Any, RequestRecord, Gone | None, bool, float | None, float | None],
+    Awaitable[Outputs],
+]
 _STATE_VALUES = {CLOSED: 0, OPEN: 1, HALF_OPEN: 2}
 
 FALLBACKS = Counter(
@@ -116,19 +124,24 @@ class Guard:
         self._constant = None if config.outputs is None else _constant(served, config.outputs)
 
     async def predict(
-        self, engine: Engine, inputs: Any, record: RequestRecord, gone: Gone | None,
-        use_cache: bool, arrived: float | None,
-    ) -> tuple[Outputs, dict[str, str]]:  # fmt: skip
+        self, answer: Answer, registry: Registry, inputs: Any, record: RequestRecord,
+        gone: Gone | None, use_cache: bool, timeout_s: float | None, arrived: float | None,
+    ) -> Outputs:  # fmt: skip
+        """The model's outputs, or its fallback's; ``record.guard`` says which."""
         reason = "open"
         if self.breaker.allow():
             settled = False
+            deadline_s = self.config.deadline_s
+            if timeout_s is not None:  # the caller's own deadline (gRPC) may be sooner
+                deadline_s = timeout_s if deadline_s is None else min(deadline_s, timeout_s)
             try:
-                outputs = await engine.predict(
-                    self.served, inputs, record, gone, use_cache, self.config.deadline_s, arrived
+                outputs = await answer(
+                    self.served, inputs, record, gone, use_cache, deadline_s, arrived
                 )
                 settled = True
                 self.breaker.succeeded()
-                return outputs, self._headers(None)
+                record.guard = self._headers(None)
+                return outputs
             except (PredictionError, DeadlineExceededError) as exc:
                 settled = True
                 reason = "deadline" if isinstance(exc, DeadlineExceededError) else "error"
@@ -140,8 +153,9 @@ class Guard:
                 if not settled:
                     self.breaker.abandoned()
         self._fallen[reason].inc()
-        outputs = await self._fallback(engine, inputs, record, gone, use_cache, arrived)
-        return outputs, self._headers(reason)
+        outputs = await self._fallback(answer, registry, inputs, record, gone, use_cache, arrived)
+        record.guard = self._headers(reason)
+        return outputs
 
     def _headers(self, reason: str | None) -> dict[str, str]:
         self._state.set(_STATE_VALUES[self.breaker.state])
@@ -151,15 +165,15 @@ class Guard:
         return headers
 
     async def _fallback(
-        self, engine: Engine, inputs: Any, record: RequestRecord, gone: Gone | None,
-        use_cache: bool, arrived: float | None,
+        self, answer: Answer, registry: Registry, inputs: Any, record: RequestRecord,
+        gone: Gone | None, use_cache: bool, arrived: float | None,
     ) -> Outputs:  # fmt: skip
         if self._constant is not None:
             batch = validate_inputs(self.served.model.signature, inputs, self.served.model.limits)
             first = next(iter(batch.values()))
             rows = first.shape[0] if first.ndim else 1
             return {n: np.repeat(v[None], rows, axis=0) for n, v in self._constant.items()}
-        other = engine.models().get(str(self.config.model))
+        other = registry.get(str(self.config.model))
         if other.model.signature.inputs != self.served.model.signature.inputs or not set(
             self.served.model.signature.output_names
         ) <= set(other.model.signature.output_names):
@@ -167,7 +181,7 @@ class Guard:
                 f"{self.served.name}:{self.served.label}'s fallback {other.name!r} does not take "
                 "the same inputs and give the same outputs"
             )
-        outputs = await engine.predict(other, inputs, record, gone, use_cache, arrived=arrived)
+        outputs = await answer(other, inputs, record, gone, use_cache, None, arrived)
         return {n: outputs[n] for n in self.served.model.signature.output_names}
 
 
@@ -197,8 +211,7 @@ def _constant(served: Served, outputs: Any) -> dict[str, np.ndarray]:
 class Guards:
     """The guards of every served model that has a fallback, made on its first request."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self) -> None:
         self._guards: dict[tuple[str, int], Guard | None] = {}
 
     def guard(self, served: Served) -> Guard | None:
@@ -209,17 +222,3 @@ class Guards:
                 None if settings is None else Guard(served, FallbackConfig.from_manifest(settings))
             )
         return self._guards[key]
-
-    async def predict(
-        self, served: Served, inputs: Any, record: RequestRecord, gone: Gone | None = None,
-        use_cache: bool = True, arrived: float | None = None,
-    ) -> tuple[Outputs, dict[str, str]]:  # fmt: skip
-        """The model's outputs, or its fallback's; the headers that say which (none when the
-        model has no fallback)."""
-        guard = self.guard(served)
-        if guard is None:
-            outputs = await self.engine.predict(
-                served, inputs, record, gone, use_cache, arrived=arrived
-            )
-            return outputs, {}
-        return await guard.predict(self.engine, inputs, record, gone, use_cache, arrived)

@@ -18,6 +18,7 @@ tokens, the validation errors looked for, and the ``predict`` fields one operati
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import time
@@ -119,6 +120,10 @@ type Prediction {
   model: String!
   version: Int!
   outputs: [TensorOutput!]!
+  "With a fallback in the manifest: its circuit breaker's state (closed, open, half-open)."
+  circuit: String
+  "Why the fallback answered (error, deadline, open); null when the model did."
+  fallback: String
 }
 
 type Mutation {
@@ -302,19 +307,15 @@ class _Context:
         self.limits = limits
 
 
-_SCHEMA: list[GraphQLSchema] = []
-
-
+@functools.cache  # built once per process, on first use
 def _schema() -> GraphQLSchema:
-    if not _SCHEMA:  # built once per process, on first use
-        schema = build_schema(SDL)
-        assert schema.query_type is not None
-        assert schema.mutation_type is not None
-        schema.query_type.fields["models"].resolve = _models
-        schema.query_type.fields["model"].resolve = _model
-        schema.mutation_type.fields["predict"].resolve = _predict
-        _SCHEMA.append(schema)
-    return _SCHEMA[0]
+    schema = build_schema(SDL)
+    assert schema.query_type is not None
+    assert schema.mutation_type is not None
+    schema.query_type.fields["models"].resolve = _models
+    schema.query_type.fields["model"].resolve = _model
+    schema.mutation_type.fields["predict"].resolve = _predict
+    return schema
 
 
 # -- queries ---------------------------------------------------------------------------------
@@ -351,9 +352,7 @@ def _models(_: None, info: GraphQLResolveInfo[_Context]) -> list[dict[str, Any]]
 def _model(_: None, info: GraphQLResolveInfo[_Context], name: str) -> dict[str, Any] | None:
     engine: Engine = info.context.engine
     try:
-        if name not in engine.models().names():
-            return None
-        return _describe(engine, name)
+        return _describe(engine, name) if name in engine.models().names() else None
     except Exception as exc:
         raise _graphql_error(exc, engine.new_request_id()) from None
 
@@ -377,9 +376,12 @@ async def _predict(
         engine.check_request(served, {}, outputs)
         result = await engine.predict(served, arrays, record, None, context.use_cache)
         names = outputs or list(result)
+        guard = record.guard or {}
         return {
             "model": model,
             "version": served.version,
+            "circuit": guard.get("x-modelport-circuit"),
+            "fallback": guard.get("x-modelport-fallback"),
             "outputs": [
                 {
                     "name": name,

@@ -90,6 +90,9 @@ class RequestRecord:
     elapsed_s: float = 0.0  # set by finish()
     span: Any = None  # its OpenTelemetry span, when the server traces
     leases: list[Served] | None = None  # versions admitted to (Engine.admit), held till the end
+    # A fallback's headers when one guards the model (server/fallback.py): the breaker's state,
+    # and why the fallback answered when it did
+    guard: dict[str, str] | None = None
 
     def release(self) -> None:
         """The request no longer needs the versions it was admitted to (a retired version

@@ -31,6 +31,7 @@ from modelport.export.web import (
     check_web_model,
     shared_files,
     web_manifest,
+    webgpu_files,
 )
 from modelport.manifest import Manifest, read_manifest, verify_artifacts
 from modelport.repository import ONNX_FILE, Repository, VersionPolicy, check_name
@@ -48,7 +49,10 @@ class WebBundles:
             )
         self.repo = Repository.open(source)
         self.policy = VersionPolicy.parse(config.version_policy)
-        self._shared = shared_files()
+        self._webgpu = config.web_webgpu is not None  # serve --web-webgpu
+        self._shared = shared_files() | (
+            webgpu_files(config.web_webgpu) if config.web_webgpu is not None else {}
+        )
         self._kept: dict[str, bytes] = {}
         # (name, version) -> (the model file's stat, the page manifest): hashed once per change
         self._verified: dict[tuple[str, int], tuple[tuple[int, int, int], dict[str, Any]]] = {}
@@ -127,7 +131,8 @@ class WebBundles:
             raise ModelNotFoundError(f"no web bundle: {exc}") from None
         verify_artifacts(folder, manifest)
         described = web_manifest(
-            manifest, model, f"versions/{version}/{ONNX_FILE}", service=SERVICE
-        )
+            manifest, model, f"versions/{version}/{ONNX_FILE}", service=SERVICE,
+            webgpu=self._webgpu,
+        )  # fmt: skip
         self._verified[(name, version)] = key, described
         return described

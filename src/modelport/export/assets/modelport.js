@@ -1,5 +1,6 @@
-// modelport.js: a modelport model in the browser, on onnxruntime-web (WASM), with the model
-// service behind it for fallback, updates and telemetry.
+// modelport.js: a modelport model in the browser, on onnxruntime-web (WebGPU where the bundle
+// and the browser have it, else WASM), with the model service behind it for fallback, updates
+// and telemetry.
 //
 //   import { open } from "./modelport.js";
 //   const model = await open("manifest.json");            // or { token, telemetry: true, ... }
@@ -9,16 +10,47 @@
 // Inputs are checked against the signature with the messages modelport's Python side gives
 // (modelport/signature.py); bad input throws InvalidInputError and never falls back. The model
 // file is used only once its sha256 matches the manifest's.
-import * as ort from "./ort/ort.wasm.min.mjs";
 
 export class ModelportError extends Error {}
 export class InvalidInputError extends ModelportError {}
 export class IntegrityError extends ModelportError {}
 
 const RUNTIME = new URL("./ort/", import.meta.url).href;
-ort.env.wasm.wasmPaths = RUNTIME;
-// More than one thread needs cross-origin isolation (SharedArrayBuffer); most hosts lack it.
-ort.env.wasm.numThreads = globalThis.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
+const runtimes = {}; // backend -> its onnxruntime-web build, loaded on first use
+
+function runtime(backend) {
+  runtimes[backend] ??= import(backend === "webgpu" ? "./ort/ort.webgpu.min.mjs" : "./ort/ort.wasm.min.mjs").then((ort) => {
+    ort.env.wasm.wasmPaths = RUNTIME;
+    // More than one thread needs cross-origin isolation (SharedArrayBuffer); most hosts lack it.
+    ort.env.wasm.numThreads = globalThis.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
+    return ort;
+  });
+  return runtimes[backend];
+}
+
+// A session on WebGPU when the bundle has its build (export web --webgpu) and the browser an
+// adapter, else on WASM. The WebGPU build lacks some operators (ai.onnx.ml's, which scikit-learn
+// models use): a model it cannot open runs on the WASM build, and onFailed hears why.
+async function openSession(manifest, bytes, onFailed) {
+  if (manifest.runtime?.backends?.includes("webgpu") && (await hasWebGPU())) {
+    try {
+      const ort = await runtime("webgpu");
+      return { ort, backend: "webgpu", session: await ort.InferenceSession.create(bytes, { executionProviders: ["webgpu"] }) };
+    } catch (error) {
+      onFailed(error);
+    }
+  }
+  const ort = await runtime("wasm");
+  return { ort, backend: "wasm", session: await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"] }) };
+}
+
+async function hasWebGPU() {
+  try {
+    return Boolean(await navigator.gpu?.requestAdapter());
+  } catch {
+    return false;
+  }
+}
 
 const DATATYPES = {
   bool: "BOOL", uint8: "UINT8", uint16: "UINT16", uint32: "UINT32", uint64: "UINT64",
@@ -265,7 +297,7 @@ function zeros(spec) {
   return { values: new Array(size).fill(spec.dtype === "string" ? "" : 0), shape };
 }
 
-function ortTensor(spec, { values, shape }) {
+function ortTensor(ort, spec, { values, shape }) {
   if (spec.dtype === "string") return new ort.Tensor("string", values, shape);
   const kind = ARRAYS[spec.dtype];
   if (!kind) throw new ModelportError(`${spec.dtype} inputs cannot run in the browser`);
@@ -287,6 +319,7 @@ class EdgeModel {
     this.manifest = null;
     this.modelUrl = null;
     this.session = null;
+    this.ort = null; // the onnxruntime-web build the session runs on
     this.backend = "wasm";
     this.localProblem = null; // why predictions go to the service, when they do
     this.slowInARow = 0;
@@ -352,28 +385,28 @@ class EdgeModel {
   async useVersion(manifest, manifestUrl) {
     const modelUrl = new URL(manifest.model.url, manifestUrl).href;
     const { bytes, cached } = await modelBytes(manifest, modelUrl, this.headers);
-    const session = await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"] });
-    const deviceMs = await this.measure(session, manifest);
+    const opened = await openSession(manifest, bytes, (error) => this.note("webgpu-failed", `WASM runs it: ${error.message}`));
+    const deviceMs = await this.measure(opened, manifest);
     const old = this.session;
     const kept = [cacheKey(manifest, modelUrl)];
     if (this.modelUrl) kept.push(cacheKey(this.manifest, this.modelUrl));
     await forgetOlder(manifest, kept);
-    Object.assign(this, { session, manifest, deviceMs, modelUrl, slowInARow: 0 });
+    Object.assign(this, opened, { manifest, deviceMs, modelUrl, slowInARow: 0 });
     this.localProblem = deviceMs > this.budgetMs
       ? `too slow on this device: ${deviceMs.toFixed(1)} ms a prediction, over the budget of ${this.budgetMs} ms`
       : null;
     if (this.localProblem) this.note("slow-device", this.localProblem);
-    this.note("loaded", { version: manifest.version, cached, deviceMs });
+    this.note("loaded", { version: manifest.version, cached, deviceMs, backend: opened.backend });
     if (old) old.release();
   }
 
-  // The device's own time for one row, measured on first use and kept per model file.
-  async measure(session, manifest) {
-    const key = `modelport:ms:${manifest.model.sha256}`;
+  // The device's own time for one row, measured on first use and kept per model file and backend.
+  async measure({ ort, session, backend }, manifest) {
+    const key = `modelport:ms:${backend}:${manifest.model.sha256}`;
     const kept = Number(globalThis.localStorage?.getItem(key));
     if (kept > 0 && !this.options.remeasure) return kept;
     const feeds = {};
-    for (const spec of manifest.signature.inputs) feeds[spec.name] = ortTensor(spec, zeros(spec));
+    for (const spec of manifest.signature.inputs) feeds[spec.name] = ortTensor(ort, spec, zeros(spec));
     const times = [];
     for (let i = 0; i < 4; i += 1) {
       const started = performance.now();
@@ -424,7 +457,7 @@ class EdgeModel {
       const started = performance.now();
       try {
         const feeds = {};
-        for (const spec of signature.inputs) feeds[spec.name] = ortTensor(spec, batch[spec.name]);
+        for (const spec of signature.inputs) feeds[spec.name] = ortTensor(this.ort, spec, batch[spec.name]);
         const results = await this.session.run(feeds);
         const latencyMs = performance.now() - started;
         const outputs = {};
@@ -516,4 +549,3 @@ export async function open(manifestUrl = "manifest.json", options = {}) {
   return new EdgeModel(new URL(manifestUrl, location.href).href, options).start();
 }
 
-export { ort };

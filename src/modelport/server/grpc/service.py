@@ -241,6 +241,8 @@ class GRPCDoor:
                 trailers = [("x-request-id", request_id)]
                 if record.version is not None:  # which version answered (splits, reloads)
                     trailers.append(("model-version", record.version))
+                if record.guard is not None:  # a fallback's breaker, and whether it answered
+                    trailers.extend(record.guard.items())
                 context.set_trailing_metadata(tuple(trailers))
                 return response
             except Exception as exc:

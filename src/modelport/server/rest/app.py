@@ -27,7 +27,6 @@ from modelport.runtimes import PLATFORMS
 from modelport.server import metrics, tracing
 from modelport.server.engine import Engine
 from modelport.server.extensions import EXTENSIONS, model_config, model_statistics
-from modelport.server.fallback import Guards
 from modelport.server.lookups import Lookups, parse_lookup
 from modelport.server.registry import Registry, Served
 from modelport.server.requests import RequestRecord, cache_wanted, client_request_id
@@ -79,7 +78,6 @@ _ROUTE_CACHE_SIZE = 4096  # request lines already routed: the regexes run once p
 _ROUTE_CACHE_PATH = 256  # longer paths are routed anew each time rather than kept
 _ARRIVED = "modelport.arrived"  # scope key: time.monotonic() when the request reached the app
 _ROUTING_KEY = ROUTING_KEY.encode()
-_GUARDED = "modelport.guarded"  # scope key: the headers of a model's fallback and breaker
 
 
 def _tensor_metadata(signature: Signature) -> dict[str, list[dict[str, Any]]]:
@@ -98,7 +96,6 @@ class RestApp:
         self.lookups: Lookups | None = None
         self.web: WebBundles | None = None  # serve --web: bundles and edge telemetry
         self.telemetry: EdgeTelemetry | None = None
-        self._guards = Guards(engine)
         self._graphql_executor = graphql
         self._answers = KeptAnswers(config)
         self._openapi_spec: dict[str, Any] | None = None
@@ -286,7 +283,10 @@ class RestApp:
             request = parse_infer_request(body, header_length, self.config.limits)
         requested = [o.name for o in request.outputs] if request.outputs is not None else None
         self.engine.check_request(served, request.datatypes, requested)
-        outputs = await self._run(scope, receive, served, request.inputs, record, use_cache)
+        # Once the body is read, the next ASGI message can only say the client went away.
+        outputs = await self.engine.predict(
+            served, request.inputs, record, receive, use_cache, arrived=scope.get(_ARRIVED)
+        )
         payload, json_length = encode_infer_response(name, served.version, request, outputs)
         made_by = {"model-version": served.label}  # which version answered (splits, reloads)
         if json_length is None:
@@ -298,7 +298,7 @@ class RestApp:
                 "application/octet-stream",
                 {"inference-header-content-length": str(json_length), **made_by},
             )
-        return self._keep(scope, key, answer)
+        return self._keep(record, key, answer)
 
     async def _predict_v1(
         self, scope: Scope, receive: Receive, record: RequestRecord, name: str,
@@ -315,7 +315,9 @@ class RestApp:
             count, inputs = await asyncio.to_thread(parse_v1_request, body, signature, limits)
         else:
             count, inputs = parse_v1_request(body, signature, limits)
-        outputs = await self._run(scope, receive, served, inputs, record, use_cache)
+        outputs = await self.engine.predict(
+            served, inputs, record, receive, use_cache, arrived=scope.get(_ARRIVED)
+        )
         names = list(outputs)
         if any(len(outputs[n]) != count for n in names):
             raise PredictionError(
@@ -327,7 +329,7 @@ class RestApp:
             columns = {n: _json_rows(outputs[n]) for n in names}
             predictions = [{n: columns[n][i] for n in names} for i in range(count)]
         made_by = {"model-version": served.label}  # which version answered
-        return self._keep(scope, key, json_response({"predictions": predictions}, headers=made_by))
+        return self._keep(record, key, json_response({"predictions": predictions}, headers=made_by))
 
     async def _admit(
         self, scope: Scope, receive: Receive, name: str, version: int | None,
@@ -368,24 +370,12 @@ class RestApp:
             return body
         return await decoded(body, encoding, limit, hint)
 
-    async def _run(
-        self, scope: Scope, receive: Receive, served: Served, inputs: Any, record: RequestRecord,
-        use_cache: bool,
-    ) -> dict[str, np.ndarray]:  # fmt: skip
-        # Once the body is read, the next ASGI message can only say the client went away.
-        arrived, call = scope.get(_ARRIVED), (served, inputs, record, receive, use_cache)
-        if self._guards.guard(served) is None:  # no fallback: no await more than the engine's
-            return await self.engine.predict(*call, arrived=arrived)
-        outputs, scope[_GUARDED] = await self._guards.predict(*call, arrived=arrived)
-        return outputs
-
-    def _keep(self, scope: Scope, key: Any, answer: Response) -> Response:
+    def _keep(self, record: RequestRecord, key: Any, answer: Response) -> Response:
         """Keep an answer for identical requests, unless a fallback guards its model."""
-        guarded = scope.get(_GUARDED)
-        if guarded is None:
+        if record.guard is None:
             self._answers.keep(key, answer)
         else:
-            answer.headers.update(guarded)
+            answer.headers.update(record.guard)
         return answer
 
     # -- stored predictions -------------------------------------------------------------------
