@@ -88,6 +88,10 @@ def add_model(
         BatchingConfig.from_manifest(serving["batching"])  # refuse bad settings now, not at serve
     if "fallback" in serving:
         FallbackConfig.from_manifest(serving["fallback"])
+    if "ray" in serving:
+        from modelport.rayserve.plan import Scaling
+
+        Scaling.from_manifest(serving["ray"])
     metadata: dict[str, Any] = {"description": description} if description else {}
     if lineage:
         metadata["lineage"] = dict(lineage)

@@ -16,7 +16,7 @@ from modelport.signature import Signature
 
 MANIFEST = "manifest.json"
 FORMAT = 1
-SERVING_KEYS = ("batching", "cache", "fallback", "instances")
+SERVING_KEYS = ("batching", "cache", "fallback", "instances", "ray")
 
 # Files that unpickle when loaded, and so can run arbitrary code.
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib", ".pt", ".pth", ".ckpt", ".sav")

@@ -8,6 +8,7 @@ One module per command group, each registered on ``main`` here:
 - ``batch.py``: batch run, batch status
 - ``demo.py``: demo
 - ``deploy.py``: build, deploy compose, deploy k8s
+- ``rayserve.py``: serve --ray's options, deploy ray
 - ``export.py``: export web, export mobile; bench --device-profile (a device-like budget)
 - ``monitor.py``: monitor (drift of logged predictions)
 - ``optimize.py``: quantize, distill, bench (with --device-profile: export.py's)
@@ -24,6 +25,7 @@ import click
 from modelport.cli import batch, demo, deploy, models, optimize, rollout
 from modelport.cli.export import export
 from modelport.cli.monitor import monitor
+from modelport.cli.rayserve import deploy_ray
 from modelport.cli.serving import serve
 from modelport.errors import ModelportError
 
@@ -46,6 +48,7 @@ for command in (
     *deploy.COMMANDS,
 ):
     main.add_command(command)
+deploy.deploy.add_command(deploy_ray)  # beside compose and k8s
 
 
 def run() -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from modelport.cli.options import TRUST_CODE_OPTION, TRUST_OPTION
+from modelport.cli.rayserve import ray_config, ray_options
 from modelport.config import (
     BatchingConfig,
     LookupConfig,
@@ -276,6 +277,7 @@ def _check_rollout(
     "(env MODELPORT_HTTP).",
 )
 @_rollout_options
+@ray_options
 @_limit_options
 @TRUST_OPTION
 @TRUST_CODE_OPTION
@@ -290,12 +292,16 @@ def serve(
     prediction_log: str | None, sample: float, log_inputs: str, otlp_endpoint: str | None,
     watch: bool, watch_interval_s: float, control: bool, control_token: str | None,
     control_token_file: Path | None, routes: tuple[str, ...], routes_file: Path | None,
-    shadows: tuple[str, ...], **limits: Any,
+    shadows: tuple[str, ...], ray: bool, **limits: Any,
 ) -> None:  # fmt: skip
     """Serve a model repository (or one model) over the Open Inference Protocol."""
     from modelport.caching import open_cache
     from modelport.server.lifecycle import serve as run_server
 
+    on_ray = ray_config(click.get_current_context(), {"ray": ray, **limits})
+    for name in ("ray_address", "replicas", "min_replicas", "max_replicas",
+                 "target_ongoing_requests"):  # fmt: skip
+        limits.pop(name)
     if token_file is not None:
         token = token_file.read_text().strip()
     if control_token_file is not None:
@@ -352,4 +358,9 @@ def serve(
     # Read: nothing the server starts (workers, the models' own processes) inherits it.
     os.environ.pop("MODELPORT_TOKEN", None)
     os.environ.pop("MODELPORT_CONTROL_TOKEN", None)
+    if on_ray is not None:
+        from modelport.rayserve import serve_on_ray
+
+        serve_on_ray(source, config, on_ray, access_log=access_log)
+        return
     run_server(source, config, access_log=access_log)
