@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,11 +31,11 @@ from modelport.batch.store import Store
 from modelport.config import BatchConfig, LoadOptions, RuntimeConfig
 from modelport.cpus import cpu_budget
 from modelport.errors import BatchError, ModelportError, require
+from modelport.ray_env import loopback
 from modelport.repository import Repository
 
 # Keep every Ray socket on loopback (Ray otherwise swaps 127.0.0.1 for the machine's external
 # address) and nothing phoning home.
-_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 class _ScoreBlocks:
@@ -87,6 +86,7 @@ def score_on_ray(
             "--engine ray needs --key: blocks are read in parallel, so row numbers are not "
             "stable keys"
         )
+    loopback()  # before Ray is imported: it reads these then
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -154,8 +154,6 @@ def _pool_size(ray: Any, address: str | None) -> int:
 def _connect(ray: Any, address: str | None) -> None:
     if ray.is_initialized():
         return
-    for name, value in _RAY_ENV.items():
-        os.environ.setdefault(name, value)
     if address:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     else:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import logging.config
-import os
 import signal
 import socket
 import threading
@@ -19,13 +18,11 @@ from typing import Any
 from modelport.config import ServerConfig, url_host
 from modelport.cpus import cpu_budget
 from modelport.errors import DeployError, require
+from modelport.ray_env import loopback
 from modelport.rayserve.plan import App, Scaling, plan_apps
 
 log = logging.getLogger("modelport.server")
 
-# Keep every Ray socket on loopback (Ray otherwise swaps 127.0.0.1 for the machine's external
-# address) and nothing phoning home.
-RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 @dataclass(frozen=True)
@@ -40,12 +37,6 @@ class RayConfig:
     def __post_init__(self) -> None:
         if self.address is not None:
             split_address(self.address)
-
-
-def loopback() -> None:
-    """Set RAY_ENV (unless set): before Ray is first imported, which reads it then."""
-    for name, value in RAY_ENV.items():
-        os.environ.setdefault(name, value)
 
 
 def split_address(address: str) -> tuple[str, int]:
