@@ -24,7 +24,6 @@ from modelport.rayserve.plan import App, Scaling, plan_apps
 log = logging.getLogger("modelport.server")
 
 
-
 @dataclass(frozen=True)
 class RayConfig:
     """Where the applications run: ``address`` (HOST:PORT of a running cluster's GCS) or a
