@@ -13,7 +13,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -136,21 +136,22 @@ class Engine:
                     f"{', '.join(map(repr, signature.output_names))}"
                 )
 
-    async def predict(
+    def predict(
         self, served: Served, inputs: Any, record: RequestRecord, gone: Gone | None = None,
         use_cache: bool = True, timeout_s: float | None = None, arrived: float | None = None,
-    ) -> Outputs:  # fmt: skip
-        """Validate ``inputs``, then answer from the cache or the model's runner.
+    ) -> Awaitable[Outputs]:  # fmt: skip
+        """Validate ``inputs``, then answer from the cache or the model's runner (awaited).
 
         ``timeout_s`` shortens the server's request timeout (a gRPC client's deadline, say).
         ``arrived`` (``time.monotonic()``) is when the request reached the server.
         When the model's manifest names a fallback, it answers for a model that fails or is
         too slow, and ``record.guard`` says so (server/fallback.py).
         """
-        guard = self.guards.guard(served)
+        # Not a coroutine itself: a model without a fallback costs no frame more than answer.
+        guard = self.guards.guard(served) if served.guarded else None
         if guard is None:
-            return await self.answer(served, inputs, record, gone, use_cache, timeout_s, arrived)
-        return await guard.predict(
+            return self.answer(served, inputs, record, gone, use_cache, timeout_s, arrived)
+        return guard.predict(
             self.answer, self.models(), inputs, record, gone, use_cache, timeout_s, arrived
         )
 
@@ -165,30 +166,32 @@ class Engine:
         batch = validate_inputs(served.model.signature, inputs, served.model.limits)
         if not self.config.limits.allow_non_finite:
             check_finite(batch, served.model.signature.column_names)
-        outputs = await self._answer(served, batch, record, gone, use_cache, timeout_s, arrived)
+        timeout = self.config.limits.request_timeout_s
+        if timeout_s is not None:
+            timeout = min(timeout, max(timeout_s, 0.0))
+        now = time.monotonic()
+        served.measured.input.observe(now - record.started)
+        deadline = now + timeout
+        if self.cache is None or not use_cache or not served.cacheable:
+            outputs = await self._infer_now(served, batch, deadline, gone, arrived, record)
+        else:
+            outputs = await self._cached(self.cache, served, batch, record, gone, deadline, arrived)
         if self.shadows is not None:
             self.shadows.offer(served, batch, outputs, record.request_id)
         return outputs
 
-    async def _answer(
-        self, served: Served, batch: dict[str, np.ndarray], record: RequestRecord,
-        gone: Gone | None, use_cache: bool, timeout_s: float | None, arrived: float | None,
+    async def _cached(
+        self, cache: Cache, served: Served, batch: dict[str, np.ndarray], record: RequestRecord,
+        gone: Gone | None, deadline: float, arrived: float | None,
     ) -> Outputs:  # fmt: skip
-        timeout = self.config.limits.request_timeout_s
-        if timeout_s is not None:
-            timeout = min(timeout, max(timeout_s, 0.0))
+        """From the prediction cache, or computed once for every request asking at once."""
         measured = served.measured
-        now = time.monotonic()
-        measured.input.observe(now - record.started)
-        deadline = now + timeout
-        if self.cache is None or not use_cache or not served.cacheable:
-            return await self._infer_now(served, batch, deadline, gone, arrived, record)
         key = cache_key(
             served.name, served.version, batch, digest=served.digest,
             namespace=self.config.cache_namespace,
         )  # fmt: skip
         looked_at = tracing.now_ns() if record.span is not None else 0
-        cached = await self.cache.get(key)
+        cached = await cache.get(key)
         if record.span is not None:
             found = {"modelport.cache": "miss" if cached is None else "hit"}
             tracing.phase(record.span, "cache", looked_at, tracing.now_ns(), served.traced | found)
@@ -221,10 +224,10 @@ class Engine:
         finally:
             del self._computing[key]
         future.set_result(outputs)
-        evictions = self.cache.stats.evictions
-        await self.cache.set(key, outputs)
-        if self.cache.stats.evictions > evictions:
-            measured.cache_eviction.inc(self.cache.stats.evictions - evictions)
+        evictions = cache.stats.evictions
+        await cache.set(key, outputs)
+        if cache.stats.evictions > evictions:
+            measured.cache_eviction.inc(cache.stats.evictions - evictions)
         return outputs
 
     async def _infer_now(

@@ -40,9 +40,11 @@ class Served:
     label: str = field(init=False)  # the version as text, as logs and metrics show it
     measured: metrics.ModelMetrics = field(init=False, repr=False)  # looked up once
     traced: dict[str, str] = field(init=False, repr=False)  # its spans' attributes
+    guarded: bool = field(init=False)  # its manifest names a fallback (server/fallback.py)
 
     def __post_init__(self) -> None:
         self.label = str(self.version)
+        self.guarded = "fallback" in (self.model.metadata.get("serving") or {})
         self.measured = metrics.for_model(self.name, self.label)
         self.traced = {"modelport.model": self.name, "modelport.version": self.label}
 

@@ -97,13 +97,11 @@ def parse_json(body: bytes, limits: ServerLimits) -> Any:
 
 
 def check_shape(name: str, value: Any, limits: ServerLimits) -> tuple[int, ...]:
-    if not isinstance(value, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) for d in value
-    ):
+    if not isinstance(value, list) or not all(type(d) is int for d in value):  # bool is not
         raise _fail(f"input {name!r}: 'shape' must be a list of integers, got {value!r}", name)
     if len(value) > MAX_RANK:
         raise _fail(f"input {name!r}: shape has {len(value)} dimensions, over {MAX_RANK}", name)
-    if any(d < 0 for d in value):
+    if value and min(value) < 0:
         raise _fail(f"input {name!r}: shape {value} has a negative dimension", name)
     # Every dimension on its own too: a zero elsewhere must not let 2**64 through to numpy.
     for dim in value:

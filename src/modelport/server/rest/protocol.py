@@ -7,6 +7,7 @@ malformed message raises InvalidInputError naming the field and what was expecte
 from __future__ import annotations
 
 import math
+from array import array
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,7 @@ from modelport.signature import NUMBERS, Signature, json_array
 _KINDS = {"BOOL": "b", "FP16": "biuf", "FP32": "biuf", "FP64": "biuf"}  # others: integers
 _FLOATS = frozenset({"FP16", "FP32", "FP64"})
 _NULLABLE = NUMBERS | {type(None)}
+_ARRAY_CODES = {"FP32": "f", "FP64": "d"}  # the array module's codes for C float and double
 
 
 def parse_infer_request(
@@ -174,8 +176,14 @@ def _from_json(
             f"input {name!r}: data must be {_describe(datatype)} for datatype {datatype}", name
         )
     if datatype in _FLOATS and bool not in found.kinds:  # most requests: numbers to floats
+        # Too large for the type: inf, refused as such. The array module converts at C speed
+        # and overflows to inf quietly, which numpy does only under an errstate (a context
+        # manager costs as much as the conversion).
+        code = _ARRAY_CODES.get(datatype)
         try:
-            with np.errstate(over="ignore"):  # too large for the type: inf, refused as such
+            if code is not None:
+                return np.frombuffer(array(code, found.values), DTYPES[datatype]).reshape(shape)
+            with np.errstate(over="ignore"):
                 return np.array(found.values, dtype=DTYPES[datatype]).reshape(shape)
         except OverflowError:  # an integer beyond any float: refused below
             pass
