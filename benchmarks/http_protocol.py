@@ -122,23 +122,9 @@ def h1_protocol() -> str:
     raise ImportError("cannot find modelport's http1 module")
 
 
-def cpu_seconds(pgid: int) -> float:
-    """User + system CPU seconds of every live process in the process group."""
-    total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # gone meanwhile
-            continue
-        if int(fields[2]) == pgid:
-            total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
-
-
 def measure(pgid: int, url: str, lua: Path, c: int, seconds: int) -> tuple[Result, float]:
-    before = cpu_seconds(pgid)
-    result = run_wrk(url, lua, c, seconds)
-    return result, (cpu_seconds(pgid) - before) / (result.rps * seconds) * 1e6
+    result = run_wrk(url, lua, c, seconds, pgid)
+    return result, result.cpu_us
 
 
 def uvicorn_argv(app: str, http: str, factory: bool = False) -> list[str]:

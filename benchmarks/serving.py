@@ -160,12 +160,13 @@ def group_cpu_s(pgid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def run_wrk(url: str, lua: Path, connections: int, seconds: int, server: Server) -> Result:
+def run_wrk(url: str, lua: Path, connections: int, seconds: int, pgid: int = 0) -> Result:
+    """wrk's numbers, and the CPU per request of the process group ``pgid`` (0: not measured)."""
     argv = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s"]
     argv += ["--latency", "--timeout", "10s", "-s", str(lua), url]
-    cpu_before = group_cpu_s(server.proc.pid)
+    cpu_before = group_cpu_s(pgid) if pgid else 0.0
     done = subprocess.run(argv, capture_output=True, text=True)
-    cpu_s = group_cpu_s(server.proc.pid) - cpu_before
+    cpu_s = group_cpu_s(pgid) - cpu_before if pgid else 0.0
     out = done.stdout
     requests = re.search(r"(\d+) requests in", out)
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
@@ -270,15 +271,15 @@ def compare(
         (modelport.label, f"{modelport.base}/v2/models/{model}/infer", modelport),
         (other.label, other.base + path, other),
     ]
-    for label, url, server in pair:
+    for label, url, _ in pair:
         check(label, url, body, expected)
-        run_wrk(url, lua, 16, 1, server)  # warm-up
+        run_wrk(url, lua, 16, 1)  # warm-up
     rows = []
     for c in args.concurrency:
         results: dict[str, list[Result]] = {label: [] for label, _, _ in pair}
         for i in range(args.rounds):
             for label, url, server in pair if i % 2 == 0 else pair[::-1]:
-                results[label].append(run_wrk(url, lua, c, args.seconds, server))
+                results[label].append(run_wrk(url, lua, c, args.seconds, server.proc.pid))
         mp, fa = results[modelport.label], results[other.label]
         ratio = statistics.median(a.rps / b.rps for a, b in zip(mp, fa, strict=True))
         cpu_ratio = statistics.median(
