@@ -28,7 +28,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from serving import Result, run_wrk  # noqa: E402  (wrk's runner and its parsing)
+from serving import Result, post_script, run_wrk  # noqa: E402  (wrk and its parsing)
 
 from modelport.config import ServerConfig  # noqa: E402
 from modelport.rayserve import RayConfig, Scaling, plan_apps  # noqa: E402
@@ -63,17 +63,6 @@ def handwritten(model_path: str) -> Any:
     return OnnxModel.bind(model_path)
 
 
-def lua(work: Path, name: str, body: bytes) -> Path:
-    (work / f"{name}.json").write_bytes(body)
-    script = work / f"{name}.lua"
-    script.write_text(
-        f'local f = assert(io.open("{work / name}.json", "rb"))\n'
-        'wrk.body = f:read("*a")\nf:close()\nwrk.method = "POST"\n'
-        'wrk.headers["Content-Type"] = "application/json"\n'
-    )
-    return script
-
-
 def measure(url: str, script: Path, args: argparse.Namespace) -> dict[int, Result]:
     run_wrk(url, script, 16, 2)  # warm-up: connections, batches, the proxy's routes
     return {c: run_wrk(url, script, c, args.seconds) for c in args.connections}
@@ -94,8 +83,8 @@ def main() -> None:
     x = np.asarray([row], np.float32)
     oip = {"inputs": [{"name": "input", "shape": [1, x.shape[1]], "datatype": "FP32",
                        "data": x.ravel().tolist()}]}  # fmt: skip
-    ours_script = lua(work, "oip", json.dumps(oip).encode())
-    theirs_script = lua(work, "plain", json.dumps({"data": x.tolist()}).encode())
+    ours_script = post_script(work, "oip", json.dumps(oip).encode())
+    theirs_script = post_script(work, "plain", json.dumps({"data": x.tolist()}).encode())
     model_file = str(next((repo.root / args.model).glob("*/model.onnx")))
 
     port = free_port()

@@ -211,14 +211,19 @@ def write_request(work: Path, repo: Path, model: str) -> tuple[np.ndarray, bytes
     x = np.asarray([row], dtype=np.float32)
     tensor = {"name": "input", "shape": list(x.shape), "datatype": "FP32"}
     body = json.dumps({"inputs": [{**tensor, "data": x.ravel().tolist()}]}).encode()
-    (work / f"{model}.json").write_bytes(body)
-    lua = work / f"{model}.lua"
-    lua.write_text(
-        f'local f = assert(io.open("{work / model}.json", "rb"))\n'
+    return x, body, post_script(work, model, body)
+
+
+def post_script(work: Path, name: str, body: bytes) -> Path:
+    """A wrk script that POSTs ``body`` as JSON (kept in ``work``)."""
+    (work / f"{name}.json").write_bytes(body)
+    script = work / f"{name}.lua"
+    script.write_text(
+        f'local f = assert(io.open("{work / name}.json", "rb"))\n'
         'wrk.body = f:read("*a")\nf:close()\nwrk.method = "POST"\n'
         'wrk.headers["Content-Type"] = "application/json"\n'
     )
-    return x, body, lua
+    return script
 
 
 def bench_model(
