@@ -106,7 +106,7 @@ class Engine:
             served = self.router.pick(registry, name, key)
         if served is None:
             served = registry.get(name, version)
-        record.model, record.version = name, served.label
+        record.model, record.version, record.measured = name, served.label, served.measured
         served.runner.check_capacity()
         served.users += 1
         if record.leases is None:

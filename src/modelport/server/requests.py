@@ -90,6 +90,7 @@ class RequestRecord:
     elapsed_s: float = 0.0  # set by finish()
     span: Any = None  # its OpenTelemetry span, when the server traces
     leases: list[Served] | None = None  # versions admitted to (Engine.admit), held till the end
+    measured: metrics.ModelMetrics | None = None  # the admitted version's, looked up once
     # A fallback's headers when one guards the model (server/fallback.py): the breaker's state,
     # and why the fallback answered when it did
     guard: dict[str, str] | None = None
@@ -111,7 +112,7 @@ class RequestRecord:
         self.elapsed_s = now - self.started
         if self.model is not None:
             output_s = now - self.computed if self.computed else None
-            measured = metrics.for_model(self.model, self.version or "")
+            measured = self.measured or metrics.for_model(self.model, self.version or "")
             measured.finished(status, self.elapsed_s, output_s)
         if self.span is not None:
             tracing.finish(self.span, status, self.model, self.version)
