@@ -62,6 +62,11 @@ class TensorSpec:
         """The Open Inference Protocol name of the dtype (``FP32``, ``BYTES``...)."""
         return DATATYPES[self.dtype]
 
+    @cached_property
+    def numpy_dtype(self) -> np.dtype[Any]:
+        """The numpy dtype (object for strings), made once: every request is checked by it."""
+        return np.dtype(object if self.dtype == "string" else self.dtype)
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
 
@@ -97,6 +102,10 @@ class Signature:
     @property
     def output_names(self) -> list[str]:
         return [t.name for t in self.outputs]
+
+    @cached_property
+    def input_name_set(self) -> frozenset[str]:
+        return frozenset(t.name for t in self.inputs)
 
     @cached_property
     def column_names(self) -> frozenset[str]:
@@ -261,7 +270,7 @@ def _cast(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
                         spec.name,
                     )
         return array.astype(object, copy=False)
-    target = np.dtype(spec.dtype)
+    target = spec.numpy_dtype
     if array.dtype == target:
         return array
     if array.dtype.kind in "iu" and target.kind in "iu":
@@ -326,7 +335,7 @@ def validate_inputs(
                 f"({', '.join(signature.input_names)}); pass a dict of name -> array"
             )
         inputs = {signature.inputs[0].name: inputs}
-    if len(inputs) != len(signature.inputs) or any(s.name not in inputs for s in signature.inputs):
+    if inputs.keys() != signature.input_name_set:
         _check_names(signature.input_names, inputs.keys())
     result: dict[str, np.ndarray] = {}
     for spec in signature.inputs:
