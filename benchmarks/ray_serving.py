@@ -6,7 +6,8 @@
 One local Ray cluster (loopback), Serve's HTTP proxy on one port, three setups deployed in
 turn: the hand-written deployment (written the way Ray's docs write one: ``@serve.batch``, an
 onnxruntime session, JSON in and out through a Starlette request), then modelport's
-``serve --ray`` applications with 1 and with 2 replicas. Every replica reserves one Ray CPU and
+``serve --ray`` applications with 1 and with 2 replicas, and last a deployment that does
+nothing (the proxy's own ceiling on this machine). Every replica reserves one Ray CPU and
 runs one onnxruntime thread; batches of up to 32 rows, no delay window, for both. ``wrk``
 POSTs one sample per request as JSON (``{"data": [row]}`` to the hand-written one, the same row
 as Open Inference Protocol JSON to modelport), for each concurrency. The proxy, the replicas
@@ -63,6 +64,18 @@ def handwritten(model_path: str) -> Any:
     return OnnxModel.bind(model_path)
 
 
+def proxy_alone() -> Any:
+    """A deployment that does nothing: what Serve's proxy and one hop cost, the ceiling."""
+    from ray import serve
+
+    @serve.deployment(max_ongoing_requests=128, ray_actor_options={"num_cpus": 1})
+    class Nothing:
+        async def __call__(self, request: Any) -> dict[str, Any]:
+            return {"logits": [[0.0]]}
+
+    return Nothing.bind()
+
+
 def measure(url: str, script: Path, args: argparse.Namespace) -> dict[int, Result]:
     run_wrk(url, script, 16, 2)  # warm-up: connections, batches, the proxy's routes
     return {c: run_wrk(url, script, c, args.seconds) for c in args.connections}
@@ -108,6 +121,10 @@ def main() -> None:
             rows[f"modelport serve --ray, {replicas} replica(s)"] = measure(url, ours_script, args)
             undeploy(apps, started=False)
             time.sleep(1)
+        serve.run(proxy_alone(), name="nothing", route_prefix="/nothing")
+        url = f"http://127.0.0.1:{port}/nothing"
+        rows["Serve's proxy to a deployment that does nothing"] = measure(url, theirs_script, args)
+        serve.delete("nothing")
     finally:
         undeploy([], started)
     print_table(args, rows)
