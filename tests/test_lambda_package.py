@@ -1,17 +1,20 @@
 """``modelport build --lambda`` and ``--lambda-zip``: the packages run for real, through the AWS
 Lambda runtime interface client (awslambdaric) against a local Runtime API (lambda_runtime.py).
 
-The zip is built for the Python of this machine (no Lambda runtime's Python runs here) by the
-same code as for python3.12; the image shares its package layers with the container tests'
-image_v2 (same models, same lock: podman's cache), so only the runtime client's layer is new.
+The zip is built for Lambda's default runtime, python3.12, and run by a python3.12 (pyenv's)
+with the runtime client beside it, as Lambda runs it; the image shares its package layers with
+the container tests' image_v2 (same models, same lock: podman's cache), so only the runtime
+client's layer is new.
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
+import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -63,14 +66,35 @@ def cfn_lint(*templates: Path) -> None:
 
 
 @pytest.fixture(scope="module")
+def lambda_python(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """The Python of Lambda's default runtime (3.12, from pyenv here), and the runtime
+    interface client for it in a folder of its own: Lambda's runtime brings its own, so the
+    zip carries none."""
+    found = [
+        shutil.which("python3.12"),
+        *glob.glob(os.path.expanduser("~/.pyenv/versions/3.12*/bin/python3.12")),
+    ]
+    works = [
+        p for p in found if p and subprocess.run([p, "-c", ""], capture_output=True).returncode == 0
+    ]
+    assert works, "the Lambda zip tests need a python3.12: on PATH, or pyenv's"
+    python = works[0]
+    client = tmp_path_factory.mktemp("awslambdaric-312")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         "--target", str(client), "--python-version", "3.12", "--only-binary=:all:",
+         "--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_28_x86_64",
+         "awslambdaric>=3.0"],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    return python, client
+
+
+@pytest.fixture(scope="module")
 def zipped(ship_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """tiny:2 as a zip package for this machine's Python and glibc."""
+    """tiny:2 as the zip package for Lambda's default runtime, python3.12."""
     output = tmp_path_factory.mktemp("lambda-zip") / "fn"
-    glibc = int(os.confstr("CS_GNU_LIBC_VERSION").split(".")[-1])  # type: ignore[union-attr]
-    here = f"{sys.version_info[0]}.{sys.version_info[1]}"
-    build_lambda_zip(
-        [str(ship_repo / "tiny:2")], LambdaConfig(), output=output, wheels_for=(here, glibc)
-    )
+    build_lambda_zip([str(ship_repo / "tiny:2")], LambdaConfig(), output=output)
     return output
 
 
@@ -82,17 +106,21 @@ def unzipped(zipped: Path) -> Path:
     return task
 
 
-def run_zip(task: Path, runtime: LambdaRuntime, **env: str) -> subprocess.Popen[bytes]:
-    """awslambdaric from a plain Python, on the zip alone: the runtime's client is ours."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("MODELPORT_")}
+def run_zip(
+    task: Path, runtime: LambdaRuntime, python: tuple[str, Path], **env: str
+) -> subprocess.Popen[bytes]:
+    """awslambdaric on python3.12, on the zip alone, as Lambda's runtime runs it."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MODELPORT_", "PYTHON"))}
+    executable, client = python
     return subprocess.Popen(
-        [sys.executable, "-m", "awslambdaric", HANDLER], cwd=task,
-        env={**clean, "PYTHONPATH": str(task), "AWS_LAMBDA_RUNTIME_API": runtime.address, **env},
+        [executable, "-m", "awslambdaric", HANDLER], cwd=task,
+        env={**clean, "PYTHONPATH": f"{task}:{client}", "AWS_LAMBDA_RUNTIME_API": runtime.address,
+             **env},
     )  # fmt: skip
 
 
 def test_the_zip_runs_under_the_runtime_client(
-    zipped: Path, unzipped: Path, ship_repo: Path
+    zipped: Path, unzipped: Path, ship_repo: Path, lambda_python: tuple[str, Path]
 ) -> None:
     info = json.loads((zipped / "package.json").read_text())
     assert info["models"] == ["tiny:2"]
@@ -103,7 +131,9 @@ def test_the_zip_runs_under_the_runtime_client(
     expected = modelport.load(ship_repo / "tiny" / "2").predict(X)["logits"]
     with LambdaRuntime() as runtime:
         started = time.monotonic()
-        process = run_zip(unzipped, runtime, MODELPORT_REPOSITORY=str(unzipped / "models"))
+        process = run_zip(
+            unzipped, runtime, lambda_python, MODELPORT_REPOSITORY=str(unzipped / "models")
+        )
         try:
             for shape in (http_api, rest_api, function_url):
                 result = outputs(runtime.invoke(infer_event(shape)))
@@ -122,9 +152,11 @@ def test_the_zip_runs_under_the_runtime_client(
             process.wait(10)
 
 
-def test_a_function_without_its_repository_fails_its_init_clearly(unzipped: Path) -> None:
+def test_a_function_without_its_repository_fails_its_init_clearly(
+    unzipped: Path, lambda_python: tuple[str, Path]
+) -> None:
     with LambdaRuntime() as runtime:
-        process = run_zip(unzipped, runtime)
+        process = run_zip(unzipped, runtime, lambda_python)
         try:
             error = runtime.wait_init_error(30)
         finally:

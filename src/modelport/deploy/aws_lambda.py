@@ -194,14 +194,10 @@ def _image_size(program: str, tag: str) -> int:
 
 def build_lambda_zip(
     sources: list[str], config: LambdaConfig, *, output: Path, repo: Path = Path("models"),
-    force: bool = False, wheels_for: tuple[str, int] | None = None,
+    force: bool = False,
 ) -> LambdaPackage:  # fmt: skip
     """``output``/function.zip (modelport, its packages for the runtime, the models) and
-    template.yaml; DeployError over Lambda's limits, naming the biggest parts.
-
-    ``wheels_for`` (a Python version and a glibc minor version) gathers the wheels for another
-    platform than the runtime's: the tests run the zip with the Python of their machine.
-    """
+    template.yaml; DeployError over Lambda's limits, naming the biggest parts."""
     models = select_models(sources, repo)
     pins = check_pins(models)
     sizes = _model_sizes(models)
@@ -209,7 +205,7 @@ def build_lambda_zip(
     limits.check_zip(sizes)  # the models alone: before any package is fetched
     with tempfile.TemporaryDirectory(prefix="modelport-lambda-") as scratch:
         site = Path(scratch) / "package"
-        _install(site, pins, config, Path(scratch), wheels_for)
+        _install(site, pins, config, Path(scratch))
         parts = {**limits.package_parts(site), **sizes}
         limits.check_zip(parts, via_s3=config.via_s3)  # before any model is copied
         for model in models:
@@ -226,18 +222,14 @@ def build_lambda_zip(
     return LambdaPackage(output, tuple(refs), unzipped, zipped_bytes=zipped)
 
 
-def _install(
-    site: Path, pins: dict[str, str], config: LambdaConfig, scratch: Path,
-    wheels_for: tuple[str, int] | None,
-) -> None:  # fmt: skip
+def _install(site: Path, pins: dict[str, str], config: LambdaConfig, scratch: Path) -> None:
     """modelport and the models' pins, as wheels for the runtime's platform, into ``site``."""
     wheel = own_wheel(scratch / "wheels")
     machine = ARCHITECTURES[config.architecture]
-    python, glibc = wheels_for or (config.python, GLIBC_MINOR)
-    platforms = [f"manylinux_2_{minor}_{machine}" for minor in range(glibc, 16, -1)]
+    platforms = [f"manylinux_2_{minor}_{machine}" for minor in range(GLIBC_MINOR, 16, -1)]
     platforms.append(f"manylinux2014_{machine}")
     args = [sys.executable, "-m", "pip", "install", "--target", str(site), "--only-binary=:all:",
-            "--implementation", "cp", "--python-version", python, "--no-compile",
+            "--implementation", "cp", "--python-version", config.python, "--no-compile",
             "--disable-pip-version-check", "--quiet"]  # fmt: skip
     for tag in platforms:
         args += ["--platform", tag]
