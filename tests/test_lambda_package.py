@@ -214,6 +214,10 @@ def big_version(repo: Path, tmp_path: Path) -> Path:
         (["--lambda-zip", "--tag", "t:1"], "takes no --tag"),
         (["--lambda"], "Missing option '--tag'"),
         (["--lambda", "--tag", "t:1", "--lambda-arch", "arm64"], "built on such a machine"),
+        (
+            ["--lambda", "--tag", "t:1", "--base-image", "public.ecr.aws/lambda/python:3.11"],
+            "Amazon Linux 2",
+        ),
     ],
 )
 def test_bad_lambda_settings_are_one_clear_line(

@@ -163,6 +163,7 @@ def build_lambda_image(
             f"an image for {config.architecture} is built on such a machine: the wheels are this "
             f"one's ({platform.machine()})"
         )
+    _check_aws_base(base_image)
     models = select_models(sources, repo)
     sizes = _model_sizes(models)
     limits.check_memory(sizes.items(), config.memory_mb)
@@ -178,6 +179,21 @@ def build_lambda_image(
         packages = {f"package {p.name.split('-')[0]}": p.stat().st_size for p in wheels}
         limits.check_image(size, {**sizes, **packages})
     return LambdaPackage(output, tuple(m.ref for m in models), size, image_id=image_id)
+
+
+def _check_aws_base(base_image: str) -> None:
+    """AWS's images up to python:3.11 are Amazon Linux 2 (glibc 2.26): onnxruntime's wheels
+    need 2.27 or newer, and the image's Python must be the one its packages are locked for."""
+    prefix = "public.ecr.aws/lambda/python:"
+    if base_image.startswith(prefix):
+        version = tuple(int(p) for p in base_image[len(prefix) :].split(".")[:2] if p.isdigit())
+        if len(version) == 2 and version < (3, 12):
+            raise DeployError(
+                f"{base_image} is Amazon Linux 2, whose glibc 2.26 onnxruntime does not run on; "
+                "the image's Python is the one building it: build on Python 3.12 or newer "
+                "(AWS's python:3.12+ images), or pass --base-image with a Debian-like Python "
+                f"{version[0]}.{version[1]} image"
+            )
 
 
 def _image_size(program: str, tag: str) -> int:
