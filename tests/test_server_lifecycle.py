@@ -226,6 +226,14 @@ def _worker_pids(parent: int) -> list[int]:
     return [int(p) for p in out.split()]
 
 
+def _requests_counted(url: str) -> float:
+    metrics = httpx.get(f"{url}/metrics").text
+    counted = re.search(
+        r'modelport_requests_total\{model="tiny",status="200",version="2"\} (\S+)', metrics
+    )
+    return 0.0 if counted is None else float(counted.group(1))
+
+
 def test_workers_share_the_port_replace_the_dead_and_sum_metrics(repo: Path) -> None:
     with run_server(repo, "--trust-code", "--workers", "2") as server:
         body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
@@ -239,6 +247,10 @@ def test_workers_share_the_port_replace_the_dead_and_sum_metrics(repo: Path) -> 
             time.sleep(0.1)  # fmt: skip
         for _ in range(20):
             assert httpx.post(url, json=body).status_code == 200
+        # A request is counted just after its answer is sent: wait for the last one's count
+        # (a kill in between would lose it, as it would lose any work in flight).
+        while _requests_counted(server.url) < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
         os.kill(workers[0], signal.SIGKILL)
         for _ in range(20):  # the other worker keeps serving while the dead one is replaced
             assert httpx.post(url, json=body, timeout=30).status_code == 200
@@ -250,13 +262,8 @@ def test_workers_share_the_port_replace_the_dead_and_sum_metrics(repo: Path) -> 
             time.sleep(0.2)
         else:
             pytest.fail("the dead worker was not replaced")
-        metrics = httpx.get(f"{server.url}/metrics").text
-        counted = re.search(
-            r'modelport_requests_total\{model="tiny",status="200",version="2"\} (\S+)', metrics
-        )
-        assert counted is not None
         # The killed worker's samples stay on disk: every request is counted once.
-        assert float(counted.group(1)) == 40
+        assert _requests_counted(server.url) == 40
 
 
 def _is_worker(pid: int) -> bool:
