@@ -210,6 +210,13 @@ async def check(port: int, grpc_port: int, bodies: Bodies) -> None:
     np.testing.assert_allclose(got, bodies.expected, rtol=1e-4, atol=1e-5, err_msg="gRPC")
 
 
+def take_load_cpu() -> None:
+    """Run this process (the load) on CPU 1; the server goes on CPU 0 (start_server)."""
+    if shutil.which("taskset") is None or len(os.sched_getaffinity(0)) < 2:
+        sys.exit("needs taskset and 2 CPUs: the server runs on CPU 0, the load on CPU 1")
+    os.sched_setaffinity(0, {LOAD_CPU})
+
+
 def start_server(repo: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
     """``modelport serve`` on CPU 0 (one worker, cache off, no access log), once ready."""
     import httpx
@@ -237,9 +244,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
-    if shutil.which("taskset") is None or len(os.sched_getaffinity(0)) < 2:
-        sys.exit("needs taskset and 2 CPUs: the server runs on CPU 0, the load on CPU 1")
-    os.sched_setaffinity(0, {LOAD_CPU})
+    take_load_cpu()
 
     import onnxruntime as ort
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from front_doors import LOAD_CPU, SERVER_CPU, http_call, start_server
+from front_doors import LOAD_CPU, SERVER_CPU, http_call, start_server, take_load_cpu
 
 
 async def load(port: int, request: bytes, concurrency: int, seconds: float) -> tuple[float, float]:
@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
-    os.sched_setaffinity(0, {LOAD_CPU})
+    take_load_cpu()
 
     import modelport
     from modelport.demo import build_sklearn_digits

@@ -36,7 +36,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-SERVER_CPU, LOAD_CPU = 0, 1
+sys.path.insert(0, str(Path(__file__).parent))
+from front_doors import start_server, take_load_cpu
 
 
 @dataclass
@@ -98,26 +99,6 @@ async def load(port: int, request: bytes, concurrency: int, seconds: float) -> l
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else float("nan")
-
-
-def start_server(repo: Path, port: int, *args: str) -> subprocess.Popen[bytes]:
-    import httpx
-
-    process = subprocess.Popen(
-        ["taskset", "-c", str(SERVER_CPU), sys.executable, "-m", "modelport", "serve", str(repo),
-         "--port", str(port), "--cache", "off", "--no-access-log", "--threads", "1", *args],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    os.killpg(process.pid, signal.SIGKILL)
-    sys.exit("the server did not become ready")
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -229,9 +210,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--shadow-only", action="store_true", help="skip the switches")
     args = parser.parse_args()
-    if shutil.which("taskset") is None or len(os.sched_getaffinity(0)) < 2:
-        sys.exit("needs taskset and 2 CPUs: the server runs on CPU 0, the load on CPU 1")
-    os.sched_setaffinity(0, {LOAD_CPU})
+    take_load_cpu()
 
     import numpy as np
 
