@@ -15,19 +15,16 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 import modelport
 from modelport.datafiles import read_inputs
 from modelport.demo import SAMPLES, build_demo
+from modelport.optimize.scoring import Timing, tile, time_calls
 from modelport.repository import ONNX_FILE
 
 BATCHES = (1, 32)
@@ -41,46 +38,6 @@ COLUMNS = (
     ("samples/s", 10),
     ("modelport/raw throughput", 24),
 )
-
-
-@dataclass(frozen=True)
-class Result:
-    calls: int
-    p50_ms: float
-    p99_ms: float
-    samples_per_s: float
-
-
-def measure(call: Callable[[], Any], batch: int, seconds: float) -> Result:
-    """Warm up, then call ``call`` back to back for about ``seconds``."""
-    warm_until = time.perf_counter() + min(0.2, seconds / 5)
-    while time.perf_counter() < warm_until:
-        call()
-    durations = []
-    start = time.perf_counter()
-    end = start + seconds
-    now = start
-    while now < end:
-        call()
-        after = time.perf_counter()
-        durations.append(after - now)
-        now = after
-    ms = np.array(durations) * 1000
-    return Result(
-        len(ms),
-        float(np.percentile(ms, 50)),
-        float(np.percentile(ms, 99)),
-        batch * len(ms) / (now - start),
-    )
-
-
-def tile(arrays: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
-    """Repeat the sample rows (axis 0) until there are ``batch`` of them."""
-    tiled = {}
-    for name, array in arrays.items():
-        reps = -(-batch // len(array))
-        tiled[name] = np.concatenate([array] * reps)[:batch]
-    return tiled
 
 
 @contextmanager
@@ -108,7 +65,7 @@ def print_row(*cells: str) -> None:
     print(line.rstrip(), flush=True)
 
 
-def print_result(name: str, batch: int, runner: str, result: Result, ratio: str) -> None:
+def print_result(name: str, batch: int, runner: str, result: Timing, ratio: str) -> None:
     print_row(
         name,
         str(batch),
@@ -116,7 +73,7 @@ def print_result(name: str, batch: int, runner: str, result: Result, ratio: str)
         str(result.calls),
         f"{result.p50_ms:.3f}",
         f"{result.p99_ms:.3f}",
-        f"{result.samples_per_s:,.0f}",
+        f"{result.rows_per_s:,.0f}",
         ratio,
     )
 
@@ -150,12 +107,12 @@ def main(argv: list[str] | None = None) -> None:
                     raw = raw_session(onnx_file, args.threads, model.metadata["providers"])
                 for batch in BATCHES:
                     inputs = tile(arrays, batch)
-                    ours = measure(partial(model.predict, inputs), batch, args.seconds)
+                    ours = time_calls(partial(model.predict, inputs), batch, args.seconds)
                     if raw is None:
                         print_result(name, batch, "modelport", ours, "-")
                         continue
-                    theirs = measure(partial(raw.run, None, inputs), batch, args.seconds)
-                    ratio = f"{ours.samples_per_s / theirs.samples_per_s:.2f}"
+                    theirs = time_calls(partial(raw.run, None, inputs), batch, args.seconds)
+                    ratio = f"{ours.rows_per_s / theirs.rows_per_s:.2f}"
                     print_result(name, batch, "modelport", ours, ratio)
                     print_result(name, batch, "onnxruntime", theirs, "")
 

@@ -14,7 +14,9 @@ a parent model is the same score with the parent's predictions in place of the l
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,16 +122,20 @@ def measure(model: Model, rows: Rows, batch: int, seconds: float = 0.5) -> Timin
     Calls go to the runtime directly: what is measured is the model, not input validation.
     """
     inputs = tile(rows.inputs, batch)
-    predict = model.runtime.predict
+    return time_calls(functools.partial(model.runtime.predict, inputs), batch, seconds)
+
+
+def time_calls(call: Callable[[], object], batch: int, seconds: float) -> Timing:
+    """``call`` (on ``batch`` rows) back to back for about ``seconds``, after a warm-up."""
     warm_until = time.perf_counter() + min(0.1, seconds / 5)
     while True:
-        predict(inputs)
+        call()
         if time.perf_counter() >= warm_until:
             break
     durations: list[float] = []
     start = now = time.perf_counter()
     while now - start < seconds or len(durations) < 5:
-        predict(inputs)
+        call()
         after = time.perf_counter()
         durations.append(after - now)
         now = after
