@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 import numpy as np
 import pytest
@@ -76,6 +77,8 @@ async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
         }
     ).encode()
     headers = [(b"content-type", b"application/json")]
+    if path.startswith("/split/"):  # a header value carrying what the query says
+        headers.append((b"x-echo", unquote_to_bytes(scope["query_string"])))
     if path == "/stream":
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         for part in (answer[:10], answer[10:]):
@@ -296,6 +299,18 @@ def test_an_app_failure_is_a_500_and_the_server_goes_on(port: int) -> None:
     with connect(port) as conn:
         conn.send(b"GET /fine HTTP/1.1\r\nHost: t\r\n\r\n")
         assert conn.response()[0] == 200
+
+
+@pytest.mark.parametrize("value", ["a%0D%0AInjected:%20yes", "a%0Ab", "a%0Db", "a%0D%0A%0D%0Ab"])
+def test_an_app_header_with_a_line_break_is_a_500_not_a_split_response(
+    port: int, value: str
+) -> None:
+    failed = answered_then_closed(port, f"GET /split/?{value} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    assert failed == (500, b"Internal Server Error")
+    with connect(port) as conn:  # and a plain value still goes through
+        conn.send(b"GET /split/?plain HTTP/1.1\r\nHost: t\r\n\r\n")
+        status, headers, _ = conn.response()
+        assert (status, headers["x-echo"]) == (200, "plain")
 
 
 @pytest.mark.parametrize(
