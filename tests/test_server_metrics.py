@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from pathlib import Path
 
+import pytest
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+
+import server_models
+from modelport.config import ServerConfig
 from modelport.server import metrics
 
 VALUES = [0.0, 0.0005, 0.001, 0.002, 0.01, 0.05, 0.1, 5.0]  # on, under and past the bounds
@@ -41,6 +45,33 @@ def test_several_workers_write_through(monkeypatch: pytest.MonkeyPatch) -> None:
     registry = CollectorRegistry()
     counter = Counter("through_total", "t", registry=registry)
     bulk = metrics.BulkCounter(counter)
+    histogram = metrics.BulkHistogram(Histogram("through_seconds", "t", registry=registry))
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
     bulk.inc()
+    histogram.observe(0.25)
     assert registry.get_sample_value("through_total") == 1.0  # a worker killed now loses nothing
+    assert registry.get_sample_value("through_seconds_sum") == 0.25
+
+
+def test_what_requests_observe_is_handed_over_every_few_requests_without_a_scrape(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Values kept between scrapes stay bounded: every FLUSH_EVERY admitted requests."""
+    monkeypatch.setattr(metrics, "FLUSH_EVERY", 3)
+    repo = server_models.build(tmp_path / "models")
+    body = {
+        "inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]
+    }
+    labels = {"model": "tiny", "version": "2", "phase": "total"}
+
+    def handed_over() -> float:
+        return REGISTRY.get_sample_value("modelport_request_duration_seconds_count", labels) or 0.0
+
+    with server_models.in_process(repo, ServerConfig(trust_code=True)) as http:
+        metrics.flush()
+        before = handed_over()
+        for _ in range(3):  # the third is admitted after the first two have finished
+            assert http.post("/v2/models/tiny/infer", json=body).status_code == 200
+        assert handed_over() == before + 2
+        metrics.flush()  # as a scrape does
+        assert handed_over() == before + 3

@@ -62,6 +62,7 @@ class Engine:
         # Request ids: random per process, then counted (a uuid4 costs a system call).
         self._id_prefix = secrets.token_hex(8)
         self._ids = itertools.count(1)
+        self._admitted = 0  # requests since the metrics were last flushed
 
     def new_request_id(self) -> str:
         """An id unique across processes and restarts, for logs and error messages."""
@@ -100,6 +101,10 @@ class Engine:
         """
         if self.draining:
             raise NotReadyError("the server is shutting down", retry_after_s=1.0)
+        self._admitted += 1
+        if self._admitted >= metrics.FLUSH_EVERY:  # what the metrics keep stays bounded
+            self._admitted = 0
+            metrics.flush()
         registry = self.models()
         served = None
         if version is None and self.router is not None:
@@ -236,8 +241,7 @@ class Engine:
     ) -> Outputs:  # fmt: skip
         measured = served.measured
         self.in_flight += 1
-        metrics.IN_FLIGHT.inc()
-        measured.queue_depth.inc()
+        measured.entered()
         try:
             outputs, timing = await served.runner.run(batch, deadline, gone, arrived, record.span)
         except OverloadedError:
@@ -248,8 +252,7 @@ class Engine:
             raise
         finally:
             self.in_flight -= 1
-            metrics.IN_FLIGHT.dec()
-            measured.queue_depth.dec()
+            measured.left()
         measured.queue.observe(timing.queue_s)
         measured.inference.observe(timing.inference_s)
         if record.span is not None:  # from the runner's times: the run ended just now
