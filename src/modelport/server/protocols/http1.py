@@ -153,7 +153,9 @@ class H1Protocol(asyncio.Protocol):
     def _start_ready(self) -> None:
         if self._ready is not None:
             exchange, self._ready = self._ready, None
-            if len(self.server_state.connections) == 1:  # no other client's request to await
+            if _EAGER is None or len(self.server_state.connections) == 1:
+                # One client, or a plain task (before Python 3.12), whose first step waits for
+                # the loop's next pass anyway: started here, without a hop more.
                 self._start_here(exchange)
             else:
                 # Once the loop has read what came on its other connections this round: their

@@ -46,6 +46,7 @@ from modelport.server.rest.http import (
     decoded,
     error_response,
     header,
+    headers,
     json_response,
     read_body,
     send_response,
@@ -114,7 +115,8 @@ class RestApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = scope[_ARRIVED] = time.monotonic()
-        request_id = client_request_id(header(scope, b"x-request-id"))
+        given = headers(scope).get(b"x-request-id")
+        request_id = client_request_id(given.decode("latin-1")) if given is not None else None
         if request_id is None:
             request_id = self.engine.new_request_id()
         record = RequestRecord(request_id, started)
@@ -153,7 +155,7 @@ class RestApp:
         if endpoint.handler not in _SELF_AUTHORIZED and (
             self._gate.local_only or (self.config.token is not None and not endpoint.open)
         ):
-            self._authorize(scope)
+            self._gate.check(scope)
         if fresh:
             params = checked(found)
             # Kept only once authorized, and only short paths: the regexes run once per path,
@@ -267,11 +269,10 @@ class RestApp:
     ) -> Response:  # fmt: skip
         served, body = await self._admit(scope, receive, name, version, record)
         length = header(scope, b"inference-header-content-length")
-        use_cache = cache_wanted(header(scope, b"cache-control"))
+        use_cache = _cache_wanted(scope)
         key = self._answers.key(served, use_cache, "v2", body, length)
-        answer: Response | None = self._answers.get(served, key, record)
-        if answer is not None:
-            return answer
+        if key is not None and (kept := self._answers.get(served, key, record)) is not None:
+            return kept
         if length is not None and not is_number(length):
             raise InvalidInputError("Inference-Header-Content-Length must be a number of bytes")
         header_length = int(length) if length is not None else None
@@ -305,11 +306,10 @@ class RestApp:
         version: int | None = None,
     ) -> Response:  # fmt: skip
         served, body = await self._admit(scope, receive, name, version, record)
-        use_cache = cache_wanted(header(scope, b"cache-control"))
+        use_cache = _cache_wanted(scope)
         key = self._answers.key(served, use_cache, "v1", body)
-        answer: Response | None = self._answers.get(served, key, record)
-        if answer is not None:
-            return answer
+        if key is not None and (kept := self._answers.get(served, key, record)) is not None:
+            return kept
         signature, limits = served.model.signature, self.config.limits
         if len(body) > _INLINE_PARSE_BYTES:  # big bodies parse off the event loop
             count, inputs = await asyncio.to_thread(parse_v1_request, body, signature, limits)
@@ -336,18 +336,22 @@ class RestApp:
         record: RequestRecord,
     ) -> tuple[Served, bytes]:  # fmt: skip
         # Before reading a body there is no room for.
-        served = self.engine.admit(name, version, record, header(scope, _ROUTING_KEY))
+        key = headers(scope).get(_ROUTING_KEY)
+        served = self.engine.admit(
+            name, version, record, None if key is None else key.decode("latin-1")
+        )
         body = await self._body(scope, receive)
         served.measured.body.observe(len(body))
         return served, body
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
         """The request body, decompressed when it came compressed; the limit is on both."""
-        length = header(scope, b"content-length")
+        table = headers(scope)
+        length = table.get(b"content-length")
         limits = self.config.limits
-        declared = int(length) if length and is_number(length) else None
+        declared = int(length) if length and length.isdigit() else None
         limit, hint = limits.max_body_bytes, ""
-        if header(scope, b"inference-header-content-length") is None:  # all JSON
+        if table.get(b"inference-header-content-length") is None:  # all JSON
             limit, hint = min(limit, limits.max_json_bytes), _JSON_HINT
         timeout = limits.request_timeout_s
         deadline_extension = scope.get("extensions", {}).get(BODY_DEADLINE)
@@ -365,15 +369,16 @@ class RestApp:
                     if not deadline.expired:
                         raise
                     raise _body_too_late(timeout) from None
-        encoding = header(scope, b"content-encoding")
+        encoding = table.get(b"content-encoding")
         if encoding is None:
             return body
-        return await decoded(body, encoding, limit, hint)
+        return await decoded(body, encoding.decode("latin-1"), limit, hint)
 
     def _keep(self, record: RequestRecord, key: Any, answer: Response) -> Response:
         """Keep an answer for identical requests, unless a fallback guards its model."""
         if record.guard is None:
-            self._answers.keep(key, answer)
+            if key is not None:
+                self._answers.keep(key, answer)
         else:
             answer.headers.update(record.guard)
         return answer
@@ -420,7 +425,7 @@ class RestApp:
         try:
             self._authorize(scope)
             body = await self._body(scope, receive)
-            use_cache = cache_wanted(header(scope, b"cache-control"))
+            use_cache = _cache_wanted(scope)
             status, payload = await self._graphql_executor(self.engine, body, use_cache)
         except HTTPError as exc:  # in GraphQL's own error shape, for GraphQL clients
             return json_response({"errors": [{"message": str(exc)}]}, exc.status, exc.headers)
@@ -433,6 +438,11 @@ def _json_rows(array: np.ndarray) -> Any:
     # float32 stays numpy, which orjson writes as float32; the rest as Python values (orjson
     # has no numpy.longlong, which onnxruntime's int64 outputs are).
     return list(array) if array.dtype == np.float32 else array.tolist()
+
+
+def _cache_wanted(scope: Scope) -> bool:
+    control = headers(scope).get(b"cache-control")
+    return control is None or cache_wanted(control.decode("latin-1"))
 
 
 def _body_too_late(timeout_s: float) -> HTTPError:

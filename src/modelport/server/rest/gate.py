@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from modelport.config import ServerConfig, is_loopback
 from modelport.server.requests import bearer_ok
-from modelport.server.rest.http import HTTPError, Scope, header
+from modelport.server.rest.http import HTTPError, Scope, header, headers
 
 _LOCAL_HOSTS_KEPT = 64  # Host values already found loopback: the check runs once per value
 
@@ -25,7 +25,7 @@ class Gate:
         self.config = config
         # --no-auth beyond loopback chose exposure; on loopback it exposes nothing more.
         self.local_only = config.token is None and is_loopback(config.host)
-        self._local_hosts: set[str] = set()
+        self._local_hosts: set[bytes] = set()  # Host values (as sent) found loopback
 
     def check(self, scope: Scope) -> None:
         """The token when there is one; without, on loopback, this machine's requests only."""
@@ -42,11 +42,13 @@ class Gate:
 
     def _check_local(self, scope: Scope) -> None:
         # Health endpoints too: they tell nothing, but a page has no business probing them.
-        host = header(scope, b"host")
-        origin = header(scope, b"origin")  # browsers send it on cross-site requests
-        if origin is None and host in self._local_hosts:  # most requests, once seen
+        table = headers(scope)
+        raw_host, raw_origin = table.get(b"host"), table.get(b"origin")
+        if raw_origin is None and raw_host in self._local_hosts:  # most requests, once seen
             return
-        if host is not None and host not in self._local_hosts:
+        origin = None if raw_origin is None else raw_origin.decode("latin-1")
+        if raw_host is not None and raw_host not in self._local_hosts:
+            host = raw_host.decode("latin-1")
             if not _loopback_host(host):
                 raise HTTPError(
                     403,
@@ -56,7 +58,7 @@ class Gate:
                     "proxy, have it send 'Host: localhost', or start the server with --token",
                 )
             if len(self._local_hosts) < _LOCAL_HOSTS_KEPT:
-                self._local_hosts.add(host)
+                self._local_hosts.add(raw_host)
         if origin is not None:
             server = scope.get("server")
             port = server[1] if server and isinstance(server[1], int) else self.config.port

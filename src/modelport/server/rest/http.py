@@ -179,10 +179,16 @@ async def send_response(send: Send, response: Response, extra: list[tuple[bytes,
 _HEADERS = "modelport.headers"  # scope key: the request's headers by name, made on first use
 
 
+def headers(scope: Scope) -> dict[bytes, bytes]:
+    """The request's headers by name (in lower case), the first value of each: one dict made
+    on first use, so that a request's few lookups are ``.get`` calls rather than scans."""
+    table = scope.get(_HEADERS)
+    if table is None:
+        table = scope[_HEADERS] = dict(reversed(scope["headers"]))
+    return table
+
+
 def header(scope: Scope, name: bytes) -> str | None:
     """The first value of the request header ``name`` (in lower case), or None."""
-    table = scope.get(_HEADERS)
-    if table is None:  # one dict for the request's few lookups, rather than a scan each
-        table = scope[_HEADERS] = dict(reversed(scope["headers"]))
-    value = table.get(name)
+    value = headers(scope).get(name)
     return None if value is None else bytes(value).decode("latin-1")
