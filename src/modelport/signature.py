@@ -149,6 +149,10 @@ def json_leaves(value: Any, max_elements: int) -> Leaves | None:
     nested deeper than MAX_RANK, and TypeError at a value JSON cannot hold (an ndarray, a
     numpy scalar), which is Python data for numpy to read.
     """
+    if type(value) is list and len(value) <= max_elements:  # one flat list: most requests
+        kinds = set(map(type, value))
+        if list not in kinds and kinds <= _JSON:
+            return Leaves((len(value),), value, frozenset(kinds))
     shape: list[int] = []
     level: list[Any] = [value]
     while True:
