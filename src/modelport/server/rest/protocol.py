@@ -22,6 +22,7 @@ from modelport.server.tensors import (
     RequestedOutput,
     check_shape,
     check_strings,
+    count_error,
     datatype_of,
     from_bytes,
     json_inputs,
@@ -162,6 +163,20 @@ def _parse_tensor(
 def _from_json(
     name: str, datatype: str, shape: tuple[int, ...], data: Any, limits: ServerLimits
 ) -> np.ndarray:
+    code = _ARRAY_CODES.get(datatype)
+    if code is not None and type(data) is list and len(data) <= limits.max_elements:
+        # Most requests: one flat list of numbers for FP32/FP64. The array module takes it
+        # at C speed and refuses anything but numbers (TypeError: null, text, a nested list;
+        # OverflowError: an integer beyond any float), which the walk below then names. Too
+        # large for the type makes inf, refused as such later.
+        try:
+            numbers = array(code, data)
+        except (TypeError, OverflowError):
+            pass
+        else:
+            if len(numbers) != math.prod(shape):
+                raise count_error(name, len(numbers), shape)
+            return np.frombuffer(numbers, DTYPES[datatype]).reshape(shape)
     found = shaped_values(name, data, shape, limits)
     if datatype == "BYTES":
         if not found.kinds <= {str}:
@@ -175,11 +190,10 @@ def _from_json(
         raise _fail(
             f"input {name!r}: data must be {_describe(datatype)} for datatype {datatype}", name
         )
-    if datatype in _FLOATS and bool not in found.kinds:  # most requests: numbers to floats
+    if datatype in _FLOATS and bool not in found.kinds:  # numbers to floats
         # Too large for the type: inf, refused as such. The array module converts at C speed
         # and overflows to inf quietly, which numpy does only under an errstate (a context
         # manager costs as much as the conversion).
-        code = _ARRAY_CODES.get(datatype)
         try:
             if code is not None:
                 return np.frombuffer(array(code, found.values), DTYPES[datatype]).reshape(shape)
