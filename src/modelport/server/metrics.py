@@ -4,9 +4,8 @@ Per-request metrics are counted in plain Python (an addition; a histogram's valu
 to an array) and handed to prometheus_client in bulk when ``/metrics`` is rendered: a request's
 ten updates through prometheus_client's ``observe()`` and ``inc()`` would cost about 10 us of
 CPU more (A/B under load, digits model), some 4% of a small request. They need no lock: every
-update, and the rendering,
-run on the process's event loop thread (REST, gRPC and GraphQL handlers all do; gRPC's asyncio
-server runs its handlers on the loop that started it, checked).
+update, and the rendering, run on the process's event loop thread (REST, gRPC and GraphQL
+handlers all do; gRPC's asyncio server runs its handlers on the loop that started it, checked).
 
 With several workers each process writes its samples to files under
 ``PROMETHEUS_MULTIPROC_DIR`` (set by ``modelport serve`` before any worker starts) and
