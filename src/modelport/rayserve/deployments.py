@@ -89,8 +89,10 @@ class _ModelReplica:
         """Answer a request the front received (the /v1 routes, which no prefix can reach)."""
         return await call_asgi(self.service, scope, body)
 
-    def metrics(self) -> tuple[str, bytes]:
-        """This replica's id (its actor's name) and its Prometheus metrics."""
+    async def metrics(self) -> tuple[str, bytes]:
+        """This replica's id (its actor's name) and its Prometheus metrics. A coroutine so that
+        it runs on the replica's event loop, as its requests do: the metrics are kept without
+        a lock for that loop's thread alone (Serve runs a plain method on another thread)."""
         replica = serve.get_replica_context().replica_id.to_full_id_str()
         return replica, metrics.render()[0]
 
