@@ -26,6 +26,13 @@ from modelport.manifest import refusal
 from modelport.model import Model
 from modelport.optimize.rows import Rows
 
+# Static int8 weights use 7 bits (onnxruntime's reduce_range): x86 CPUs without VNNI (AVX2, and
+# AVX-512 before VNNI) multiply uint8 by int8 in an instruction that saturates on 8-bit weights
+# (onnxruntime's own advice); on an AVX2 EPYC that cost the digits CNN 1.2 accuracy points. A
+# model may be served on any CPU, so weights span [-64, 64] everywhere, and fine-tuning rounds
+# them so too.
+WEIGHT_LEVELS = 64
+
 
 @dataclass(frozen=True)
 class QatSettings:
@@ -121,13 +128,14 @@ def _fake_quantize(module: Any, per_channel: bool) -> list[Any]:
 
     class Weights(torch.nn.Module):
         def forward(self, w: Any) -> Any:
+            levels = WEIGHT_LEVELS
             if not per_channel:
-                step = max(float(w.detach().abs().max()) / 127, 1e-8)
-                return torch.fake_quantize_per_tensor_affine(w, step, 0, -127, 127)
+                step = max(float(w.detach().abs().max()) / levels, 1e-8)
+                return torch.fake_quantize_per_tensor_affine(w, step, 0, -levels, levels)
             flat = w.detach().reshape(w.shape[0], -1).abs().amax(dim=1)
-            scale = torch.clamp(flat / 127, min=1e-8).to(torch.float32)
+            scale = torch.clamp(flat / levels, min=1e-8).to(torch.float32)
             zero = torch.zeros(w.shape[0], dtype=torch.int32)
-            return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -127, 127)
+            return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -levels, levels)
 
     def activations(layer: Any, inputs: tuple[Any, ...]) -> tuple[Any, ...]:
         x = inputs[0]

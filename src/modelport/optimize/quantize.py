@@ -35,7 +35,7 @@ from modelport.convert.parity import quiet_logs
 from modelport.errors import AccuracyDropError, OptimizationError, require
 from modelport.manifest import Manifest
 from modelport.optimize import lineage
-from modelport.optimize.qat import QatSettings, fine_tune
+from modelport.optimize.qat import WEIGHT_LEVELS, QatSettings, fine_tune
 from modelport.optimize.report import Candidate, Report
 from modelport.optimize.rows import Rows, read_rows
 from modelport.optimize.scoring import Judge, Measuring, task_of
@@ -257,6 +257,7 @@ def _quantize(
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 per_channel=per_channel,
+                reduce_range=True,  # 7-bit weights: see qat.WEIGHT_LEVELS
             )
     except Exception as exc:
         raise OptimizationError(
@@ -298,4 +299,5 @@ def _settings(method: str, per_channel: bool, preprocessed: bool) -> dict[str, A
     if method == "dynamic":
         return {**common, "activations": "quantized at run time (uint8)", "per_channel": False}
     return {**common, "format": "QDQ", "activation_type": "uint8", "per_channel": per_channel,
-            "calibrate_method": "MinMax"}  # fmt: skip
+            "calibrate_method": "MinMax",
+            "weight_range": [-WEIGHT_LEVELS, WEIGHT_LEVELS]}  # fmt: skip
