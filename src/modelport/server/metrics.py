@@ -240,7 +240,7 @@ class ModelMetrics:
         self._sizes: dict[int, list[float]] = {}  # rows -> [executions, seconds] since then
         self._sized: set[int] = set()  # the batch sizes broken out (MAX_BATCH_SIZES at most)
         self._ran_at: float | None = None  # time.time() of the last execution since then
-        self._children: dict[tuple[str, object], Any] = {}
+        self._children: dict[tuple[Any, object], Any] = {}  # (metric, key) -> labelled child
         _PENDING.append(self)
 
     def entered(self) -> None:
@@ -303,9 +303,9 @@ class ModelMetrics:
             IN_FLIGHT.flush()
 
     def _child(self, metric: Any, key: object, *labels: str) -> Any:
-        child = self._children.get((metric._name, key))
+        child = self._children.get((metric, key))
         if child is None:
-            child = self._children[(metric._name, key)] = metric.labels(*labels)
+            child = self._children[(metric, key)] = metric.labels(*labels)
         return child
 
 
